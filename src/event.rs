@@ -1,0 +1,237 @@
+//! Events: facts that a decision recorded.
+//!
+//! An event records everything that was decided, including prices, discounts, costs and
+//! times, so that applying it never re-runs a business rule and never reads a clock.
+//! Events are append-only: a later fact may undo the effect of an earlier one (a
+//! cancellation, a refund), never erase it.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{AdjustmentReason, Condition, Line};
+use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
+
+/// Where a discount came from. Promotions and coupons are recorded here when they apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscountSource {
+    /// A promotion (限时折扣, 满减, 秒杀), by id.
+    Promotion(String),
+    /// A coupon (优惠券), by code.
+    Coupon(String),
+}
+
+/// One discount applied to one order line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discount {
+    /// Where it came from.
+    pub source: DiscountSource,
+    /// Money taken off the line.
+    pub amount: Decimal,
+}
+
+/// An order line as priced when the order was placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units ordered.
+    pub quantity: u64,
+    /// The catalog price of one unit at the time.
+    pub unit_price: Decimal,
+    /// Discounts, each with its source.
+    pub discounts: Vec<Discount>,
+    /// `unit_price * quantity - discounts`.
+    pub net_amount: Decimal,
+}
+
+/// Units of one SKU that left the shelf, with their cost of goods.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostedLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units.
+    pub quantity: u64,
+    /// Their cost at moving average cost.
+    pub cost: Decimal,
+}
+
+/// Returned units of one SKU in one condition, with the cost they left at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectedLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units.
+    pub quantity: u64,
+    /// Resellable units go back to stock; damaged ones are written off.
+    pub condition: Condition,
+    /// The cost these units were shipped at.
+    pub cost: Decimal,
+}
+
+/// What part of an order a refund share pays back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundTarget {
+    /// An order line.
+    Line(Sku),
+    /// The shipping fee.
+    Shipping,
+}
+
+/// One share of a refund.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundShare {
+    /// What it pays back.
+    pub target: RefundTarget,
+    /// How much.
+    pub amount: Decimal,
+}
+
+/// A fact recorded by a shop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Event {
+    ProductListed {
+        sku: Sku,
+        title: String,
+        category: String,
+        price: Decimal,
+        weight_g: u64,
+        low_stock_threshold: u64,
+    },
+    PriceChanged {
+        sku: Sku,
+        old_price: Decimal,
+        new_price: Decimal,
+    },
+    ProductDelisted {
+        sku: Sku,
+    },
+    ProductRelisted {
+        sku: Sku,
+    },
+    /// `value` is `quantity * unit_cost`.
+    StockReceived {
+        sku: Sku,
+        quantity: u64,
+        unit_cost: Decimal,
+        value: Decimal,
+        supplier_ref: String,
+    },
+    /// `delta` units and `value_delta` money were added (negative: removed). `shortfall`
+    /// is how many reserved units the shelf cannot cover.
+    StockCounted {
+        sku: Sku,
+        counted: u64,
+        previous_on_hand: u64,
+        delta: i64,
+        value_delta: Decimal,
+        reason: AdjustmentReason,
+        shortfall: u64,
+    },
+    StockReserved {
+        reservation_id: ReservationId,
+        lines: Vec<Line>,
+        expires_at: Timestamp,
+    },
+    ReservationReleased {
+        reservation_id: ReservationId,
+    },
+    ReservationExpired {
+        reservation_id: ReservationId,
+        expired_at: Timestamp,
+    },
+    /// The order reserved every line's units; a consumed reservation's holds were
+    /// released in the same step.
+    OrderPlaced {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        region: String,
+        lines: Vec<PricedLine>,
+        shipping_fee: Decimal,
+        total: Decimal,
+        placed_at: Timestamp,
+        payment_due_by: Timestamp,
+        reservation_id: Option<ReservationId>,
+    },
+    OrderPaid {
+        order_id: OrderId,
+        payment_id: PaymentId,
+        amount: Decimal,
+        paid_at: Timestamp,
+    },
+    /// Unshipped units return to sale. A paid order's refund follows as [`Event::RefundIssued`].
+    OrderCancelled {
+        order_id: OrderId,
+        reason: String,
+        cancelled_at: Timestamp,
+    },
+    OrderExpired {
+        order_id: OrderId,
+        expired_at: Timestamp,
+    },
+    /// The units left on hand and reserved together, at moving average cost.
+    ShipmentDispatched {
+        order_id: OrderId,
+        shipment_id: ShipmentId,
+        carrier: String,
+        tracking_number: String,
+        lines: Vec<CostedLine>,
+        shipped_at: Timestamp,
+    },
+    ShipmentDelivered {
+        order_id: OrderId,
+        shipment_id: ShipmentId,
+        delivered_at: Timestamp,
+    },
+    ReturnRequested {
+        order_id: OrderId,
+        return_id: ReturnId,
+        lines: Vec<Line>,
+        reason: String,
+        requested_at: Timestamp,
+    },
+    ReturnReceived {
+        order_id: OrderId,
+        return_id: ReturnId,
+        lines: Vec<InspectedLine>,
+        received_at: Timestamp,
+    },
+    /// `allocation` spreads `amount` over the order's lines and shipping fee.
+    RefundIssued {
+        order_id: OrderId,
+        refund_id: RefundId,
+        amount: Decimal,
+        return_id: Option<ReturnId>,
+        allocation: Vec<RefundShare>,
+        refunded_at: Timestamp,
+    },
+}
+
+impl Event {
+    /// The event's type name, stable across releases.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ProductListed { .. } => "product_listed",
+            Event::PriceChanged { .. } => "price_changed",
+            Event::ProductDelisted { .. } => "product_delisted",
+            Event::ProductRelisted { .. } => "product_relisted",
+            Event::StockReceived { .. } => "stock_received",
+            Event::StockCounted { .. } => "stock_counted",
+            Event::StockReserved { .. } => "stock_reserved",
+            Event::ReservationReleased { .. } => "reservation_released",
+            Event::ReservationExpired { .. } => "reservation_expired",
+            Event::OrderPlaced { .. } => "order_placed",
+            Event::OrderPaid { .. } => "order_paid",
+            Event::OrderCancelled { .. } => "order_cancelled",
+            Event::OrderExpired { .. } => "order_expired",
+            Event::ShipmentDispatched { .. } => "shipment_dispatched",
+            Event::ShipmentDelivered { .. } => "shipment_delivered",
+            Event::ReturnRequested { .. } => "return_requested",
+            Event::ReturnReceived { .. } => "return_received",
+            Event::RefundIssued { .. } => "refund_issued",
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! emporium: an event-sourced order and inventory engine for online shops.
+//!
+//! The heart is a pure decision core:
+//!
+//! - [`decide`] checks a [`Command`] against a shop's [`State`] at a given time and either
+//!   rejects it with a typed [`Rejection`] (nothing changes) or turns it into [`Event`]s;
+//! - [`State::apply`] folds one event into the state; replaying a shop's events in order
+//!   rebuilds its state exactly, without re-running a rule or reading a clock.
+//!
+//! Nothing in the core does IO. The time of a command is an input ([`Timestamp`]), and every
+//! time, price, cost and refund allocation that was decided is recorded in the events.
+//! Money is [`rust_decimal::Decimal`] in [`money::CURRENCY`] with two decimal places;
+//! quantities are `u64` with the bounds in [`limits`].
+//!
+//! Module map: [`ids`] (identifiers and their syntax), [`money`] (checks and exact
+//! splitting), [`limits`], [`command`], [`event`], [`rejection`], [`state`] (state, `apply`,
+//! invariants), [`decide`](mod@decide) (the rules), [`demo`] (a scripted shop day).
+
+#![deny(missing_docs)]
+
+pub mod command;
+pub mod decide;
+pub mod demo;
+pub mod event;
+pub mod ids;
+pub mod limits;
+pub mod money;
+pub mod rejection;
+pub mod state;
+
+pub use command::{AdjustmentReason, Command, Condition, Inspection, Line};
+pub use decide::decide;
+pub use event::Event;
+pub use ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
+pub use rejection::{Field, Rejection, Shortage};
+pub use state::{Order, OrderStatus, Product, RefundState, ReturnState, State, Stock};

@@ -1,0 +1,34 @@
+//! Every bound the domain enforces, in one place.
+//!
+//! Quantities are integers with explicit bounds; arithmetic on them is checked. The
+//! bounds are chosen so that no sum of bounded values can overflow a `u64`, and so that
+//! every queue and loop in the core has a limit.
+
+/// Longest product title, in characters.
+pub const TITLE_LENGTH_MAX: usize = 200;
+/// Longest category, region, carrier, supplier reference, in characters.
+pub const LABEL_LENGTH_MAX: usize = 64;
+/// Longest free-text reason, in characters.
+pub const REASON_LENGTH_MAX: usize = 500;
+/// Heaviest product, in grams (one tonne).
+pub const WEIGHT_G_MAX: u64 = 1_000_000;
+/// Largest low-stock threshold, in units.
+pub const LOW_STOCK_THRESHOLD_MAX: u64 = 1_000_000_000;
+/// Most units received at once.
+pub const RECEIPT_QUANTITY_MAX: u64 = 1_000_000_000;
+/// Most units a stocktake may count.
+pub const COUNTED_QUANTITY_MAX: u64 = 1_000_000_000_000;
+/// Most units one SKU may have on hand.
+pub const ON_HAND_MAX: u64 = 1_000_000_000_000;
+/// Fewest and most lines in an order, reservation, shipment or return.
+pub const LINES_MAX: usize = 100;
+/// Units on one line of an order or reservation.
+pub const LINE_QUANTITY_MAX: u64 = 10_000;
+/// Default time to live of a checkout hold: 15 minutes.
+pub const RESERVATION_TTL_MS_DEFAULT: u64 = 15 * 60 * 1000;
+/// Longest time to live of a checkout hold: 24 hours.
+pub const RESERVATION_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Time an order may stay unpaid: 30 minutes.
+pub const PAYMENT_TTL_MS: u64 = 30 * 60 * 1000;
+/// Most expiries one tick records; a later tick records the rest.
+pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;

@@ -1,0 +1,810 @@
+//! The state of one shop, rebuilt by applying events in order.
+//!
+//! [`State::apply`] is total for every event that [`crate::decide`] produced against the
+//! same state: it never fails, never reads a clock and never re-runs a business rule. An
+//! event that does not fit the state (an unknown order, stock going negative) can only come
+//! from a bug or a tampered log, and is a broken invariant: `apply` asserts it.
+//!
+//! After every applied event the invariants of the entities it touched are checked in
+//! debug builds and tests ([`State::check_invariants`] checks all of them):
+//! - reserved <= on hand, unless a stocktake recorded a shortfall that is not yet resolved;
+//! - on hand = received + adjustments + restocked returns - shipped, and the same for value;
+//! - inventory value >= 0, and 0 when nothing is on hand;
+//! - per order line shipped <= ordered and returned <= return requested <= shipped;
+//! - refunded <= paid, per order and per line;
+//! - reserved = what active holds and open orders keep back (checked by `check_invariants`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Condition, Line};
+use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
+use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
+
+/// Stock of one SKU. Available = on hand - reserved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stock {
+    /// Units on the shelf, as far as the books know.
+    pub on_hand: u64,
+    /// Units held for checkouts and open orders.
+    pub reserved: u64,
+    /// Value of the units on hand at moving average cost.
+    pub value: Decimal,
+    /// Unit cost of the latest receipt; values units found when nothing is on hand.
+    pub last_unit_cost: Decimal,
+    /// A stocktake counted fewer units than are reserved and that is not yet resolved.
+    pub shortfall_recorded: bool,
+    /// Units ever received from suppliers.
+    pub received: u64,
+    /// Net units added by stocktakes.
+    pub adjusted: i64,
+    /// Units returned in resellable condition.
+    pub restocked: u64,
+    /// Units shipped.
+    pub shipped: u64,
+    /// Returned units written off as damaged (they were no longer on hand).
+    pub written_off: u64,
+    /// Value ever received.
+    pub value_received: Decimal,
+    /// Net value added by stocktakes.
+    pub value_adjusted: Decimal,
+    /// Value of resellable returns.
+    pub value_restocked: Decimal,
+    /// Cost of goods shipped.
+    pub value_shipped: Decimal,
+    /// Cost of returned units written off.
+    pub value_written_off: Decimal,
+}
+
+impl Stock {
+    /// Units that can be reserved now.
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// Reserved units the shelf cannot cover.
+    pub fn shortfall(&self) -> u64 {
+        self.reserved.saturating_sub(self.on_hand)
+    }
+}
+
+/// A product in the catalog with its stock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Product {
+    pub sku: Sku,
+    pub title: String,
+    pub category: String,
+    pub price: Decimal,
+    pub weight_g: u64,
+    pub low_stock_threshold: u64,
+    /// Delisted products cannot be ordered or reserved.
+    pub listed: bool,
+    pub stock: Stock,
+}
+
+/// Where a checkout hold stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    /// Holding stock.
+    Active,
+    /// Released by the caller.
+    Released,
+    /// Its time to live ran out.
+    Expired,
+    /// Taken over by an order.
+    Consumed,
+}
+
+/// A checkout hold (锁库存).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Reservation {
+    pub id: ReservationId,
+    /// One line per SKU.
+    pub lines: Vec<Line>,
+    pub expires_at: Timestamp,
+    pub status: ReservationStatus,
+}
+
+/// The status of an order, derived from its events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Placed, stock reserved, not yet paid.
+    AwaitingPayment,
+    /// Paid, nothing shipped yet.
+    Paid,
+    /// Some units shipped.
+    PartiallyShipped,
+    /// Every unit shipped, not every parcel delivered.
+    Shipped,
+    /// Every unit shipped and every parcel delivered.
+    Delivered,
+    /// Cancelled before its first shipment.
+    Cancelled,
+    /// Not paid within the payment time limit.
+    Expired,
+}
+
+/// Where an order's returns stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnState {
+    /// No return requested.
+    None,
+    /// A requested return has not arrived yet.
+    Requested,
+    /// Every requested return was received.
+    Received,
+}
+
+/// Where an order's refunds stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundState {
+    /// Nothing refunded.
+    None,
+    /// Some of what was paid was refunded.
+    Partial,
+    /// Everything paid was refunded.
+    Full,
+}
+
+/// One line of an order, one per SKU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: u64,
+    pub unit_price: Decimal,
+    pub discounts: Vec<Discount>,
+    pub net_amount: Decimal,
+    pub shipped: u64,
+    /// Cost of goods of the shipped units.
+    pub shipped_cost: Decimal,
+    /// Units asked back by return requests, received or not.
+    pub return_requested: u64,
+    /// Units received back.
+    pub returned: u64,
+    /// Cost of the units received back.
+    pub returned_cost: Decimal,
+    /// Money refunded against this line.
+    pub refunded: Decimal,
+}
+
+/// A payment received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Payment {
+    pub id: PaymentId,
+    pub amount: Decimal,
+    pub paid_at: Timestamp,
+}
+
+/// A parcel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Shipment {
+    pub id: ShipmentId,
+    pub carrier: String,
+    pub tracking_number: String,
+    pub lines: Vec<CostedLine>,
+    pub shipped_at: Timestamp,
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// A return request and, once it arrived, its inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Return {
+    pub id: ReturnId,
+    pub lines: Vec<Line>,
+    pub reason: String,
+    pub requested_at: Timestamp,
+    pub received_at: Option<Timestamp>,
+    pub inspected: Vec<InspectedLine>,
+}
+
+/// A refund given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Refund {
+    pub id: RefundId,
+    pub amount: Decimal,
+    pub return_id: Option<ReturnId>,
+    pub allocation: Vec<RefundShare>,
+    pub refunded_at: Timestamp,
+}
+
+/// How an order closed before completing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Closure {
+    Cancelled { reason: String, at: Timestamp },
+    Expired { at: Timestamp },
+}
+
+/// An order and everything that happened to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Order {
+    pub id: OrderId,
+    pub customer_id: CustomerId,
+    pub region: String,
+    pub placed_at: Timestamp,
+    pub payment_due_by: Timestamp,
+    pub reservation_id: Option<ReservationId>,
+    pub lines: Vec<OrderLine>,
+    pub shipping_fee: Decimal,
+    pub shipping_refunded: Decimal,
+    pub total: Decimal,
+    pub payment: Option<Payment>,
+    pub refunded: Decimal,
+    pub shipments: Vec<Shipment>,
+    pub returns: Vec<Return>,
+    pub refunds: Vec<Refund>,
+    pub closure: Option<Closure>,
+}
+
+impl Order {
+    /// The status, derived from what happened.
+    pub fn status(&self) -> OrderStatus {
+        match &self.closure {
+            Some(Closure::Cancelled { .. }) => return OrderStatus::Cancelled,
+            Some(Closure::Expired { .. }) => return OrderStatus::Expired,
+            None => {}
+        }
+        if self.payment.is_none() {
+            return OrderStatus::AwaitingPayment;
+        }
+        let shipped: u64 = self.lines.iter().map(|l| l.shipped).sum();
+        let ordered: u64 = self.lines.iter().map(|l| l.quantity).sum();
+        if shipped == 0 {
+            OrderStatus::Paid
+        } else if shipped < ordered {
+            OrderStatus::PartiallyShipped
+        } else if self.shipments.iter().all(|s| s.delivered_at.is_some()) {
+            OrderStatus::Delivered
+        } else {
+            OrderStatus::Shipped
+        }
+    }
+
+    /// Where its returns stand.
+    pub fn return_state(&self) -> ReturnState {
+        if self.returns.is_empty() {
+            ReturnState::None
+        } else if self.returns.iter().any(|r| r.received_at.is_none()) {
+            ReturnState::Requested
+        } else {
+            ReturnState::Received
+        }
+    }
+
+    /// Where its refunds stand.
+    pub fn refund_state(&self) -> RefundState {
+        if self.refunded.is_zero() {
+            RefundState::None
+        } else if self.refunded == self.paid() {
+            RefundState::Full
+        } else {
+            RefundState::Partial
+        }
+    }
+
+    /// Money received.
+    pub fn paid(&self) -> Decimal {
+        self.payment.as_ref().map_or(Decimal::ZERO, |p| p.amount)
+    }
+
+    /// Money still to be paid; zero once paid or closed.
+    pub fn amount_due(&self) -> Decimal {
+        if self.closure.is_some() || self.payment.is_some() { Decimal::ZERO } else { self.total }
+    }
+
+    /// Money paid and not yet refunded.
+    pub fn refundable(&self) -> Decimal {
+        self.paid() - self.refunded
+    }
+
+    /// The line of `sku`.
+    pub fn line(&self, sku: &Sku) -> Option<&OrderLine> {
+        self.lines.iter().find(|l| &l.sku == sku)
+    }
+
+    /// Units of each line still held in stock for this order: unshipped units of an open order.
+    pub fn held(&self) -> impl Iterator<Item = (&Sku, u64)> {
+        let open = self.closure.is_none();
+        self.lines.iter().filter(move |_| open).map(|l| (&l.sku, l.quantity - l.shipped))
+    }
+
+    fn line_mut(&mut self, sku: &Sku) -> &mut OrderLine {
+        let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) else {
+            panic!("event names SKU {sku} that order {} does not have", self.id);
+        };
+        line
+    }
+}
+
+/// A moment at which something expires unless it happened first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Deadline {
+    /// A checkout hold's time to live.
+    Reservation(ReservationId),
+    /// An order's payment time limit.
+    Payment(OrderId),
+}
+
+/// The state of one shop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    products: BTreeMap<Sku, Product>,
+    reservations: HashMap<ReservationId, Reservation>,
+    orders: HashMap<OrderId, Order>,
+    deadlines: BTreeSet<(Timestamp, Deadline)>,
+}
+
+impl State {
+    /// An empty shop.
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// A product by SKU.
+    pub fn product(&self, sku: &Sku) -> Option<&Product> {
+        self.products.get(sku)
+    }
+
+    /// Every product, by SKU.
+    pub fn products(&self) -> impl Iterator<Item = &Product> {
+        self.products.values()
+    }
+
+    /// A checkout hold by id.
+    pub fn reservation(&self, id: &ReservationId) -> Option<&Reservation> {
+        self.reservations.get(id)
+    }
+
+    /// An order by id.
+    pub fn order(&self, id: &OrderId) -> Option<&Order> {
+        self.orders.get(id)
+    }
+
+    /// Every order, in no particular order.
+    pub fn orders(&self) -> impl Iterator<Item = &Order> {
+        self.orders.values()
+    }
+
+    /// Deadlines at or before `now`, earliest first, at most `limit`.
+    pub fn due(&self, now: Timestamp, limit: usize) -> impl Iterator<Item = &(Timestamp, Deadline)> {
+        self.deadlines.iter().take_while(move |(at, _)| *at <= now).take(limit)
+    }
+
+    /// Applies one event. See the module documentation for what it assumes.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::ProductListed { sku, title, category, price, weight_g, low_stock_threshold } => {
+                assert!(!self.products.contains_key(sku), "SKU {sku} listed twice");
+                let product = Product {
+                    sku: sku.clone(),
+                    title: title.clone(),
+                    category: category.clone(),
+                    price: *price,
+                    weight_g: *weight_g,
+                    low_stock_threshold: *low_stock_threshold,
+                    listed: true,
+                    stock: Stock::default(),
+                };
+                self.products.insert(sku.clone(), product);
+            }
+            Event::PriceChanged { sku, new_price, .. } => self.product_mut(sku).price = *new_price,
+            Event::ProductDelisted { sku } => self.product_mut(sku).listed = false,
+            Event::ProductRelisted { sku } => self.product_mut(sku).listed = true,
+            Event::StockReceived { sku, quantity, unit_cost, value, .. } => {
+                let stock = &mut self.product_mut(sku).stock;
+                stock.on_hand = add(stock.on_hand, *quantity);
+                stock.received = add(stock.received, *quantity);
+                stock.value += *value;
+                stock.value_received += *value;
+                stock.last_unit_cost = *unit_cost;
+                resolve_shortfall(stock);
+            }
+            Event::StockCounted { sku, counted, previous_on_hand, delta, value_delta, shortfall, .. } => {
+                let stock = &mut self.product_mut(sku).stock;
+                assert_eq!(stock.on_hand, *previous_on_hand);
+                assert_eq!(i128::from(*counted) - i128::from(*previous_on_hand), i128::from(*delta));
+                stock.on_hand = *counted;
+                stock.adjusted = stock.adjusted.checked_add(*delta).unwrap_or_else(|| panic!("adjustment overflow"));
+                stock.value += *value_delta;
+                stock.value_adjusted += *value_delta;
+                assert_eq!(*shortfall, stock.shortfall());
+                if *shortfall > 0 {
+                    stock.shortfall_recorded = true;
+                }
+                resolve_shortfall(stock);
+            }
+            Event::StockReserved { reservation_id, lines, expires_at } => {
+                for line in lines {
+                    let stock = &mut self.product_mut(&line.sku).stock;
+                    stock.reserved = add(stock.reserved, line.quantity);
+                }
+                let reservation = Reservation {
+                    id: reservation_id.clone(),
+                    lines: lines.clone(),
+                    expires_at: *expires_at,
+                    status: ReservationStatus::Active,
+                };
+                assert!(self.reservations.insert(reservation_id.clone(), reservation).is_none());
+                self.deadlines.insert((*expires_at, Deadline::Reservation(reservation_id.clone())));
+            }
+            Event::ReservationReleased { reservation_id } => {
+                self.end_reservation(reservation_id, ReservationStatus::Released);
+            }
+            Event::ReservationExpired { reservation_id, .. } => {
+                self.end_reservation(reservation_id, ReservationStatus::Expired);
+            }
+            Event::OrderPlaced {
+                order_id,
+                customer_id,
+                region,
+                lines,
+                shipping_fee,
+                total,
+                placed_at,
+                payment_due_by,
+                reservation_id,
+            } => {
+                if let Some(reservation_id) = reservation_id {
+                    self.end_reservation(reservation_id, ReservationStatus::Consumed);
+                }
+                for line in lines {
+                    let stock = &mut self.product_mut(&line.sku).stock;
+                    stock.reserved = add(stock.reserved, line.quantity);
+                }
+                let order = Order {
+                    id: order_id.clone(),
+                    customer_id: customer_id.clone(),
+                    region: region.clone(),
+                    placed_at: *placed_at,
+                    payment_due_by: *payment_due_by,
+                    reservation_id: reservation_id.clone(),
+                    lines: lines.iter().map(order_line).collect(),
+                    shipping_fee: *shipping_fee,
+                    shipping_refunded: Decimal::ZERO,
+                    total: *total,
+                    payment: None,
+                    refunded: Decimal::ZERO,
+                    shipments: Vec::new(),
+                    returns: Vec::new(),
+                    refunds: Vec::new(),
+                    closure: None,
+                };
+                assert!(self.orders.insert(order_id.clone(), order).is_none(), "order {order_id} placed twice");
+                self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
+            }
+            Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
+                let order = self.order_mut(order_id);
+                assert!(order.payment.is_none() && order.closure.is_none());
+                order.payment = Some(Payment { id: payment_id.clone(), amount: *amount, paid_at: *paid_at });
+                let due = (order.payment_due_by, Deadline::Payment(order_id.clone()));
+                assert!(self.deadlines.remove(&due));
+            }
+            Event::OrderCancelled { order_id, reason, cancelled_at } => {
+                self.close_order(order_id, Closure::Cancelled { reason: reason.clone(), at: *cancelled_at });
+            }
+            Event::OrderExpired { order_id, expired_at } => {
+                assert!(self.order_mut(order_id).payment.is_none());
+                self.close_order(order_id, Closure::Expired { at: *expired_at });
+            }
+            Event::ShipmentDispatched { order_id, shipment_id, carrier, tracking_number, lines, shipped_at } => {
+                for line in lines {
+                    let stock = &mut self.product_mut(&line.sku).stock;
+                    stock.on_hand = sub(stock.on_hand, line.quantity);
+                    stock.reserved = sub(stock.reserved, line.quantity);
+                    stock.shipped = add(stock.shipped, line.quantity);
+                    stock.value -= line.cost;
+                    stock.value_shipped += line.cost;
+                    resolve_shortfall(stock);
+                }
+                let order = self.order_mut(order_id);
+                assert!(order.payment.is_some() && order.closure.is_none());
+                for line in lines {
+                    let order_line = order.line_mut(&line.sku);
+                    order_line.shipped = add(order_line.shipped, line.quantity);
+                    order_line.shipped_cost += line.cost;
+                }
+                order.shipments.push(Shipment {
+                    id: shipment_id.clone(),
+                    carrier: carrier.clone(),
+                    tracking_number: tracking_number.clone(),
+                    lines: lines.clone(),
+                    shipped_at: *shipped_at,
+                    delivered_at: None,
+                });
+            }
+            Event::ShipmentDelivered { order_id, shipment_id, delivered_at } => {
+                let order = self.order_mut(order_id);
+                let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
+                    panic!("delivery of unknown shipment {shipment_id}");
+                };
+                assert!(shipment.delivered_at.is_none());
+                shipment.delivered_at = Some(*delivered_at);
+            }
+            Event::ReturnRequested { order_id, return_id, lines, reason, requested_at } => {
+                let order = self.order_mut(order_id);
+                for line in lines {
+                    let order_line = order.line_mut(&line.sku);
+                    order_line.return_requested = add(order_line.return_requested, line.quantity);
+                }
+                order.returns.push(Return {
+                    id: return_id.clone(),
+                    lines: lines.clone(),
+                    reason: reason.clone(),
+                    requested_at: *requested_at,
+                    received_at: None,
+                    inspected: Vec::new(),
+                });
+            }
+            Event::ReturnReceived { order_id, return_id, lines, received_at } => {
+                let order = self.order_mut(order_id);
+                for line in lines {
+                    let order_line = order.line_mut(&line.sku);
+                    order_line.returned = add(order_line.returned, line.quantity);
+                    order_line.returned_cost += line.cost;
+                }
+                let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
+                    panic!("receipt of unknown return {return_id}");
+                };
+                assert!(request.received_at.is_none());
+                request.received_at = Some(*received_at);
+                request.inspected = lines.clone();
+                for line in lines {
+                    let stock = &mut self.product_mut(&line.sku).stock;
+                    match line.condition {
+                        Condition::Resellable => {
+                            stock.on_hand = add(stock.on_hand, line.quantity);
+                            stock.restocked = add(stock.restocked, line.quantity);
+                            stock.value += line.cost;
+                            stock.value_restocked += line.cost;
+                            resolve_shortfall(stock);
+                        }
+                        Condition::Damaged => {
+                            stock.written_off = add(stock.written_off, line.quantity);
+                            stock.value_written_off += line.cost;
+                        }
+                    }
+                }
+            }
+            Event::RefundIssued { order_id, refund_id, amount, return_id, allocation, refunded_at } => {
+                let order = self.order_mut(order_id);
+                order.refunded += *amount;
+                for share in allocation {
+                    match &share.target {
+                        RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
+                        RefundTarget::Shipping => order.shipping_refunded += share.amount,
+                    }
+                }
+                order.refunds.push(Refund {
+                    id: refund_id.clone(),
+                    amount: *amount,
+                    return_id: return_id.clone(),
+                    allocation: allocation.clone(),
+                    refunded_at: *refunded_at,
+                });
+            }
+        }
+        if cfg!(debug_assertions) {
+            self.check_touched(event);
+        }
+    }
+
+    fn product_mut(&mut self, sku: &Sku) -> &mut Product {
+        let Some(product) = self.products.get_mut(sku) else {
+            panic!("event names unknown SKU {sku}");
+        };
+        product
+    }
+
+    fn order_mut(&mut self, order_id: &OrderId) -> &mut Order {
+        let Some(order) = self.orders.get_mut(order_id) else {
+            panic!("event names unknown order {order_id}");
+        };
+        order
+    }
+
+    /// Ends an active hold: its units return to sale.
+    fn end_reservation(&mut self, reservation_id: &ReservationId, status: ReservationStatus) {
+        assert_ne!(status, ReservationStatus::Active);
+        let Some(reservation) = self.reservations.get_mut(reservation_id) else {
+            panic!("event names unknown reservation {reservation_id}");
+        };
+        assert_eq!(reservation.status, ReservationStatus::Active, "reservation {reservation_id} ended twice");
+        reservation.status = status;
+        let due = (reservation.expires_at, Deadline::Reservation(reservation_id.clone()));
+        let lines = reservation.lines.clone();
+        assert!(self.deadlines.remove(&due));
+        for line in &lines {
+            let stock = &mut self.product_mut(&line.sku).stock;
+            stock.reserved = sub(stock.reserved, line.quantity);
+            resolve_shortfall(stock);
+        }
+    }
+
+    /// Closes an open order: its unshipped units return to sale.
+    fn close_order(&mut self, order_id: &OrderId, closure: Closure) {
+        let order = self.order_mut(order_id);
+        assert!(order.closure.is_none(), "order {order_id} closed twice");
+        let held: Vec<(Sku, u64)> = order.held().map(|(sku, q)| (sku.clone(), q)).collect();
+        let unpaid_due = order.payment.is_none().then_some(order.payment_due_by);
+        order.closure = Some(closure);
+        if let Some(due_by) = unpaid_due {
+            assert!(self.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
+        }
+        for (sku, quantity) in held {
+            let stock = &mut self.product_mut(&sku).stock;
+            stock.reserved = sub(stock.reserved, quantity);
+            resolve_shortfall(stock);
+        }
+    }
+
+    /// Checks the invariants of what `event` touched.
+    fn check_touched(&self, event: &Event) {
+        let mut skus: Vec<&Sku> = Vec::new();
+        let mut order_id = None;
+        match event {
+            Event::ProductListed { sku, .. }
+            | Event::PriceChanged { sku, .. }
+            | Event::ProductDelisted { sku }
+            | Event::ProductRelisted { sku }
+            | Event::StockReceived { sku, .. }
+            | Event::StockCounted { sku, .. } => skus.push(sku),
+            Event::StockReserved { reservation_id, .. }
+            | Event::ReservationReleased { reservation_id }
+            | Event::ReservationExpired { reservation_id, .. } => {
+                if let Some(r) = self.reservations.get(reservation_id) {
+                    skus.extend(r.lines.iter().map(|l| &l.sku));
+                }
+            }
+            Event::OrderPlaced { order_id: id, .. }
+            | Event::OrderPaid { order_id: id, .. }
+            | Event::OrderCancelled { order_id: id, .. }
+            | Event::OrderExpired { order_id: id, .. }
+            | Event::ShipmentDispatched { order_id: id, .. }
+            | Event::ShipmentDelivered { order_id: id, .. }
+            | Event::ReturnRequested { order_id: id, .. }
+            | Event::ReturnReceived { order_id: id, .. }
+            | Event::RefundIssued { order_id: id, .. } => order_id = Some(id),
+        }
+        if let Some(order) = order_id.and_then(|id| self.orders.get(id)) {
+            check_order(order);
+            skus.extend(order.lines.iter().map(|l| &l.sku));
+        }
+        for sku in skus {
+            if let Some(product) = self.products.get(sku) {
+                check_stock(product);
+            }
+        }
+    }
+
+    /// Checks every invariant of the whole shop; panics naming the first broken one.
+    pub fn check_invariants(&self) {
+        for product in self.products.values() {
+            check_stock(product);
+        }
+        for order in self.orders.values() {
+            check_order(order);
+        }
+        let mut held: BTreeMap<&Sku, u64> = BTreeMap::new();
+        for reservation in self.reservations.values() {
+            if reservation.status == ReservationStatus::Active {
+                for line in &reservation.lines {
+                    *held.entry(&line.sku).or_default() += line.quantity;
+                }
+                let due = (reservation.expires_at, Deadline::Reservation(reservation.id.clone()));
+                assert!(self.deadlines.contains(&due), "active reservation {} has no deadline", reservation.id);
+            }
+        }
+        for order in self.orders.values() {
+            for (sku, quantity) in order.held() {
+                *held.entry(sku).or_default() += quantity;
+            }
+            let awaiting = order.payment.is_none() && order.closure.is_none();
+            let due = (order.payment_due_by, Deadline::Payment(order.id.clone()));
+            assert_eq!(self.deadlines.contains(&due), awaiting, "payment deadline of order {}", order.id);
+        }
+        for product in self.products.values() {
+            let expected = held.get(&product.sku).copied().unwrap_or(0);
+            assert_eq!(
+                product.stock.reserved, expected,
+                "reserved units of {} are not what holds keep back",
+                product.sku
+            );
+        }
+        let active = self.reservations.values().filter(|r| r.status == ReservationStatus::Active).count();
+        let awaiting = self.orders.values().filter(|o| o.payment.is_none() && o.closure.is_none()).count();
+        assert_eq!(self.deadlines.len(), active + awaiting, "stale deadlines");
+    }
+}
+
+fn order_line(line: &PricedLine) -> OrderLine {
+    OrderLine {
+        sku: line.sku.clone(),
+        quantity: line.quantity,
+        unit_price: line.unit_price,
+        discounts: line.discounts.clone(),
+        net_amount: line.net_amount,
+        shipped: 0,
+        shipped_cost: Decimal::ZERO,
+        return_requested: 0,
+        returned: 0,
+        returned_cost: Decimal::ZERO,
+        refunded: Decimal::ZERO,
+    }
+}
+
+/// A recorded shortfall ends once the shelf covers every reserved unit again.
+fn resolve_shortfall(stock: &mut Stock) {
+    if stock.reserved <= stock.on_hand {
+        stock.shortfall_recorded = false;
+    }
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a.checked_add(b).unwrap_or_else(|| panic!("quantity overflow: {a} + {b}"))
+}
+
+fn sub(a: u64, b: u64) -> u64 {
+    a.checked_sub(b).unwrap_or_else(|| panic!("quantity underflow: {a} - {b}"))
+}
+
+fn check_stock(product: &Product) {
+    let sku = &product.sku;
+    let s = &product.stock;
+    assert!(
+        s.reserved <= s.on_hand || s.shortfall_recorded,
+        "{sku}: reserved {} exceeds on hand {} with no recorded shortfall",
+        s.reserved,
+        s.on_hand
+    );
+    assert!(s.on_hand <= crate::limits::ON_HAND_MAX, "{sku}: on hand over the limit");
+    let units = i128::from(s.received) + i128::from(s.adjusted) + i128::from(s.restocked) - i128::from(s.shipped);
+    assert_eq!(units, i128::from(s.on_hand), "{sku}: stock is not conserved");
+    let value = s.value_received + s.value_adjusted + s.value_restocked - s.value_shipped;
+    assert_eq!(value, s.value, "{sku}: inventory value is not conserved");
+    assert!(!s.value.is_sign_negative() || s.value.is_zero(), "{sku}: negative inventory value {}", s.value);
+    assert!(s.on_hand > 0 || s.value.is_zero(), "{sku}: value {} with nothing on hand", s.value);
+    assert!(product.price > Decimal::ZERO);
+}
+
+fn check_order(order: &Order) {
+    let id = &order.id;
+    let mut net_total = Decimal::ZERO;
+    let mut line_refunds = Decimal::ZERO;
+    for line in &order.lines {
+        assert!(line.shipped <= line.quantity, "{id}/{}: shipped more than ordered", line.sku);
+        assert!(line.return_requested <= line.shipped, "{id}/{}: return requested beyond shipped", line.sku);
+        assert!(line.returned <= line.return_requested, "{id}/{}: returned more than requested", line.sku);
+        assert!(line.returned_cost <= line.shipped_cost, "{id}/{}: returned cost beyond shipped", line.sku);
+        assert!(line.refunded <= line.net_amount, "{id}/{}: refunded beyond the line", line.sku);
+        let discounts: Decimal = line.discounts.iter().map(|d| d.amount).sum();
+        assert_eq!(line.unit_price * Decimal::from(line.quantity) - discounts, line.net_amount);
+        net_total += line.net_amount;
+        line_refunds += line.refunded;
+    }
+    assert_eq!(net_total + order.shipping_fee, order.total, "{id}: total is not the sum of its lines");
+    assert!(order.shipping_refunded <= order.shipping_fee, "{id}: shipping refunded beyond the fee");
+    assert_eq!(line_refunds + order.shipping_refunded, order.refunded, "{id}: refund allocation");
+    assert!(order.refunded <= order.paid(), "{id}: refunded {} exceeds paid {}", order.refunded, order.paid());
+    let refunds: Decimal = order.refunds.iter().map(|r| r.amount).sum();
+    assert_eq!(refunds, order.refunded);
+    if order.payment.is_none() {
+        assert!(order.shipments.is_empty(), "{id}: shipped unpaid");
+    }
+    if let Some(payment) = &order.payment {
+        assert_eq!(payment.amount, order.total, "{id}: paid other than the total");
+    }
+}
