@@ -428,7 +428,8 @@ fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<&ReturnId>)
 }
 
 /// What a refund may pay back, and how much of each. For a return: each returned line's
-/// price of the returned units, at most what that line has left unrefunded.
+/// price of the returned units less what earlier refunds for the same return paid on it,
+/// and at most what that line has left unrefunded.
 fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget, Decimal)> {
     let remaining = |line: &OrderLine| line.net_amount - line.refunded;
     match request {
@@ -437,8 +438,18 @@ fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget,
             .iter()
             .filter_map(|returned| {
                 let line = order.line(&returned.sku)?;
+                let target = RefundTarget::Line(line.sku.clone());
                 let value = money::share(line.net_amount, returned.quantity, line.quantity);
-                Some((RefundTarget::Line(line.sku.clone()), value.min(remaining(line))))
+                let refunded_for_return: Decimal = order
+                    .refunds
+                    .iter()
+                    .filter(|r| r.return_id.as_ref() == Some(&request.id))
+                    .flat_map(|r| &r.allocation)
+                    .filter(|share| share.target == target)
+                    .map(|share| share.amount)
+                    .sum();
+                let open = (value - refunded_for_return).max(Decimal::ZERO);
+                Some((target, money::normalize(open.min(remaining(line)))))
             })
             .collect(),
         None => {

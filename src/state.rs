@@ -11,7 +11,7 @@
 //! - on hand = received + adjustments + restocked returns - shipped, and the same for value;
 //! - inventory value >= 0, and 0 when nothing is on hand;
 //! - per order line shipped <= ordered and returned <= return requested <= shipped;
-//! - refunded <= paid, per order and per line;
+//! - refunded <= paid, per order and per line; refunds for a return <= the returned units' price;
 //! - reserved = what active holds and open orders keep back (checked by `check_invariants`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -801,6 +801,22 @@ fn check_order(order: &Order) {
     assert!(order.refunded <= order.paid(), "{id}: refunded {} exceeds paid {}", order.refunded, order.paid());
     let refunds: Decimal = order.refunds.iter().map(|r| r.amount).sum();
     assert_eq!(refunds, order.refunded);
+    for request in &order.returns {
+        for returned in &request.lines {
+            let Some(line) = order.line(&returned.sku) else { panic!("{id}: return of a SKU it lacks") };
+            let value = crate::money::share(line.net_amount, returned.quantity, line.quantity);
+            let target = RefundTarget::Line(returned.sku.clone());
+            let refunded: Decimal = order
+                .refunds
+                .iter()
+                .filter(|r| r.return_id.as_ref() == Some(&request.id))
+                .flat_map(|r| &r.allocation)
+                .filter(|share| share.target == target)
+                .map(|share| share.amount)
+                .sum();
+            assert!(refunded <= value, "{id}: return {} refunded {refunded} beyond its value {value}", request.id);
+        }
+    }
     if order.payment.is_none() {
         assert!(order.shipments.is_empty(), "{id}: shipped unpaid");
     }
