@@ -109,7 +109,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         Command::ReserveStock { reservation_id, lines, ttl_ms } => {
             reservation_id.check()?;
             let lines = merge_lines(lines)?;
-            let ttl_ms = ttl_ms.unwrap_or(RESERVATION_TTL_MS_DEFAULT);
+            let ttl_ms = ttl_ms.unwrap_or(state.policy().reservation_ttl_ms_default);
             check_quantity(Field::TtlMs, ttl_ms, RESERVATION_TTL_MS_MAX)?;
             let expires_at = later(now, ttl_ms, Field::TtlMs)?;
             if state.reservation(reservation_id).is_some() {
@@ -131,7 +131,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
             if let Some(reservation_id) = reservation_id {
                 reservation_id.check()?;
             }
-            let payment_due_by = later(now, PAYMENT_TTL_MS, Field::OrderId)?;
+            let payment_due_by = later(now, state.policy().payment_ttl_ms, Field::OrderId)?;
             if state.order(order_id).is_some() {
                 return Err(Rejection::OrderExists { order_id: order_id.clone() });
             }

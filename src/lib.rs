@@ -33,4 +33,4 @@ pub use decide::decide;
 pub use event::Event;
 pub use ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 pub use rejection::{Field, Rejection, Shortage};
-pub use state::{Order, OrderStatus, Product, RefundState, ReturnState, State, Stock};
+pub use state::{Order, OrderStatus, Policy, Product, RefundState, ReturnState, State, Stock};

@@ -28,7 +28,9 @@ pub const LINE_QUANTITY_MAX: u64 = 10_000;
 pub const RESERVATION_TTL_MS_DEFAULT: u64 = 15 * 60 * 1000;
 /// Longest time to live of a checkout hold: 24 hours.
 pub const RESERVATION_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
-/// Time an order may stay unpaid: 30 minutes.
-pub const PAYMENT_TTL_MS: u64 = 30 * 60 * 1000;
+/// Default time an order may stay unpaid: 30 minutes.
+pub const PAYMENT_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
+/// Longest payment time limit a shop may set: 7 days.
+pub const PAYMENT_TTL_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Most expiries one tick records; a later tick records the rest.
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;

@@ -339,9 +339,39 @@ pub enum Deadline {
     Payment(OrderId),
 }
 
+/// A shop's own settings for the rules that have a default.
+///
+/// The policy shapes decisions only: every deadline it produces is recorded in the events,
+/// so replaying a log under another policy rebuilds the same entities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// How long an order may stay unpaid before it expires (1 ms to 7 days).
+    pub payment_ttl_ms: u64,
+    /// Time to live of a checkout hold that does not name one (1 ms to 24 hours).
+    pub reservation_ttl_ms_default: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            payment_ttl_ms: crate::limits::PAYMENT_TTL_MS_DEFAULT,
+            reservation_ttl_ms_default: crate::limits::RESERVATION_TTL_MS_DEFAULT,
+        }
+    }
+}
+
+impl Policy {
+    /// Whether both durations are within their bounds.
+    pub fn is_valid(&self) -> bool {
+        (1..=crate::limits::PAYMENT_TTL_MS_MAX).contains(&self.payment_ttl_ms)
+            && (1..=crate::limits::RESERVATION_TTL_MS_MAX).contains(&self.reservation_ttl_ms_default)
+    }
+}
+
 /// The state of one shop.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
+    policy: Policy,
     products: BTreeMap<Sku, Product>,
     reservations: HashMap<ReservationId, Reservation>,
     orders: HashMap<OrderId, Order>,
@@ -349,9 +379,19 @@ pub struct State {
 }
 
 impl State {
-    /// An empty shop.
+    /// An empty shop with the default policy.
     pub fn new() -> State {
         State::default()
+    }
+
+    /// An empty shop with `policy`, or `None` when the policy is out of bounds.
+    pub fn with_policy(policy: Policy) -> Option<State> {
+        policy.is_valid().then(|| State { policy, ..State::default() })
+    }
+
+    /// The shop's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// A product by SKU.

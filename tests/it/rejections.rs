@@ -591,3 +591,20 @@ fn rejection_codes_are_snake_case_and_distinct() {
         ["invalid_input", "insufficient_stock", "refund_exceeds_paid", "already_shipped", "order_not_paid"]
     );
 }
+
+#[test]
+fn a_shop_sets_its_own_payment_time_limit() {
+    use emporium::Policy;
+    assert!(State::with_policy(Policy { payment_ttl_ms: 0, ..Policy::default() }).is_none());
+    let policy = Policy { payment_ttl_ms: 10 * MINUTE_MS, reservation_ttl_ms_default: 5 * MINUTE_MS };
+    let mut shop = State::with_policy(policy).expect("a valid policy");
+    for command in [list("S1", dec!(10.00)), receive("S1", 5, dec!(4.00)), place("O-1", &[("S1", 1)])] {
+        shop.execute(at(0), &command).expect("accepted");
+    }
+    let events = shop.execute(at(0), &reserve("R-1", &[("S1", 1)], None)).expect("accepted");
+    assert!(matches!(&events[..], [emporium::Event::StockReserved { expires_at, .. }] if *expires_at == at(5)));
+    check(&shop, 10, pay("O-1", dec!(10.00)), Rejection::PaymentDeadlinePassed { order_id: "O-1".into() });
+    let expired: Vec<&str> =
+        shop.execute(at(10), &Command::ExpireDue).expect("tick").iter().map(|e| e.kind()).collect();
+    assert_eq!(expired, ["reservation_expired", "order_expired"]);
+}
