@@ -110,6 +110,98 @@ identifier!(
     Field::RefundId
 );
 
+/// A shop: a partition with its own log and exactly one writer. The default is `main`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ShopId(String);
+
+/// Longest shop id, in characters.
+pub const SHOP_ID_LENGTH_MAX: usize = 64;
+
+impl ShopId {
+    /// The default shop.
+    pub const DEFAULT: &'static str = "main";
+
+    /// A shop id: 1 to 64 characters of `a-z 0-9 -`.
+    pub fn new(text: &str) -> Result<ShopId, String> {
+        if text.is_empty() || text.len() > SHOP_ID_LENGTH_MAX {
+            return Err(format!("a shop id must be 1 to {SHOP_ID_LENGTH_MAX} characters long"));
+        }
+        if !text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            return Err("a shop id may contain only a-z, 0-9 and '-'".to_owned());
+        }
+        Ok(ShopId(text.to_owned()))
+    }
+
+    /// The default shop, `main`.
+    pub fn main() -> ShopId {
+        ShopId(ShopId::DEFAULT.to_owned())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ShopId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for ShopId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// Names one command for idempotency: executing a known id again returns the original
+/// outcome. Chosen by the caller or generated; 1 to 128 characters, no control characters.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandId(String);
+
+/// Longest command id, in characters.
+pub const COMMAND_ID_LENGTH_MAX: usize = 128;
+
+impl CommandId {
+    /// A command id a caller chose.
+    pub fn new(text: &str) -> Result<CommandId, String> {
+        let length = text.chars().count();
+        if length == 0 || length > COMMAND_ID_LENGTH_MAX {
+            return Err(format!("a command id must be 1 to {COMMAND_ID_LENGTH_MAX} characters long"));
+        }
+        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("a command id must not contain spaces or control characters".to_owned());
+        }
+        Ok(CommandId(text.to_owned()))
+    }
+
+    /// A generated id, unique within a process run and across runs of one shop: `prefix`
+    /// names its source and `sequence` is unique within it.
+    pub fn generated(prefix: &str, sequence: u64) -> CommandId {
+        CommandId(format!("{prefix}-{sequence:016x}"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
 /// Longest identifier, in characters.
 pub const IDENTIFIER_LENGTH_MAX: usize = 64;
 

@@ -21,16 +21,21 @@
 pub mod command;
 pub mod decide;
 pub mod demo;
+pub mod engine;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod log;
 pub mod money;
 pub mod rejection;
 pub mod state;
+pub mod store;
 
 pub use command::{AdjustmentReason, Command, Condition, Inspection, Line};
 pub use decide::decide;
 pub use event::Event;
-pub use ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
+pub use ids::{
+    CommandId, CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, ShopId, Sku, Timestamp,
+};
 pub use rejection::{Field, Rejection, Shortage};
 pub use state::{Order, OrderStatus, Policy, Product, RefundState, ReturnState, State, Stock};

@@ -1,0 +1,682 @@
+//! The engine: owns every shop's state in memory, takes commands from many callers, and
+//! acknowledges each one only when its events are durable.
+//!
+//! Guarantees, before the code:
+//! - **One writer per shop.** Each shop has one writer task that decides commands in arrival
+//!   order against the shop's state. Shops are independent partitions.
+//! - **Group commit.** The writer takes up to `batch_commands_max` queued commands (waiting up
+//!   to `batch_wait_us` for more), decides them one by one, appends all their events and
+//!   rejections as one atomic batch, syncs once, and only then answers every command in it.
+//! - **Acknowledged means durable.** No answer, accepted or rejected, leaves the writer
+//!   before the batch holding it is durable. If the store fails, every command of the batch
+//!   gets [`CommandError::Unavailable`] and the shop's state is rebuilt from its log.
+//! - **Idempotency.** A command id seen within `idempotency_window_ms` of engine time returns
+//!   its original outcome (the same positions, or the same rejection) without appending, also
+//!   after a restart: accepted ids are rebuilt from the log, rejected ones from the store's
+//!   rejection records. The same id with a different command is
+//!   [`CommandError::IdempotencyConflict`]. Older ids are forgotten and run as new commands.
+//! - **Time.** Every decision takes its time from the engine [`Clock`], never earlier than
+//!   the last recorded time. Before deciding a batch, and when a shop has been idle for
+//!   `tick_interval_ms`, the writer records every hold and unpaid order whose deadline has
+//!   passed (the tick), as commands of its own.
+//! - **Bounded.** Every queue has a limit: a full shop queue answers
+//!   [`CommandError::Overloaded`] at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::Command;
+use crate::ids::{CommandId, ShopId, Timestamp};
+use crate::log::{Envelope, Fingerprint, fingerprint, stream_of};
+use crate::rejection::Rejection;
+use crate::state::{Policy, State};
+use crate::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
+
+/// Reads the engine's time.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that moves only when told to; for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now`.
+    pub fn new(now: Timestamp) -> ManualClock {
+        ManualClock(AtomicU64::new(now.0))
+    }
+
+    /// Moves the clock to `now`.
+    pub fn set(&self, now: Timestamp) {
+        self.0.store(now.0, Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward by `duration_ms`.
+    pub fn advance_ms(&self, duration_ms: u64) {
+        self.0.fetch_add(duration_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// How the engine batches, queues and remembers.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most commands decided and synced together.
+    pub batch_commands_max: usize,
+    /// How long a writer waits for more commands before syncing a batch that is not full.
+    pub batch_wait_us: u64,
+    /// Most commands waiting for a shop's writer.
+    pub queue_commands_max: usize,
+    /// How long command ids are remembered, in engine time.
+    pub idempotency_window_ms: u64,
+    /// How often an idle shop checks for expired holds and orders.
+    pub tick_interval_ms: u64,
+    /// The rules' defaults for new shops.
+    pub policy: Policy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            batch_commands_max: 4096,
+            batch_wait_us: 0,
+            queue_commands_max: 65_536,
+            idempotency_window_ms: 24 * 60 * 60 * 1000,
+            tick_interval_ms: 1000,
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// A command with what the log records about its sending.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// For idempotency; generated when absent.
+    pub command_id: Option<CommandId>,
+    /// Groups commands of one business transaction; the command id when absent.
+    pub correlation_id: Option<String>,
+    /// Who sends it: a user, a token's name, a system.
+    pub actor: String,
+    /// What to do.
+    pub command: Command,
+}
+
+/// Longest actor or correlation id, in characters.
+pub const LABEL_LENGTH_MAX: usize = 128;
+
+impl Request {
+    /// A request from `actor` with a generated command id.
+    pub fn new(actor: &str, command: Command) -> Request {
+        Request { command_id: None, correlation_id: None, actor: actor.to_owned(), command }
+    }
+
+    /// The same request with a caller-chosen command id.
+    pub fn with_id(mut self, command_id: CommandId) -> Request {
+        self.command_id = Some(command_id);
+        self
+    }
+}
+
+/// The positions of an accepted command's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Positions {
+    /// The first event's position.
+    pub first: u64,
+    /// The last event's position.
+    pub last: u64,
+}
+
+/// An accepted command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// Its id.
+    pub command_id: CommandId,
+    /// Where its events are; `None` when it produced none.
+    pub positions: Option<Positions>,
+    /// Whether this answer repeats an earlier execution of the same id.
+    pub replayed: bool,
+}
+
+/// Why a command was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The shop's rules refused it; nothing changed. Repeats keep this answer.
+    #[error("rejected: {0}")]
+    Rejected(Rejection),
+    /// The id names another command.
+    #[error("command id {command_id} was used for a different command")]
+    IdempotencyConflict {
+        /// The id.
+        command_id: CommandId,
+    },
+    /// The request itself is malformed (actor, correlation id).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// No such shop.
+    #[error("unknown shop {0}")]
+    UnknownShop(ShopId),
+    /// The shop's queue is full; try again shortly.
+    #[error("shop {0} is overloaded")]
+    Overloaded(ShopId),
+    /// The shop cannot take commands: its storage failed or its log failed verification.
+    #[error("shop {shop} is unavailable: {reason}")]
+    Unavailable {
+        /// The shop.
+        shop: ShopId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why the engine could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Reply = oneshot::Sender<Result<Accepted, CommandError>>;
+type Reader = Box<dyn FnOnce(&State) + Send>;
+
+enum Job {
+    Execute(Request, Reply),
+    Read(Reader),
+}
+
+enum ShopEntry {
+    Serving(mpsc::Sender<Job>),
+    Refused(String),
+}
+
+/// The engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    shops: RwLock<HashMap<ShopId, ShopEntry>>,
+    writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Recovers every shop from its log and starts its writer. A shop whose log fails
+    /// verification is refused (its commands get [`CommandError::Unavailable`] naming the
+    /// first bad position); the others are served. Must run inside a tokio runtime.
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Engine, OpenError> {
+        assert!(config.batch_commands_max > 0 && config.queue_commands_max > 0);
+        let engine = Engine {
+            store: store.clone(),
+            clock,
+            config,
+            shops: RwLock::new(HashMap::new()),
+            writers: std::sync::Mutex::new(Vec::new()),
+        };
+        for shop in store.shops().await? {
+            engine.start(&shop).await?;
+        }
+        Ok(engine)
+    }
+
+    async fn start(&self, shop: &ShopId) -> Result<(), OpenError> {
+        let entry = match Core::recover(self.store.as_ref(), shop, &self.config, self.clock.now()).await {
+            Ok(core) => {
+                let (sender, receiver) = mpsc::channel(self.config.queue_commands_max);
+                let writer = Writer {
+                    shop: shop.clone(),
+                    store: self.store.clone(),
+                    clock: self.clock.clone(),
+                    config: self.config.clone(),
+                    core: Some(core),
+                    generated: 0,
+                };
+                let handle = tokio::spawn(writer.run(receiver));
+                self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(handle);
+                ShopEntry::Serving(sender)
+            }
+            Err(StoreError::Corrupt { corruption, .. }) => ShopEntry::Refused(corruption.to_string()),
+            Err(error) => return Err(error.into()),
+        };
+        self.shops.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(shop.clone(), entry);
+        Ok(())
+    }
+
+    /// Creates a shop with an empty log, or does nothing if it exists.
+    pub async fn create_shop(&self, shop: &ShopId) -> Result<(), OpenError> {
+        if self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(shop) {
+            return Ok(());
+        }
+        self.store.create_shop(shop).await?;
+        self.start(shop).await
+    }
+
+    /// Every shop, served or refused.
+    pub fn shops(&self) -> Vec<ShopId> {
+        let mut shops: Vec<ShopId> =
+            self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect();
+        shops.sort();
+        shops
+    }
+
+    fn sender(&self, shop: &ShopId) -> Result<mpsc::Sender<Job>, CommandError> {
+        match self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(shop) {
+            Some(ShopEntry::Serving(sender)) => Ok(sender.clone()),
+            Some(ShopEntry::Refused(reason)) => {
+                Err(CommandError::Unavailable { shop: shop.clone(), reason: reason.clone() })
+            }
+            None => Err(CommandError::UnknownShop(shop.clone())),
+        }
+    }
+
+    fn enqueue(&self, shop: &ShopId, job: Job) -> Result<(), CommandError> {
+        let sender = self.sender(shop)?;
+        sender.try_send(job).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => CommandError::Overloaded(shop.clone()),
+            mpsc::error::TrySendError::Closed(_) => {
+                CommandError::Unavailable { shop: shop.clone(), reason: "the shop's writer stopped".to_owned() }
+            }
+        })
+    }
+
+    /// Executes one command and answers once its outcome is durable.
+    pub async fn execute(&self, shop: &ShopId, request: Request) -> Result<Accepted, CommandError> {
+        check_label("actor", &request.actor)?;
+        if let Some(correlation_id) = &request.correlation_id {
+            check_label("correlation id", correlation_id)?;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(shop, Job::Execute(request, reply))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(CommandError::Unavailable { shop: shop.clone(), reason: "the shop's writer stopped".to_owned() })
+        })
+    }
+
+    /// Records every expired hold and unpaid order of `shop` now.
+    pub async fn tick(&self, shop: &ShopId) -> Result<Accepted, CommandError> {
+        self.execute(shop, Request::new("engine", Command::ExpireDue)).await
+    }
+
+    /// Runs `read` on the shop's state as of every command answered so far.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        shop: &ShopId,
+        read: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        let reader: Reader = Box::new(move |state| {
+            let _ = reply.send(read(state));
+        });
+        self.enqueue(shop, Job::Read(reader))?;
+        answer.await.map_err(|_| CommandError::Unavailable {
+            shop: shop.clone(),
+            reason: "the shop's writer stopped".to_owned(),
+        })
+    }
+
+    /// The store the engine writes to.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Stops taking commands, lets every writer finish what is queued, and waits for them.
+    pub async fn close(self) {
+        self.shops.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for writer in writers {
+            let _ = writer.await;
+        }
+    }
+}
+
+fn check_label(what: &str, text: &str) -> Result<(), CommandError> {
+    let length = text.chars().count();
+    if length == 0 || length > LABEL_LENGTH_MAX || text.chars().any(char::is_control) {
+        return Err(CommandError::InvalidRequest(format!(
+            "{what} must be 1 to {LABEL_LENGTH_MAX} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// What happened to a remembered command.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Accepted(Option<Positions>),
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Debug)]
+struct Known {
+    fingerprint: Fingerprint,
+    outcome: Outcome,
+}
+
+/// Remembered command ids, forgotten after the window.
+#[derive(Default)]
+struct Idempotency {
+    known: HashMap<CommandId, Known>,
+    by_time: VecDeque<(Timestamp, CommandId)>,
+}
+
+impl Idempotency {
+    fn remember(&mut self, at: Timestamp, command_id: CommandId, known: Known) {
+        if self.known.insert(command_id.clone(), known).is_none() {
+            self.by_time.push_back((at, command_id));
+        }
+    }
+
+    fn forget_before(&mut self, horizon: Timestamp) {
+        while let Some((at, _)) = self.by_time.front() {
+            if *at >= horizon {
+                break;
+            }
+            if let Some((_, command_id)) = self.by_time.pop_front() {
+                self.known.remove(&command_id);
+            }
+        }
+    }
+}
+
+/// A shop's in-memory side, rebuilt from its log.
+struct Core {
+    state: State,
+    stream_versions: HashMap<String, u64>,
+    idempotency: Idempotency,
+    last_position: u64,
+    last_recorded_at: Timestamp,
+}
+
+/// Events read per page while recovering.
+const RECOVERY_PAGE_EVENTS: usize = 4096;
+
+impl Core {
+    async fn recover(
+        store: &dyn EventStore,
+        shop: &ShopId,
+        config: &EngineConfig,
+        now: Timestamp,
+    ) -> Result<Core, StoreError> {
+        let report = store.verify(shop).await?;
+        let Some(state) = State::with_policy(config.policy) else {
+            return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
+        };
+        let mut core = Core {
+            state,
+            stream_versions: HashMap::new(),
+            idempotency: Idempotency::default(),
+            last_position: 0,
+            last_recorded_at: Timestamp(0),
+        };
+        let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
+        loop {
+            let page = store.read_from(shop, core.last_position, RECOVERY_PAGE_EVENTS).await?;
+            if page.is_empty() {
+                break;
+            }
+            for envelope in &page {
+                assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
+                core.state.apply(&envelope.event);
+                let version = core.stream_versions.entry(envelope.stream.clone()).or_insert(0);
+                *version += 1;
+                assert_eq!(*version, envelope.stream_version, "stream {} out of order", envelope.stream);
+                core.last_position = envelope.position;
+                core.last_recorded_at = core.last_recorded_at.max(envelope.recorded_at);
+                if envelope.recorded_at >= horizon {
+                    // A command's events are consecutive: extend its range, or start one.
+                    match core.idempotency.known.get_mut(&envelope.command_id) {
+                        Some(Known { outcome: Outcome::Accepted(Some(positions)), .. }) => {
+                            positions.last = envelope.position;
+                        }
+                        _ => {
+                            let single = Positions { first: envelope.position, last: envelope.position };
+                            let known =
+                                Known { fingerprint: envelope.fingerprint, outcome: Outcome::Accepted(Some(single)) };
+                            core.idempotency.remember(envelope.recorded_at, envelope.command_id.clone(), known);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(core.last_position, report.events, "the log changed while recovering");
+        let mut rejections = store.rejections(shop).await?;
+        rejections.sort_by_key(|r| r.recorded_at);
+        for record in rejections {
+            if record.recorded_at >= horizon {
+                let known = Known { fingerprint: record.fingerprint, outcome: Outcome::Rejected(record.rejection) };
+                core.idempotency.remember(record.recorded_at, record.command_id, known);
+            }
+        }
+        core.idempotency.by_time.make_contiguous().sort_by_key(|(at, _)| *at);
+        Ok(core)
+    }
+}
+
+/// An answer waiting for its batch to be durable.
+struct Pending {
+    reply: Reply,
+    answer: Result<Accepted, CommandError>,
+}
+
+struct Writer {
+    shop: ShopId,
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    /// `None` once the shop failed and could not be recovered.
+    core: Option<Core>,
+    generated: u64,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        let tick = Duration::from_millis(self.config.tick_interval_ms.max(1));
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match tokio::time::timeout(tick, receiver.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.commit(Vec::new()).await;
+                        continue;
+                    }
+                },
+            };
+            let mut jobs: Vec<(Request, Reply)> = Vec::new();
+            match first {
+                Job::Read(read) => {
+                    self.read(read);
+                    continue;
+                }
+                Job::Execute(request, reply) => jobs.push((request, reply)),
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_micros(self.config.batch_wait_us);
+            while jobs.len() < self.config.batch_commands_max {
+                let next = match receiver.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::error::TryRecvError::Empty) if self.config.batch_wait_us > 0 => {
+                        tokio::time::timeout_at(deadline, receiver.recv()).await.ok().flatten()
+                    }
+                    Err(_) => None,
+                };
+                match next {
+                    Some(Job::Execute(request, reply)) => jobs.push((request, reply)),
+                    Some(read @ Job::Read(_)) => {
+                        carried = Some(read);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            self.commit(jobs).await;
+        }
+    }
+
+    fn read(&self, read: Reader) {
+        if let Some(core) = &self.core {
+            read(&core.state);
+        }
+    }
+
+    fn unavailable(&self, reason: &str) -> CommandError {
+        CommandError::Unavailable { shop: self.shop.clone(), reason: reason.to_owned() }
+    }
+
+    /// Decides `jobs` (and any due expiries), appends the batch, then answers.
+    async fn commit(&mut self, jobs: Vec<(Request, Reply)>) {
+        let Some(core) = self.core.as_mut() else {
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(CommandError::Unavailable {
+                    shop: self.shop.clone(),
+                    reason: "the shop failed and could not be recovered".to_owned(),
+                }));
+            }
+            return;
+        };
+        let now = self.clock.now().max(core.last_recorded_at);
+        core.idempotency.forget_before(Timestamp(now.0.saturating_sub(self.config.idempotency_window_ms)));
+        let mut batch = AppendBatch { expected_last: core.last_position, ..AppendBatch::default() };
+        let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
+
+        // The tick: expiries due now are recorded before anything else is decided.
+        let mut ticks = 0;
+        while core.state.due(now, 1).next().is_some() && ticks < 16 {
+            ticks += 1;
+            let command_id = CommandId::generated("expire", core.last_position + batch.events.len() as u64 + 1);
+            let request = Request::new("engine", Command::ExpireDue).with_id(command_id);
+            let _ = decide_one(core, &mut batch, now, request);
+        }
+
+        for (request, reply) in jobs {
+            let request = match request.command_id {
+                Some(_) => request,
+                None => {
+                    self.generated += 1;
+                    let id = CommandId::generated(&generated_prefix(), self.generated);
+                    request.with_id(id)
+                }
+            };
+            let answer = decide_one(core, &mut batch, now, request);
+            pending.push(Pending { reply, answer });
+        }
+
+        if !batch.events.is_empty() || !batch.rejections.is_empty() {
+            let expected = core.last_position;
+            match self.store.append(&self.shop, batch).await {
+                Ok(last) => {
+                    assert_eq!(last, expected, "the store ends where the batch does");
+                }
+                Err(error) => {
+                    let reason = format!("storage failed, the batch was not written: {error}");
+                    for p in pending {
+                        let _ = p.reply.send(Err(self.unavailable(&reason)));
+                    }
+                    self.core = Core::recover(self.store.as_ref(), &self.shop, &self.config, now).await.ok();
+                    return;
+                }
+            }
+        }
+        for p in pending {
+            let _ = p.reply.send(p.answer);
+        }
+    }
+}
+
+/// Decides one request into `batch`: its events, or its rejection, and remembers its outcome.
+fn decide_one(
+    core: &mut Core,
+    batch: &mut AppendBatch,
+    now: Timestamp,
+    request: Request,
+) -> Result<Accepted, CommandError> {
+    let Some(command_id) = request.command_id else { unreachable!("every request has an id by now") };
+    let fingerprint = fingerprint(&request.command);
+    if let Some(known) = core.idempotency.known.get(&command_id) {
+        if known.fingerprint != fingerprint {
+            return Err(CommandError::IdempotencyConflict { command_id });
+        }
+        return match &known.outcome {
+            Outcome::Accepted(positions) => Ok(Accepted { command_id, positions: *positions, replayed: true }),
+            Outcome::Rejected(rejection) => Err(CommandError::Rejected(rejection.clone())),
+        };
+    }
+    match core.state.execute(now, &request.command) {
+        Ok(events) => {
+            let correlation_id = request.correlation_id.unwrap_or_else(|| command_id.as_str().to_owned());
+            let first = core.last_position + 1;
+            for event in events {
+                core.last_position += 1;
+                let stream = stream_of(&event);
+                let version = core.stream_versions.entry(stream.clone()).or_insert(0);
+                *version += 1;
+                batch.events.push(Envelope {
+                    position: core.last_position,
+                    stream,
+                    stream_version: *version,
+                    recorded_at: now,
+                    command_id: command_id.clone(),
+                    fingerprint,
+                    correlation_id: correlation_id.clone(),
+                    actor: request.actor.clone(),
+                    event,
+                });
+            }
+            core.last_recorded_at = now;
+            let positions = (core.last_position >= first).then_some(Positions { first, last: core.last_position });
+            let known = Known { fingerprint, outcome: Outcome::Accepted(positions) };
+            core.idempotency.remember(now, command_id.clone(), known);
+            Ok(Accepted { command_id, positions, replayed: false })
+        }
+        Err(rejection) => {
+            batch.rejections.push(RejectionRecord {
+                command_id: command_id.clone(),
+                fingerprint,
+                rejection: rejection.clone(),
+                recorded_at: now,
+            });
+            let known = Known { fingerprint, outcome: Outcome::Rejected(rejection.clone()) };
+            core.idempotency.remember(now, command_id, known);
+            Err(CommandError::Rejected(rejection))
+        }
+    }
+}
+
+/// A prefix unique to this process run, for generated command ids.
+fn generated_prefix() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX
+        .get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            format!("gen-{nanos:x}-{:x}", std::process::id())
+        })
+        .clone()
+}

@@ -1,0 +1,132 @@
+//! What both backends share: a shop log is a sequence of *chunks*, each holding whole,
+//! consecutive records and keyed by the position of its first record. A batch becomes one or
+//! more chunks of at most [`CHUNK_BYTES_MAX`] bytes.
+
+use tokio::sync::watch;
+
+use crate::ids::ShopId;
+use crate::log::{self, Check, Envelope, Hash};
+
+use super::{StoreError, VerifyReport};
+
+/// Largest chunk written. Bigger batches are split; one record may exceed it alone.
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
+
+/// Where a shop log ends.
+#[derive(Clone, Debug)]
+pub struct Head {
+    /// The last position; 0 when empty.
+    pub last_position: u64,
+    /// The hash of the last record; the genesis hash when empty.
+    pub hash: Hash,
+}
+
+/// The in-memory side of one shop log in either backend.
+pub struct ShopLog {
+    /// Where the log ends.
+    pub head: tokio::sync::Mutex<Head>,
+    /// Publishes the last position to waiters.
+    pub last_position: watch::Sender<u64>,
+}
+
+impl ShopLog {
+    /// A log that ends at `head`.
+    pub fn new(head: Head) -> ShopLog {
+        let (sender, _) = watch::channel(head.last_position);
+        ShopLog { head: tokio::sync::Mutex::new(head), last_position: sender }
+    }
+}
+
+/// A chunk: the position of its first record and the records' bytes.
+pub type Chunk = (u64, Vec<u8>);
+
+/// Checks the fence and encodes `events` into chunks after `head`; returns the chunks and
+/// the new head. Nothing is written.
+pub fn encode_batch(
+    shop: &ShopId,
+    head: &Head,
+    expected_last: u64,
+    events: &[Envelope],
+) -> Result<(Vec<Chunk>, Head), StoreError> {
+    if head.last_position != expected_last {
+        return Err(StoreError::Conflict { shop: shop.clone(), expected: expected_last, actual: head.last_position });
+    }
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut hash = head.hash;
+    for (index, envelope) in events.iter().enumerate() {
+        let position = expected_last + 1 + index as u64;
+        assert_eq!(envelope.position, position, "batch positions must follow the log");
+        match chunks.last_mut() {
+            Some((_, bytes)) if bytes.len() < CHUNK_BYTES_MAX => {}
+            _ => chunks.push((position, Vec::with_capacity(CHUNK_BYTES_MAX.min(events.len() * 256)))),
+        }
+        let Some((_, bytes)) = chunks.last_mut() else { unreachable!("a chunk was just pushed") };
+        hash = log::encode_record(envelope, &hash, bytes).map_err(|e| StoreError::Io(format!("encoding: {e}")))?;
+    }
+    Ok((chunks, Head { last_position: expected_last + events.len() as u64, hash }))
+}
+
+/// Decodes the events after `after` from chunks that start with the chunk holding `after + 1`.
+pub fn collect_after(
+    shop: &ShopId,
+    chunks: impl Iterator<Item = Result<Chunk, StoreError>>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Envelope>, StoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    for chunk in chunks {
+        let (first, bytes) = chunk?;
+        let (envelopes, _) = log::decode_records(&bytes, first, [0; 32], Check::Checksum)
+            .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
+        out.extend(envelopes.into_iter().filter(|e| e.position > after).take(limit - out.len()));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies every chunk in order from the genesis hash: checksums, positions and the chain.
+pub fn verify_chunks(
+    shop: &ShopId,
+    chunks: impl Iterator<Item = Result<Chunk, StoreError>>,
+) -> Result<(VerifyReport, Head), StoreError> {
+    let mut hash = log::genesis_hash(shop);
+    let mut next = 1u64;
+    for chunk in chunks {
+        let (first, bytes) = chunk?;
+        if first != next {
+            let corruption = log::Corruption { position: next, reason: format!("next stored chunk starts at {first}") };
+            return Err(StoreError::Corrupt { shop: shop.clone(), corruption });
+        }
+        let (envelopes, last) = log::decode_records(&bytes, first, hash, Check::Chain)
+            .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
+        if envelopes.is_empty() {
+            let corruption = log::Corruption { position: next, reason: "empty chunk".to_owned() };
+            return Err(StoreError::Corrupt { shop: shop.clone(), corruption });
+        }
+        next += envelopes.len() as u64;
+        hash = last;
+    }
+    let events = next - 1;
+    Ok((VerifyReport { events, head: hash }, Head { last_position: events, hash }))
+}
+
+/// The head of a log whose last chunk is `last`: read with checksums only.
+pub fn head_of(shop: &ShopId, last: Option<Chunk>) -> Result<Head, StoreError> {
+    let Some((first, bytes)) = last else { return Ok(Head { last_position: 0, hash: log::genesis_hash(shop) }) };
+    let (envelopes, hash) = log::decode_records(&bytes, first, [0; 32], Check::Checksum)
+        .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
+    Ok(Head { last_position: first + envelopes.len() as u64 - 1, hash })
+}
+
+/// Waits on `log` until its last position passes `after` or `timeout` passes.
+pub async fn wait_for(log: &ShopLog, after: u64, timeout: std::time::Duration) -> u64 {
+    let mut receiver = log.last_position.subscribe();
+    let reached = tokio::time::timeout(timeout, receiver.wait_for(|last| *last > after)).await;
+    let reached = reached.ok().and_then(Result::ok).map(|last| *last);
+    reached.unwrap_or_else(|| *log.last_position.borrow())
+}

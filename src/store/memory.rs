@@ -1,0 +1,138 @@
+//! The in-memory backend, for tests: the same record format as on disk, kept in a map.
+//! "Durable" means "in this process's memory".
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ids::ShopId;
+use crate::log::{self, Envelope};
+
+use super::chunks::{self, Head, ShopLog};
+use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
+
+/// Shop logs in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    shops: Mutex<BTreeMap<ShopId, Arc<Shop>>>,
+}
+
+struct Shop {
+    log: ShopLog,
+    data: Mutex<Data>,
+}
+
+#[derive(Default)]
+struct Data {
+    chunks: BTreeMap<u64, Vec<u8>>,
+    rejections: Vec<RejectionRecord>,
+    /// Stream name to the positions of its events, in version order.
+    streams: HashMap<String, Vec<u64>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn shop(&self, shop: &ShopId) -> Option<Arc<Shop>> {
+        self.shops.lock().unwrap_or_else(PoisonError::into_inner).get(shop).cloned()
+    }
+
+    fn shop_or_create(&self, shop: &ShopId) -> Arc<Shop> {
+        let mut shops = self.shops.lock().unwrap_or_else(PoisonError::into_inner);
+        shops
+            .entry(shop.clone())
+            .or_insert_with(|| {
+                let head = Head { last_position: 0, hash: log::genesis_hash(shop) };
+                Arc::new(Shop { log: ShopLog::new(head), data: Mutex::new(Data::default()) })
+            })
+            .clone()
+    }
+
+    /// Every chunk of a shop, in order, as stored.
+    fn chunks(shop: &Shop, from_key: u64) -> Vec<Result<(u64, Vec<u8>), StoreError>> {
+        let data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = data.chunks.range(..=from_key).next_back().map_or(from_key, |(first, _)| *first);
+        data.chunks.range(start..).map(|(first, bytes)| Ok((*first, bytes.clone()))).collect()
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
+        Ok(self.shops.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect())
+    }
+
+    async fn create_shop(&self, shop_id: &ShopId) -> Result<(), StoreError> {
+        self.shop_or_create(shop_id);
+        Ok(())
+    }
+
+    async fn append(&self, shop_id: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+        let shop = self.shop_or_create(shop_id);
+        let mut head = shop.log.head.lock().await;
+        let (chunks, new_head) = chunks::encode_batch(shop_id, &head, batch.expected_last, &batch.events)?;
+        {
+            let mut data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
+            data.chunks.extend(chunks);
+            data.rejections.extend(batch.rejections);
+            for envelope in &batch.events {
+                data.streams.entry(envelope.stream.clone()).or_default().push(envelope.position);
+            }
+        }
+        *head = new_head;
+        shop.log.last_position.send_replace(head.last_position);
+        Ok(head.last_position)
+    }
+
+    async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
+        chunks::collect_after(shop_id, Self::chunks(&shop, after + 1).into_iter(), after, limit)
+    }
+
+    async fn read_stream(
+        &self,
+        shop_id: &ShopId,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
+        let positions: Vec<u64> = {
+            let data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
+            let all = data.streams.get(stream).map_or(&[][..], Vec::as_slice);
+            all.iter().skip(usize::try_from(after_version).unwrap_or(usize::MAX)).take(limit).copied().collect()
+        };
+        let mut out = Vec::with_capacity(positions.len());
+        for position in positions {
+            out.extend(self.read_from(shop_id, position - 1, 1).await?);
+        }
+        Ok(out)
+    }
+
+    async fn last_position(&self, shop_id: &ShopId) -> Result<u64, StoreError> {
+        Ok(self.shop(shop_id).map_or(0, |shop| *shop.log.last_position.borrow()))
+    }
+
+    async fn wait_for(&self, shop_id: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+        let shop = self.shop_or_create(shop_id);
+        Ok(chunks::wait_for(&shop.log, after, timeout).await)
+    }
+
+    async fn rejections(&self, shop_id: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
+        Ok(shop.data.lock().unwrap_or_else(PoisonError::into_inner).rejections.clone())
+    }
+
+    async fn verify(&self, shop_id: &ShopId) -> Result<VerifyReport, StoreError> {
+        let Some(shop) = self.shop(shop_id) else {
+            return Ok(VerifyReport { events: 0, head: log::genesis_hash(shop_id) });
+        };
+        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks(&shop, 0).into_iter())?;
+        Ok(report)
+    }
+}

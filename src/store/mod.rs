@@ -1,0 +1,129 @@
+//! Where shop logs are kept: the [`EventStore`] trait and its backends.
+//!
+//! Guarantees every backend gives:
+//! - **Atomic batches.** [`EventStore::append`] stores all of a batch's events and rejection
+//!   records, or none of them.
+//! - **Durable on return.** When `append` returns `Ok`, the batch is on stable storage
+//!   (for sled: flushed, then every file of the database fsynced).
+//! - **One writer per shop.** `append` names the position it expects the log to end at; if the
+//!   log ends elsewhere, the append fails with [`StoreError::Conflict`] and writes nothing, so a
+//!   second writer can never interleave with the first.
+//! - **Checked reads.** Every record read is checked against its checksum; [`EventStore::verify`]
+//!   also checks the hash chain from the first record.
+//!
+//! What the trait does not ask for: appending to several streams atomically as anything but
+//! one shop log. A backend that only has per-stream atomic appends (EventStoreDB) keeps each
+//! shop log as one stream and the per-entity streams as an index.
+
+mod chunks;
+mod memory;
+mod sled_store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CommandId, ShopId, Timestamp};
+use crate::log::{Corruption, Envelope, Fingerprint, Hash};
+use crate::rejection::Rejection;
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+/// A rejected command, remembered so that a retry gets the same answer after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionRecord {
+    /// The command.
+    pub command_id: CommandId,
+    /// Its fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Why it was rejected.
+    pub rejection: Rejection,
+    /// When, by the engine clock.
+    pub recorded_at: Timestamp,
+}
+
+/// What one group commit writes.
+#[derive(Clone, Debug, Default)]
+pub struct AppendBatch {
+    /// The position the log must end at for this batch to be written.
+    pub expected_last: u64,
+    /// Events at `expected_last + 1`, `+ 2`, ...
+    pub events: Vec<Envelope>,
+    /// Rejections of commands in the same batch.
+    pub rejections: Vec<RejectionRecord>,
+}
+
+/// The result of verifying one shop log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events checked.
+    pub events: u64,
+    /// The hash of the last record (the head of the chain).
+    pub head: Hash,
+}
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended first, or the batch was built on a stale log.
+    #[error("shop {shop}: expected the log to end at {expected}, it ends at {actual}")]
+    Conflict {
+        /// The shop.
+        shop: ShopId,
+        /// What the batch expected.
+        expected: u64,
+        /// Where the log ends.
+        actual: u64,
+    },
+    /// Stored bytes fail their checks.
+    #[error("shop {shop}: {corruption}")]
+    Corrupt {
+        /// The shop.
+        shop: ShopId,
+        /// The first bad record.
+        corruption: Corruption,
+    },
+    /// The storage failed.
+    #[error("storage: {0}")]
+    Io(String),
+}
+
+/// Storage of shop logs. See the module documentation for the guarantees.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Every shop with a log.
+    async fn shops(&self) -> Result<Vec<ShopId>, StoreError>;
+
+    /// Creates an empty log for `shop`, durably; does nothing if it exists.
+    async fn create_shop(&self, shop: &ShopId) -> Result<(), StoreError>;
+
+    /// Appends a batch atomically and durably, if the log ends at `batch.expected_last`.
+    /// Returns the new last position.
+    async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events after position `after`, in order.
+    async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError>;
+
+    /// Up to `limit` events of one stream after stream version `after_version`, in order.
+    async fn read_stream(
+        &self,
+        shop: &ShopId,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
+
+    /// The position of the last event; 0 for an empty log.
+    async fn last_position(&self, shop: &ShopId) -> Result<u64, StoreError>;
+
+    /// Waits until the log extends past `after` or `timeout` passes; returns the last position.
+    async fn wait_for(&self, shop: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError>;
+
+    /// Every remembered rejection of the shop.
+    async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError>;
+
+    /// Checks every record's checksum and the hash chain from the first record.
+    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError>;
+}

@@ -1,0 +1,276 @@
+//! The embedded default: every shop log in one sled database.
+//!
+//! On disk, each shop is a sled tree named `shop/<id>` holding, by key prefix:
+//! - `e` + first position (u64 big-endian): a chunk of consecutive records (see
+//!   [`crate::log`]) of at most 64 KiB. One group commit writes one chunk or a few, so the
+//!   cost per event is a share of one sled value, not a sled key.
+//! - `r` + command id: a remembered rejection (`crc32 u32 LE | postcard(RejectionRecord)`).
+//! - `s` + stream + `0x00` + stream version (u64 big-endian): the position of that event.
+//!   This index is derived from the chunks, written lazily when a stream is read, and its
+//!   high-water mark is `h`. It is never on the acknowledgement path and is rebuilt from
+//!   the chunks if lost.
+//!
+//! Durability: an append is one atomic `apply_batch` on the shop's tree, then `flush`, then
+//! `fsync` (`File::sync_all`) of every file in the database directory and of the directory
+//! itself. sled's `flush` alone uses `sync_file_range`, which flushes neither the device
+//! cache nor file metadata; the fsyncs do. Only then does `append` return.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ids::ShopId;
+use crate::log::{self, Envelope};
+
+use super::chunks::{self, ShopLog};
+use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
+
+const CHUNK: u8 = b'e';
+const REJECTION: u8 = b'r';
+const STREAM: u8 = b's';
+const INDEX_HIGH_WATER: u8 = b'h';
+const TREE_PREFIX: &str = "shop/";
+
+/// Shop logs in a sled database directory.
+pub struct SledStore {
+    db: sled::Db,
+    dir: PathBuf,
+    shops: Mutex<BTreeMap<ShopId, Arc<Shop>>>,
+}
+
+struct Shop {
+    tree: sled::Tree,
+    log: ShopLog,
+    /// Serialises catching the stream index up.
+    index: tokio::sync::Mutex<()>,
+}
+
+fn io_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+fn chunk_key(position: u64) -> [u8; 9] {
+    let mut key = [CHUNK; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn position_of_key(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] =
+        key.get(1..9).and_then(|b| b.try_into().ok()).ok_or_else(|| io_error("malformed chunk key"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn stream_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(STREAM);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the database in `dir` and finds where every shop log ends.
+    /// Fails if another process has the database open.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+        let db = sled::Config::new().path(dir).open().map_err(io_error)?;
+        let store = SledStore { db, dir: dir.to_path_buf(), shops: Mutex::new(BTreeMap::new()) };
+        for name in store.db.tree_names() {
+            let Some(id) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(TREE_PREFIX)) else {
+                continue;
+            };
+            let shop_id = ShopId::new(id).map_err(io_error)?;
+            store.open_shop(&shop_id)?;
+        }
+        Ok(store)
+    }
+
+    /// The database directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_shop(&self, shop_id: &ShopId) -> Result<Arc<Shop>, StoreError> {
+        let mut shops = self.shops.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shop) = shops.get(shop_id) {
+            return Ok(shop.clone());
+        }
+        let tree = self.db.open_tree(format!("{TREE_PREFIX}{shop_id}")).map_err(io_error)?;
+        let last = tree.range(chunk_key(0)..=chunk_key(u64::MAX)).next_back().transpose().map_err(io_error)?;
+        let last = match last {
+            Some((key, value)) => Some((position_of_key(&key)?, value.to_vec())),
+            None => None,
+        };
+        let head = chunks::head_of(shop_id, last)?;
+        let shop = Arc::new(Shop { tree, log: ShopLog::new(head), index: tokio::sync::Mutex::new(()) });
+        shops.insert(shop_id.clone(), shop.clone());
+        Ok(shop)
+    }
+
+    fn shop(&self, shop_id: &ShopId) -> Option<Arc<Shop>> {
+        self.shops.lock().unwrap_or_else(PoisonError::into_inner).get(shop_id).cloned()
+    }
+
+    /// Chunks from the one holding position `from` to the end.
+    fn chunks_from(tree: &sled::Tree, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+        let start = tree
+            .range(chunk_key(0)..=chunk_key(from))
+            .next_back()
+            .and_then(Result::ok)
+            .and_then(|(key, _)| position_of_key(&key).ok())
+            .unwrap_or(from);
+        tree.range(chunk_key(start)..=chunk_key(u64::MAX))
+            .map(|entry| entry.map_err(io_error).and_then(|(key, value)| Ok((position_of_key(&key)?, value.to_vec()))))
+    }
+
+    /// Brings the stream index up to the end of the log.
+    async fn catch_up_index(&self, shop_id: &ShopId, shop: &Shop) -> Result<(), StoreError> {
+        let _guard = shop.index.lock().await;
+        let high_water = match shop.tree.get([INDEX_HIGH_WATER]).map_err(io_error)? {
+            Some(bytes) => position_of_key(&[&[INDEX_HIGH_WATER][..], &bytes].concat())?,
+            None => 0,
+        };
+        let last = *shop.log.last_position.borrow();
+        let mut indexed = high_water;
+        while indexed < last {
+            let envelopes = self.read_from(shop_id, indexed, 4096).await?;
+            let Some(tail) = envelopes.last() else { break };
+            let mut batch = sled::Batch::default();
+            for envelope in &envelopes {
+                batch.insert(stream_key(&envelope.stream, envelope.stream_version), &envelope.position.to_be_bytes());
+            }
+            indexed = tail.position;
+            batch.insert(&[INDEX_HIGH_WATER], &indexed.to_be_bytes());
+            shop.tree.apply_batch(batch).map_err(io_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Flushes sled, then fsyncs every file below `dir` and the directories themselves.
+fn sync(db: &sled::Db, dir: &Path) -> io::Result<()> {
+    db.flush().map_err(io::Error::other)?;
+    sync_tree(dir)
+}
+
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
+
+fn encode_rejection(record: &RejectionRecord) -> Result<Vec<u8>, StoreError> {
+    let body = postcard::to_allocvec(record).map_err(io_error)?;
+    let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+fn decode_rejection(bytes: &[u8]) -> Result<RejectionRecord, StoreError> {
+    let (crc, body) = bytes.split_at_checked(4).ok_or_else(|| io_error("short rejection record"))?;
+    if crc != crc32fast::hash(body).to_le_bytes() {
+        return Err(io_error("rejection record fails its checksum"));
+    }
+    postcard::from_bytes(body).map_err(io_error)
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
+        Ok(self.shops.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect())
+    }
+
+    async fn create_shop(&self, shop_id: &ShopId) -> Result<(), StoreError> {
+        self.open_shop(shop_id)?;
+        let (db, dir) = (self.db.clone(), self.dir.clone());
+        tokio::task::spawn_blocking(move || sync(&db, &dir)).await.map_err(io_error)?.map_err(io_error)
+    }
+
+    async fn append(&self, shop_id: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+        let shop = self.open_shop(shop_id)?;
+        let mut head = shop.log.head.lock().await;
+        let (chunks, new_head) = chunks::encode_batch(shop_id, &head, batch.expected_last, &batch.events)?;
+        let mut write = sled::Batch::default();
+        for (first, bytes) in chunks {
+            write.insert(&chunk_key(first), bytes);
+        }
+        for rejection in &batch.rejections {
+            let mut key = vec![REJECTION];
+            key.extend_from_slice(rejection.command_id.as_str().as_bytes());
+            write.insert(key, encode_rejection(rejection)?);
+        }
+        let tree = shop.tree.clone();
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            tree.apply_batch(write).map_err(io_error)?;
+            sync(&db, &dir).map_err(io_error)
+        })
+        .await
+        .map_err(io_error)??;
+        *head = new_head;
+        shop.log.last_position.send_replace(head.last_position);
+        Ok(head.last_position)
+    }
+
+    async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
+        chunks::collect_after(shop_id, Self::chunks_from(&shop.tree, after + 1), after, limit)
+    }
+
+    async fn read_stream(
+        &self,
+        shop_id: &ShopId,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
+        self.catch_up_index(shop_id, &shop).await?;
+        let from = stream_key(stream, after_version.saturating_add(1));
+        let to = stream_key(stream, u64::MAX);
+        let mut out = Vec::new();
+        for entry in shop.tree.range(from..=to).take(limit) {
+            let (_, value) = entry.map_err(io_error)?;
+            let position = position_of_key(&[&[STREAM][..], &value].concat())?;
+            out.extend(self.read_from(shop_id, position - 1, 1).await?);
+        }
+        Ok(out)
+    }
+
+    async fn last_position(&self, shop_id: &ShopId) -> Result<u64, StoreError> {
+        Ok(self.shop(shop_id).map_or(0, |shop| *shop.log.last_position.borrow()))
+    }
+
+    async fn wait_for(&self, shop_id: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+        let shop = self.open_shop(shop_id)?;
+        Ok(chunks::wait_for(&shop.log, after, timeout).await)
+    }
+
+    async fn rejections(&self, shop_id: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
+        shop.tree.scan_prefix([REJECTION]).map(|entry| decode_rejection(&entry.map_err(io_error)?.1)).collect()
+    }
+
+    async fn verify(&self, shop_id: &ShopId) -> Result<VerifyReport, StoreError> {
+        let Some(shop) = self.shop(shop_id) else {
+            return Ok(VerifyReport { events: 0, head: log::genesis_hash(shop_id) });
+        };
+        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks_from(&shop.tree, 0))?;
+        Ok(report)
+    }
+}
