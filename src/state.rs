@@ -482,10 +482,14 @@ impl State {
                 self.deadlines.insert((*expires_at, Deadline::Reservation(reservation_id.clone())));
             }
             Event::ReservationReleased { reservation_id } => {
-                self.end_reservation(reservation_id, ReservationStatus::Released);
+                for sku in self.end_reservation(reservation_id, ReservationStatus::Released) {
+                    resolve_shortfall(&mut self.product_mut(&sku).stock);
+                }
             }
             Event::ReservationExpired { reservation_id, .. } => {
-                self.end_reservation(reservation_id, ReservationStatus::Expired);
+                for sku in self.end_reservation(reservation_id, ReservationStatus::Expired) {
+                    resolve_shortfall(&mut self.product_mut(&sku).stock);
+                }
             }
             Event::OrderPlaced {
                 order_id,
@@ -498,12 +502,18 @@ impl State {
                 payment_due_by,
                 reservation_id,
             } => {
-                if let Some(reservation_id) = reservation_id {
-                    self.end_reservation(reservation_id, ReservationStatus::Consumed);
-                }
+                // The hold's units and the order's are one net change: a recorded shortfall is
+                // only resolved once both are applied.
+                let released = match reservation_id {
+                    Some(reservation_id) => self.end_reservation(reservation_id, ReservationStatus::Consumed),
+                    None => Vec::new(),
+                };
                 for line in lines {
                     let stock = &mut self.product_mut(&line.sku).stock;
                     stock.reserved = add(stock.reserved, line.quantity);
+                }
+                for sku in released.iter().chain(lines.iter().map(|l| &l.sku)) {
+                    resolve_shortfall(&mut self.product_mut(sku).stock);
                 }
                 let order = Order {
                     id: order_id.clone(),
@@ -656,8 +666,9 @@ impl State {
         order
     }
 
-    /// Ends an active hold: its units return to sale.
-    fn end_reservation(&mut self, reservation_id: &ReservationId, status: ReservationStatus) {
+    /// Ends an active hold: its units return to sale. Returns the SKUs it held; the caller
+    /// resolves their shortfalls once the event's whole effect is applied.
+    fn end_reservation(&mut self, reservation_id: &ReservationId, status: ReservationStatus) -> Vec<Sku> {
         assert_ne!(status, ReservationStatus::Active);
         let Some(reservation) = self.reservations.get_mut(reservation_id) else {
             panic!("event names unknown reservation {reservation_id}");
@@ -670,8 +681,8 @@ impl State {
         for line in &lines {
             let stock = &mut self.product_mut(&line.sku).stock;
             stock.reserved = sub(stock.reserved, line.quantity);
-            resolve_shortfall(stock);
         }
+        lines.into_iter().map(|line| line.sku).collect()
     }
 
     /// Closes an open order: its unshipped units return to sale.

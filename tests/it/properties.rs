@@ -281,3 +281,19 @@ fn sequences_reach_every_event_kind() {
     let missing: Vec<_> = all.iter().filter(|k| !kinds.contains(*k)).collect();
     assert!(missing.is_empty(), "never produced: {missing:?}");
 }
+
+/// Found by the property above: an order that takes over a hold on a SKU a stocktake left
+/// short keeps the shortfall recorded; releasing the hold and reserving for the order are
+/// one step.
+#[test]
+fn an_order_taking_over_a_hold_on_a_short_sku_keeps_the_shortfall() {
+    let ops = [
+        (Op::Reserve { id: 9, lines: vec![(1, 5)], ttl_minutes: 2 }, 0),
+        (Op::Stocktake { sku: 1, counted: 0 }, 0),
+        (Op::Place { id: 0, lines: vec![(1, 1)], reservation: Some(9) }, 0),
+    ];
+    let (log, state) = run(&ops).expect("the property holds");
+    assert_eq!(log.last().map(Event::kind), Some("order_placed"));
+    let stock = &state.product(&SKUS[1].into()).expect("listed").stock;
+    assert_eq!((stock.on_hand, stock.reserved, stock.shortfall_recorded), (0, 1, true));
+}
