@@ -46,6 +46,8 @@ pub struct SledStore {
 struct Shop {
     tree: sled::Tree,
     log: ShopLog,
+    /// Set when the log's end could not be read at open: appends are refused.
+    broken: Option<StoreError>,
     /// Serialises catching the stream index up.
     index: tokio::sync::Mutex<()>,
 }
@@ -108,8 +110,13 @@ impl SledStore {
             Some((key, value)) => Some((position_of_key(&key)?, value.to_vec())),
             None => None,
         };
-        let head = chunks::head_of(shop_id, last)?;
-        let shop = Arc::new(Shop { tree, log: ShopLog::new(head), index: tokio::sync::Mutex::new(()) });
+        // A log whose end does not decode still opens, so that verification can name the
+        // first bad record; it takes no appends.
+        let (head, broken) = match chunks::head_of(shop_id, last) {
+            Ok(head) => (head, None),
+            Err(error) => (chunks::Head { last_position: 0, hash: log::genesis_hash(shop_id) }, Some(error)),
+        };
+        let shop = Arc::new(Shop { tree, log: ShopLog::new(head), broken, index: tokio::sync::Mutex::new(()) });
         shops.insert(shop_id.clone(), shop.clone());
         Ok(shop)
     }
@@ -202,6 +209,9 @@ impl EventStore for SledStore {
 
     async fn append(&self, shop_id: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
         let shop = self.open_shop(shop_id)?;
+        if let Some(error) = &shop.broken {
+            return Err(error.clone());
+        }
         let mut head = shop.log.head.lock().await;
         let (chunks, new_head) = chunks::encode_batch(shop_id, &head, batch.expected_last, &batch.events)?;
         let mut write = sled::Batch::default();

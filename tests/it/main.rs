@@ -1,5 +1,8 @@
 //! The one integration-test binary: every test of emporium's public behaviour.
 
+mod engine;
+mod log;
 mod properties;
 mod rejections;
 mod shop_day;
+mod support;

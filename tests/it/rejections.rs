@@ -1,99 +1,13 @@
 //! Every rejection, data-driven: one shop in many situations, one command per case, the
 //! exact typed rejection expected, and the state unchanged afterwards.
 
-use emporium::command::{AdjustmentReason, Condition, Inspection, Line};
-use emporium::demo::DAY_START;
+use emporium::command::{AdjustmentReason, Condition};
 use emporium::limits::{COUNTED_QUANTITY_MAX, ON_HAND_MAX, RECEIPT_QUANTITY_MAX};
 use emporium::state::{OrderStatus, ReservationStatus};
-use emporium::{Command, Field, Rejection, Shortage, State, Timestamp};
-use rust_decimal::{Decimal, dec};
+use emporium::{Command, Field, Rejection, Shortage, State};
+use rust_decimal::dec;
 
-const MINUTE_MS: u64 = 60_000;
-
-fn at(minutes: u64) -> Timestamp {
-    Timestamp(DAY_START.0 + minutes * MINUTE_MS)
-}
-
-fn list(sku: &str, price: Decimal) -> Command {
-    Command::ListProduct {
-        sku: sku.into(),
-        title: format!("Product {sku}"),
-        category: "misc".to_owned(),
-        price,
-        weight_g: 100,
-        low_stock_threshold: 3,
-    }
-}
-
-fn receive(sku: &str, quantity: u64, unit_cost: Decimal) -> Command {
-    Command::ReceiveStock { sku: sku.into(), quantity, unit_cost, supplier_ref: "PO-1".to_owned() }
-}
-
-fn lines(lines: &[(&str, u64)]) -> Vec<Line> {
-    lines.iter().map(|(sku, quantity)| Line::new(sku, *quantity)).collect()
-}
-
-fn place(order_id: &str, order_lines: &[(&str, u64)]) -> Command {
-    place_with(order_id, order_lines, None)
-}
-
-fn place_with(order_id: &str, order_lines: &[(&str, u64)], reservation_id: Option<&str>) -> Command {
-    Command::PlaceOrder {
-        order_id: order_id.into(),
-        customer_id: "C-1".into(),
-        lines: lines(order_lines),
-        region: "zhejiang".to_owned(),
-        reservation_id: reservation_id.map(Into::into),
-    }
-}
-
-fn reserve(reservation_id: &str, reserve_lines: &[(&str, u64)], ttl_ms: Option<u64>) -> Command {
-    Command::ReserveStock { reservation_id: reservation_id.into(), lines: lines(reserve_lines), ttl_ms }
-}
-
-fn pay(order_id: &str, amount: Decimal) -> Command {
-    Command::Pay { order_id: order_id.into(), payment_id: format!("PAY-{order_id}").as_str().into(), amount }
-}
-
-fn ship(order_id: &str, shipment_id: &str, ship_lines: &[(&str, u64)]) -> Command {
-    Command::Ship {
-        order_id: order_id.into(),
-        shipment_id: shipment_id.into(),
-        carrier: "ZTO".to_owned(),
-        tracking_number: "ZTO123".to_owned(),
-        lines: lines(ship_lines),
-    }
-}
-
-fn cancel(order_id: &str) -> Command {
-    Command::Cancel { order_id: order_id.into(), reason: "buyer asked".to_owned() }
-}
-
-fn request_return(order_id: &str, return_id: &str, return_lines: &[(&str, u64)]) -> Command {
-    Command::RequestReturn {
-        order_id: order_id.into(),
-        return_id: return_id.into(),
-        lines: lines(return_lines),
-        reason: "did not fit".to_owned(),
-    }
-}
-
-fn inspect(sku: &str, quantity: u64, condition: Condition) -> Inspection {
-    Inspection { sku: sku.into(), quantity, condition }
-}
-
-fn receive_return(order_id: &str, return_id: &str, inspections: Vec<Inspection>) -> Command {
-    Command::ReceiveReturn { order_id: order_id.into(), return_id: return_id.into(), inspections }
-}
-
-fn refund(order_id: &str, refund_id: &str, amount: Decimal, return_id: Option<&str>) -> Command {
-    Command::Refund {
-        order_id: order_id.into(),
-        refund_id: refund_id.into(),
-        amount,
-        return_id: return_id.map(Into::into),
-    }
-}
+use crate::support::*;
 
 /// A shop in every situation the cases need. Times are minutes after `DAY_START`.
 ///

@@ -1,0 +1,272 @@
+//! The engine: group commit, idempotency, one writer per shop, time, storage failures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use emporium::engine::{Accepted, CommandError, Engine, EngineConfig, ManualClock, Positions, Request};
+use emporium::log::Envelope;
+use emporium::store::{AppendBatch, EventStore, MemoryStore, RejectionRecord, SledStore, StoreError, VerifyReport};
+use emporium::{CommandId, OrderStatus, Rejection, ShopId, Shortage, State, demo};
+use rust_decimal::dec;
+
+use crate::support::*;
+
+async fn open(store: Arc<dyn EventStore>, clock: Arc<ManualClock>) -> Arc<Engine> {
+    let engine = Engine::open(store, clock, EngineConfig::default()).await.expect("opens");
+    engine.create_shop(&ShopId::main()).await.expect("created");
+    Arc::new(engine)
+}
+
+async fn close(engine: Arc<Engine>) {
+    Arc::into_inner(engine).expect("no other users").close().await;
+}
+
+fn id(text: &str) -> CommandId {
+    CommandId::new(text).expect("a valid command id")
+}
+
+/// Every event of the shop, replayed into a fresh state.
+async fn replay(store: &dyn EventStore, shop: &ShopId) -> (State, Vec<Envelope>) {
+    let envelopes = store.read_from(shop, 0, usize::MAX).await.expect("readable");
+    let mut state = State::new();
+    for envelope in &envelopes {
+        state.apply(&envelope.event);
+    }
+    (state, envelopes)
+}
+
+#[tokio::test]
+async fn the_shop_day_through_the_engine_is_the_shop_day_of_the_core() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock.clone()).await;
+    let shop = ShopId::main();
+    for (at, command) in demo::shop_day() {
+        clock.set(at);
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let (core_state, core_events) = demo::run(&demo::shop_day()).expect("the day runs");
+    let engine_state = engine.read(&shop, State::clone).await.expect("readable");
+    assert_eq!(engine_state, core_state);
+    let (replayed, envelopes) = replay(store.as_ref(), &shop).await;
+    assert_eq!(replayed, core_state);
+    assert_eq!(envelopes.iter().map(|e| e.event.clone()).collect::<Vec<_>>(), core_events);
+    assert!(envelopes.iter().zip(1..).all(|(e, position)| e.position == position), "gap-free from 1");
+    let order_stream: Vec<(u64, &str)> = envelopes
+        .iter()
+        .filter(|e| e.stream == "order-A-1001")
+        .map(|e| (e.stream_version, e.event.kind()))
+        .collect();
+    assert_eq!(order_stream[0], (1, "order_placed"));
+    assert!(order_stream.iter().zip(1..).all(|((version, _), expected)| *version == expected));
+    let from_store = store.read_stream(&shop, "order-A-1001", 0, 100).await.expect("readable");
+    assert_eq!(from_store.len(), order_stream.len());
+    assert!(envelopes.iter().all(|e| e.recorded_at >= demo::DAY_START && e.actor == "tester"));
+}
+
+#[tokio::test]
+async fn known_command_ids_answer_as_before_also_after_a_restart() {
+    let dir = temp_dir();
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let shop = ShopId::main();
+    let listing = Request::new("tester", list("S1", dec!(5.00))).with_id(id("list-1"));
+    let stock = Request::new("tester", receive("S1", 3, dec!(2.00))).with_id(id("receive-1"));
+    let too_many = Request::new("tester", place("O-1", &[("S1", 4)])).with_id(id("order-1"));
+    let (first_listing, first_rejection) = {
+        let engine = open(Arc::new(SledStore::open(dir.path()).expect("opens")), clock.clone()).await;
+        let listed = engine.execute(&shop, listing.clone()).await;
+        assert_eq!(
+            listed,
+            Ok(Accepted { command_id: id("list-1"), positions: Some(Positions { first: 1, last: 1 }), replayed: false })
+        );
+        engine.execute(&shop, stock.clone()).await.expect("accepted");
+        let rejected = engine.execute(&shop, too_many.clone()).await;
+        let expected = Rejection::InsufficientStock {
+            shortages: vec![Shortage { sku: "S1".into(), requested: 4, available: 3 }],
+        };
+        assert_eq!(rejected, Err(CommandError::Rejected(expected)));
+        close(engine).await;
+        (listed, rejected)
+    };
+
+    let store = Arc::new(SledStore::open(dir.path()).expect("reopens"));
+    let engine = open(store.clone(), clock.clone()).await;
+    let again = engine.execute(&shop, listing.clone()).await.expect("accepted before");
+    assert_eq!(Ok(Accepted { replayed: false, ..again.clone() }), first_listing);
+    assert!(again.replayed);
+    assert_eq!(engine.execute(&shop, too_many.clone()).await, first_rejection);
+    // Stock arrives: the same id still answers with its original rejection, not a new decision.
+    engine.execute(&shop, Request::new("tester", receive("S1", 10, dec!(2.00)))).await.expect("accepted");
+    assert_eq!(engine.execute(&shop, too_many.clone()).await, first_rejection);
+    assert_eq!(store.last_position(&shop).await, Ok(3), "answers from memory append nothing");
+
+    let other_command = Request::new("tester", list("S2", dec!(5.00))).with_id(id("list-1"));
+    assert_eq!(
+        engine.execute(&shop, other_command).await,
+        Err(CommandError::IdempotencyConflict { command_id: id("list-1") })
+    );
+    let other_order = Request::new("tester", place("O-1", &[("S1", 1)])).with_id(id("order-1"));
+    assert_eq!(
+        engine.execute(&shop, other_order).await,
+        Err(CommandError::IdempotencyConflict { command_id: id("order-1") })
+    );
+
+    // The same new id sent twice at once: one decision, two identical answers.
+    let twice = Request::new("tester", place("O-2", &[("S1", 1)])).with_id(id("order-2"));
+    let answers = submit_all(&engine, &shop, vec![twice.clone(), twice], 2).await;
+    let positions: Vec<_> = answers.iter().map(|a| a.as_ref().map(|a| a.positions)).collect();
+    assert_eq!(positions[0], positions[1]);
+    assert_eq!(answers.iter().filter(|a| matches!(a, Ok(a) if a.replayed)).count(), 1);
+    assert_eq!(store.last_position(&shop).await, Ok(4));
+}
+
+#[tokio::test]
+async fn sixty_four_tasks_race_for_a_hundred_units_and_exactly_a_hundred_win() {
+    let dir = temp_dir();
+    let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
+    let engine = open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START))).await;
+    let shop = ShopId::main();
+    for command in [list("HOT", dec!(99.00)), receive("HOT", 100, dec!(40.00))] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let orders = (0..10_000).map(|i| Request::new("buyer", place(&format!("O-{i}"), &[("HOT", 1)]))).collect();
+    let answers = submit_all(&engine, &shop, orders, 64).await;
+
+    let accepted = answers.iter().filter(|a| a.is_ok()).count();
+    let sold_out = Rejection::InsufficientStock {
+        shortages: vec![Shortage { sku: "HOT".into(), requested: 1, available: 0 }],
+    };
+    let refused = answers.iter().filter(|a| **a == Err(CommandError::Rejected(sold_out.clone()))).count();
+    assert_eq!((accepted, refused), (100, 9_900));
+
+    let state = engine.read(&shop, State::clone).await.expect("readable");
+    state.check_invariants();
+    let stock = &state.product(&"HOT".into()).expect("listed").stock;
+    assert_eq!((stock.on_hand, stock.reserved, stock.available()), (100, 100, 0));
+    assert_eq!(state.orders().count(), 100);
+    let (replayed, envelopes) = replay(store.as_ref(), &shop).await;
+    assert_eq!(replayed, state);
+    assert_eq!(envelopes.len(), 102);
+}
+
+#[tokio::test]
+async fn deadlines_pass_by_the_engine_clock() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock.clone()).await;
+    let shop = ShopId::main();
+    for command in [
+        list("S1", dec!(5.00)),
+        receive("S1", 10, dec!(2.00)),
+        place("O-1", &[("S1", 4)]),
+        reserve("R-1", &[("S1", 6)], Some(10 * MINUTE_MS)),
+    ] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let available = |state: &State| state.product(&"S1".into()).map(|p| p.stock.available());
+    assert_eq!(engine.read(&shop, available).await, Ok(Some(0)));
+
+    clock.advance_ms(10 * MINUTE_MS - 1);
+    engine.tick(&shop).await.expect("ticks");
+    assert_eq!(engine.read(&shop, available).await, Ok(Some(0)), "a millisecond early, nothing expires");
+    clock.advance_ms(1);
+    engine.tick(&shop).await.expect("ticks");
+    assert_eq!(engine.read(&shop, available).await, Ok(Some(6)), "the hold expired");
+
+    // The next command after the payment deadline first records the expiry, so the stock
+    // it frees is available to that command.
+    clock.advance_ms(21 * MINUTE_MS);
+    engine.execute(&shop, Request::new("tester", place("O-2", &[("S1", 10)]))).await.expect("accepted");
+    let statuses = engine
+        .read(&shop, |state: &State| {
+            ["O-1", "O-2"].map(|id| state.order(&id.into()).map(|o| o.status()))
+        })
+        .await
+        .expect("readable");
+    assert_eq!(statuses, [Some(OrderStatus::Expired), Some(OrderStatus::AwaitingPayment)]);
+    let (_, envelopes) = replay(store.as_ref(), &shop).await;
+    let recorded = |kind: &str| envelopes.iter().find(|e| e.event.kind() == kind).expect("recorded").clone();
+    let (hold, order) = (recorded("reservation_expired"), recorded("order_expired"));
+    assert_eq!(hold.recorded_at.0, demo::DAY_START.0 + 10 * MINUTE_MS);
+    assert_eq!(order.recorded_at.0, demo::DAY_START.0 + 31 * MINUTE_MS);
+    assert!(hold.actor == "engine" && order.actor == "engine");
+    let second_order = envelopes.iter().find(|e| e.stream == "order-O-2").expect("placed");
+    assert_eq!(order.position + 1, second_order.position, "the expiry is recorded just before the order it frees stock for");
+}
+
+/// A memory store whose appends fail while `failing` is set.
+struct FlakyStore {
+    inner: MemoryStore,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl EventStore for FlakyStore {
+    async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
+        self.inner.shops().await
+    }
+    async fn create_shop(&self, shop: &ShopId) -> Result<(), StoreError> {
+        self.inner.create_shop(shop).await
+    }
+    async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("disk full".to_owned()));
+        }
+        self.inner.append(shop, batch).await
+    }
+    async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        self.inner.read_from(shop, after, limit).await
+    }
+    async fn read_stream(&self, shop: &ShopId, s: &str, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        self.inner.read_stream(shop, s, after, limit).await
+    }
+    async fn last_position(&self, shop: &ShopId) -> Result<u64, StoreError> {
+        self.inner.last_position(shop).await
+    }
+    async fn wait_for(&self, shop: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+        self.inner.wait_for(shop, after, timeout).await
+    }
+    async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
+        self.inner.rejections(shop).await
+    }
+    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
+        self.inner.verify(shop).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_append_acknowledges_nothing_and_the_shop_recovers_from_its_log() {
+    let store = Arc::new(FlakyStore { inner: MemoryStore::new(), failing: AtomicBool::new(false) });
+    let engine = open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START))).await;
+    let shop = ShopId::main();
+    for command in [list("S1", dec!(5.00)), receive("S1", 10, dec!(2.00))] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let before = engine.read(&shop, State::clone).await.expect("readable");
+
+    store.failing.store(true, Ordering::SeqCst);
+    let order = Request::new("tester", place("O-1", &[("S1", 4)])).with_id(id("order-1"));
+    let failed = engine.execute(&shop, order.clone()).await;
+    assert!(matches!(failed, Err(CommandError::Unavailable { ref reason, .. }) if reason.contains("disk full")));
+    assert_eq!(engine.read(&shop, State::clone).await.expect("readable"), before, "nothing decided survives");
+
+    store.failing.store(false, Ordering::SeqCst);
+    let retried = engine.execute(&shop, order).await.expect("accepted on retry");
+    assert_eq!((retried.positions, retried.replayed), (Some(Positions { first: 3, last: 3 }), false));
+    assert_eq!(store.last_position(&shop).await, Ok(3));
+}
+
+#[tokio::test]
+async fn unknown_shops_and_bad_requests_are_refused_before_deciding() {
+    let engine = open(Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(demo::DAY_START))).await;
+    let nowhere = ShopId::new("nowhere").expect("valid");
+    let listing = Request::new("tester", list("S1", dec!(5.00)));
+    assert_eq!(engine.execute(&nowhere, listing.clone()).await, Err(CommandError::UnknownShop(nowhere)));
+    let nameless = Request { actor: String::new(), ..listing.clone() };
+    assert!(matches!(engine.execute(&ShopId::main(), nameless).await, Err(CommandError::InvalidRequest(_))));
+    assert!(ShopId::new("Main").is_err() && ShopId::new("").is_err() && ShopId::new(&"a".repeat(65)).is_err());
+    assert!(CommandId::new(&"c".repeat(129)).is_err() && CommandId::new("a b").is_err());
+    assert_eq!(engine.store().last_position(&ShopId::main()).await, Ok(0));
+}

@@ -1,0 +1,193 @@
+//! The durable log: fencing, checksums and the hash chain, verification, the CLI.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request};
+use emporium::log::{Envelope, RECORD_OVERHEAD_BYTES};
+use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore, StoreError};
+use emporium::{CommandId, Event, ShopId, Sku, demo::DAY_START};
+use rust_decimal::dec;
+
+use crate::support::*;
+
+fn envelope(position: u64) -> Envelope {
+    Envelope {
+        position,
+        stream: "sku-S1".to_owned(),
+        stream_version: position,
+        recorded_at: DAY_START,
+        command_id: CommandId::generated("fence", position),
+        fingerprint: [0; 16],
+        correlation_id: "c".to_owned(),
+        actor: "tester".to_owned(),
+        event: Event::ProductDelisted { sku: Sku::from("S1") },
+    }
+}
+
+async fn check_fence(store: &dyn EventStore) {
+    let shop = ShopId::main();
+    let batch = || AppendBatch { expected_last: 0, events: vec![envelope(1)], rejections: vec![] };
+    assert_eq!(store.append(&shop, batch()).await, Ok(1));
+    let second = store.append(&shop, batch()).await;
+    assert_eq!(second, Err(StoreError::Conflict { shop: shop.clone(), expected: 0, actual: 1 }));
+    assert_eq!(store.last_position(&shop).await, Ok(1));
+    assert_eq!(store.read_from(&shop, 0, 10).await.map(|e| e.len()), Ok(1));
+    assert_eq!(store.verify(&shop).await.map(|r| r.events), Ok(1));
+}
+
+#[tokio::test]
+async fn a_second_writer_is_fenced_off() {
+    check_fence(&MemoryStore::new()).await;
+    let dir = temp_dir();
+    check_fence(&SledStore::open(dir.path()).expect("opens")).await;
+}
+
+/// Writes a small shop log (a product, stock, `orders` orders and their payments) to a
+/// sled store in `dir` through the engine, from many tasks so batches hold many commands.
+async fn write_shop_log(dir: &Path, orders: usize, tasks: usize) -> u64 {
+    let store = Arc::new(SledStore::open(dir).expect("opens"));
+    let engine = Arc::new(
+        Engine::open(store.clone(), Arc::new(ManualClock::new(DAY_START)), EngineConfig::default())
+            .await
+            .expect("opens"),
+    );
+    let shop = ShopId::main();
+    engine.create_shop(&shop).await.expect("created");
+    for command in [list("S1", dec!(9.90)), receive("S1", 1_000_000, dec!(3.10))] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let place_all = (0..orders).map(|i| Request::new("tester", place(&format!("O-{i}"), &[("S1", 1)]))).collect();
+    assert!(submit_all(&engine, &shop, place_all, tasks).await.iter().all(Result::is_ok));
+    let pay_all = (0..orders).map(|i| Request::new("tester", pay(&format!("O-{i}"), dec!(9.90)))).collect();
+    assert!(submit_all(&engine, &shop, pay_all, tasks).await.iter().all(Result::is_ok));
+    let last = store.last_position(&shop).await.expect("readable");
+    assert_eq!(last, 2 + 2 * orders as u64);
+    Arc::into_inner(engine).expect("no other users").close().await;
+    last
+}
+
+/// Every record in the raw sled tree: (position, chunk key, offset in the chunk, length).
+fn raw_records(dir: &Path) -> Vec<(u64, Vec<u8>, usize, usize)> {
+    let db = sled::open(dir).expect("raw open");
+    let tree = db.open_tree("shop/main").expect("the shop's tree");
+    let mut records = Vec::new();
+    for entry in tree.scan_prefix([b'e']) {
+        let (key, value) = entry.expect("readable");
+        let mut position = u64::from_be_bytes(key[1..9].try_into().expect("a chunk key"));
+        let mut offset = 0;
+        while offset < value.len() {
+            let body_len = u32::from_le_bytes(value[offset..offset + 4].try_into().expect("a length")) as usize;
+            let length = body_len + RECORD_OVERHEAD_BYTES;
+            records.push((position, key.to_vec(), offset, length));
+            offset += length;
+            position += 1;
+        }
+    }
+    records
+}
+
+fn flip_byte(dir: &Path, key: &[u8], offset: usize) {
+    let db = sled::open(dir).expect("raw open");
+    let tree = db.open_tree("shop/main").expect("the shop's tree");
+    let mut value = tree.get(key).expect("readable").expect("present").to_vec();
+    value[offset] ^= 0xFF;
+    tree.insert(key, value).expect("written");
+    db.flush().expect("flushed");
+}
+
+async fn verify_error_position(dir: &Path) -> Option<u64> {
+    let store = SledStore::open(dir).expect("opens even when corrupt");
+    match store.verify(&ShopId::main()).await {
+        Ok(_) => None,
+        Err(StoreError::Corrupt { corruption, .. }) => Some(corruption.position),
+        Err(other) => panic!("verification failed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn flipping_any_byte_of_a_record_fails_verification_at_that_record() {
+    let dir = temp_dir();
+    let last = write_shop_log(dir.path(), 300, 32).await;
+    let records = raw_records(dir.path());
+    assert_eq!(records.len() as u64, last);
+    assert!(records.iter().map(|r| &r.1).collect::<std::collections::BTreeSet<_>>().len() > 1, "several chunks");
+    assert_eq!(verify_error_position(dir.path()).await, None);
+
+    let mut sample: Vec<usize> = (0..records.len()).step_by(47).collect();
+    sample.extend([1, records.len() - 1]);
+    for index in sample {
+        let (position, key, start, length) = &records[index];
+        let body_len = length - RECORD_OVERHEAD_BYTES;
+        // The length, the format byte, the header, the middle and end of the body, the
+        // checksum, the first and last byte of the hash.
+        let offsets = [0, 3, 4, 6, 4 + body_len / 2, 3 + body_len, 4 + body_len, 8 + body_len, length - 1];
+        for offset in offsets {
+            flip_byte(dir.path(), key, start + offset);
+            let found = verify_error_position(dir.path()).await;
+            assert_eq!(found, Some(*position), "flipped byte {offset} of the record at {position}");
+            flip_byte(dir.path(), key, start + offset);
+        }
+    }
+    assert_eq!(verify_error_position(dir.path()).await, None, "restored, the log verifies again");
+}
+
+#[tokio::test]
+async fn a_clean_log_of_a_hundred_thousand_events_verifies() {
+    let dir = temp_dir();
+    let last = write_shop_log(dir.path(), 50_000, 512).await;
+    assert!(last >= 100_000);
+    let store = SledStore::open(dir.path()).expect("opens");
+    let report = store.verify(&ShopId::main()).await.expect("intact");
+    assert_eq!(report.events, last);
+    let tail = store.read_from(&ShopId::main(), last - 3, 10).await.expect("readable");
+    assert_eq!(tail.iter().map(|e| e.position).collect::<Vec<_>>(), vec![last - 2, last - 1, last]);
+}
+
+#[tokio::test]
+async fn a_corrupt_shop_is_refused_naming_the_position_and_the_others_are_served() {
+    let dir = temp_dir();
+    write_shop_log(dir.path(), 20, 4).await;
+    let records = raw_records(dir.path());
+    let (position, key, start, length) = records[17].clone();
+    flip_byte(dir.path(), &key, start + length / 2);
+
+    let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
+    let engine = Engine::open(store, Arc::new(ManualClock::new(DAY_START)), EngineConfig::default())
+        .await
+        .expect("opens");
+    let main = engine.execute(&ShopId::main(), Request::new("tester", list("S2", dec!(1)))).await;
+    match main {
+        Err(CommandError::Unavailable { reason, .. }) => {
+            assert!(reason.contains(&format!("position {position}")), "{reason}")
+        }
+        other => panic!("expected the shop to be refused, got {other:?}"),
+    }
+    let other = ShopId::new("other").expect("valid");
+    engine.create_shop(&other).await.expect("created");
+    assert!(engine.execute(&other, Request::new("tester", list("S2", dec!(1)))).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
+    let dir = temp_dir();
+    write_shop_log(dir.path(), 10, 2).await;
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
+            .args(["verify", "--data"])
+            .arg(dir.path())
+            .output()
+            .expect("runs")
+    };
+    let clean = verify();
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("shop main: 22 events, chain intact"));
+
+    let records = raw_records(dir.path());
+    let (position, key, start, _) = records[9].clone();
+    flip_byte(dir.path(), &key, start + 10);
+    let broken = verify();
+    assert!(!broken.status.success());
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(stderr.contains(&format!("shop main at position {position}")), "{stderr}");
+}

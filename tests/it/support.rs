@@ -1,0 +1,137 @@
+//! What the tests share: command builders, time, temporary stores, concurrent submission.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use emporium::command::{Inspection, Line};
+use emporium::demo::DAY_START;
+use emporium::engine::{Accepted, CommandError, Engine, Request};
+use emporium::{Command, Condition, ShopId, Timestamp};
+use rust_decimal::Decimal;
+
+pub const MINUTE_MS: u64 = 60_000;
+
+pub fn at(minutes: u64) -> Timestamp {
+    Timestamp(DAY_START.0 + minutes * MINUTE_MS)
+}
+
+pub fn list(sku: &str, price: Decimal) -> Command {
+    Command::ListProduct {
+        sku: sku.into(),
+        title: format!("Product {sku}"),
+        category: "misc".to_owned(),
+        price,
+        weight_g: 100,
+        low_stock_threshold: 3,
+    }
+}
+
+pub fn receive(sku: &str, quantity: u64, unit_cost: Decimal) -> Command {
+    Command::ReceiveStock { sku: sku.into(), quantity, unit_cost, supplier_ref: "PO-1".to_owned() }
+}
+
+pub fn lines(lines: &[(&str, u64)]) -> Vec<Line> {
+    lines.iter().map(|(sku, quantity)| Line::new(sku, *quantity)).collect()
+}
+
+pub fn place(order_id: &str, order_lines: &[(&str, u64)]) -> Command {
+    place_with(order_id, order_lines, None)
+}
+
+pub fn place_with(order_id: &str, order_lines: &[(&str, u64)], reservation_id: Option<&str>) -> Command {
+    Command::PlaceOrder {
+        order_id: order_id.into(),
+        customer_id: "C-1".into(),
+        lines: lines(order_lines),
+        region: "zhejiang".to_owned(),
+        reservation_id: reservation_id.map(Into::into),
+    }
+}
+
+pub fn reserve(reservation_id: &str, reserve_lines: &[(&str, u64)], ttl_ms: Option<u64>) -> Command {
+    Command::ReserveStock { reservation_id: reservation_id.into(), lines: lines(reserve_lines), ttl_ms }
+}
+
+pub fn pay(order_id: &str, amount: Decimal) -> Command {
+    Command::Pay { order_id: order_id.into(), payment_id: format!("PAY-{order_id}").as_str().into(), amount }
+}
+
+pub fn ship(order_id: &str, shipment_id: &str, ship_lines: &[(&str, u64)]) -> Command {
+    Command::Ship {
+        order_id: order_id.into(),
+        shipment_id: shipment_id.into(),
+        carrier: "ZTO".to_owned(),
+        tracking_number: "ZTO123".to_owned(),
+        lines: lines(ship_lines),
+    }
+}
+
+pub fn cancel(order_id: &str) -> Command {
+    Command::Cancel { order_id: order_id.into(), reason: "buyer asked".to_owned() }
+}
+
+pub fn request_return(order_id: &str, return_id: &str, return_lines: &[(&str, u64)]) -> Command {
+    Command::RequestReturn {
+        order_id: order_id.into(),
+        return_id: return_id.into(),
+        lines: lines(return_lines),
+        reason: "did not fit".to_owned(),
+    }
+}
+
+pub fn inspect(sku: &str, quantity: u64, condition: Condition) -> Inspection {
+    Inspection { sku: sku.into(), quantity, condition }
+}
+
+pub fn receive_return(order_id: &str, return_id: &str, inspections: Vec<Inspection>) -> Command {
+    Command::ReceiveReturn { order_id: order_id.into(), return_id: return_id.into(), inspections }
+}
+
+pub fn refund(order_id: &str, refund_id: &str, amount: Decimal, return_id: Option<&str>) -> Command {
+    Command::Refund {
+        order_id: order_id.into(),
+        refund_id: refund_id.into(),
+        amount,
+        return_id: return_id.map(Into::into),
+    }
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("emporium-test-").tempdir().expect("a temporary directory")
+}
+
+/// Submits every request to `shop` from `tasks` concurrent tasks (request `i` goes to task
+/// `i % tasks`, which sends its share one at a time) and returns the answers in request order.
+pub async fn submit_all(
+    engine: &Arc<Engine>,
+    shop: &ShopId,
+    requests: Vec<Request>,
+    tasks: usize,
+) -> Vec<Result<Accepted, CommandError>> {
+    let count = requests.len();
+    let mut shares: Vec<Vec<(usize, Request)>> = (0..tasks).map(|_| Vec::new()).collect();
+    for (index, request) in requests.into_iter().enumerate() {
+        shares[index % tasks].push((index, request));
+    }
+    let mut handles = Vec::with_capacity(tasks);
+    for share in shares {
+        let engine = engine.clone();
+        let shop = shop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(share.len());
+            for (index, request) in share {
+                answers.push((index, engine.execute(&shop, request).await));
+            }
+            answers
+        }));
+    }
+    let mut answers: Vec<Option<Result<Accepted, CommandError>>> = (0..count).map(|_| None).collect();
+    for handle in handles {
+        for (index, answer) in handle.await.expect("a submitting task") {
+            answers[index] = Some(answer);
+        }
+    }
+    answers.into_iter().map(|a| a.expect("every request answered")).collect()
+}
