@@ -33,6 +33,27 @@ enum Action {
         #[arg(long, default_value = "./emporium-data")]
         data: PathBuf,
     },
+    /// Durability drill: run the engine on sled under load and print every acknowledged
+    /// command as `ack <command id> <first position> <last position>`. Used by the crash
+    /// test, which kills it at random moments; stops by itself after `--commands` or `--seconds`.
+    #[command(hide = true)]
+    Drill {
+        /// The data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Prefix of this run's command ids, unique per run.
+        #[arg(long)]
+        tag: String,
+        /// Concurrent submitters.
+        #[arg(long, default_value_t = 16)]
+        tasks: usize,
+        /// Most commands per submitter.
+        #[arg(long, default_value_t = 10_000)]
+        commands: usize,
+        /// Longest run, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +69,9 @@ fn main() -> ExitCode {
     let outcome = match action {
         Action::Demo { data } => runtime.block_on(run_demo(data)),
         Action::Verify { data } => runtime.block_on(verify(data)),
+        Action::Drill { data, tag, tasks, commands, seconds } => {
+            runtime.block_on(drill(data, tag, tasks, commands, seconds))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +179,87 @@ async fn verify(data: PathBuf) -> Result<(), String> {
         }
     }
     if failed.is_empty() { Ok(()) } else { Err(format!("verification failed: {}", failed.join(", "))) }
+}
+
+async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, seconds: u64) -> Result<(), String> {
+    use emporium::Command;
+    use emporium::command::Line;
+    use rust_decimal::Decimal;
+
+    let store = open_store(&data)?;
+    let engine = Arc::new(
+        Engine::open(store, Arc::new(emporium::engine::SystemClock), EngineConfig::default())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let shop = ShopId::main();
+    engine.create_shop(&shop).await.map_err(|e| e.to_string())?;
+    let price = Decimal::new(1990, 2);
+    let setup = [
+        (
+            "drill-list",
+            Command::ListProduct {
+                sku: "DRILL".into(),
+                title: "Drill product".to_owned(),
+                category: "drill".to_owned(),
+                price,
+                weight_g: 100,
+                low_stock_threshold: 0,
+            },
+        ),
+        (
+            "drill-receive",
+            Command::ReceiveStock {
+                sku: "DRILL".into(),
+                quantity: 1_000_000_000,
+                unit_cost: Decimal::new(500, 2),
+                supplier_ref: "DRILL".to_owned(),
+            },
+        ),
+    ];
+    for (id, command) in setup {
+        let command_id = CommandId::new(id).map_err(|e| e.to_string())?;
+        engine.execute(&shop, Request::new("drill", command).with_id(command_id)).await.map_err(|e| e.to_string())?;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (engine, shop, tag) = (engine.clone(), shop.clone(), tag.clone());
+        handles.push(tokio::spawn(async move {
+            for n in 0..commands {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                let order_id = format!("{tag}-{task}-{n}");
+                let steps = [
+                    Command::PlaceOrder {
+                        order_id: order_id.as_str().into(),
+                        customer_id: "C-1".into(),
+                        lines: vec![Line::new("DRILL", 1)],
+                        region: "drill".to_owned(),
+                        reservation_id: None,
+                    },
+                    Command::Pay { order_id: order_id.as_str().into(), payment_id: "P".into(), amount: price },
+                ];
+                for (step, command) in steps.into_iter().enumerate() {
+                    let command_id = CommandId::new(&format!("{order_id}-{step}")).map_err(|e| e.to_string())?;
+                    let receipt = engine.execute(&shop, Request::new("drill", command).with_id(command_id)).await;
+                    match receipt {
+                        Ok(receipt) => {
+                            let (first, last) = receipt.positions.map_or((0, 0), |p| (p.first, p.last));
+                            println!("ack {} {first} {last}", receipt.command_id);
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    for handle in handles {
+        handle.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -54,11 +54,8 @@ async fn the_shop_day_through_the_engine_is_the_shop_day_of_the_core() {
     assert_eq!(replayed, core_state);
     assert_eq!(envelopes.iter().map(|e| e.event.clone()).collect::<Vec<_>>(), core_events);
     assert!(envelopes.iter().zip(1..).all(|(e, position)| e.position == position), "gap-free from 1");
-    let order_stream: Vec<(u64, &str)> = envelopes
-        .iter()
-        .filter(|e| e.stream == "order-A-1001")
-        .map(|e| (e.stream_version, e.event.kind()))
-        .collect();
+    let order_stream: Vec<(u64, &str)> =
+        envelopes.iter().filter(|e| e.stream == "order-A-1001").map(|e| (e.stream_version, e.event.kind())).collect();
     assert_eq!(order_stream[0], (1, "order_placed"));
     assert!(order_stream.iter().zip(1..).all(|((version, _), expected)| *version == expected));
     let from_store = store.read_stream(&shop, "order-A-1001", 0, 100).await.expect("readable");
@@ -79,13 +76,16 @@ async fn known_command_ids_answer_as_before_also_after_a_restart() {
         let listed = engine.execute(&shop, listing.clone()).await;
         assert_eq!(
             listed,
-            Ok(Accepted { command_id: id("list-1"), positions: Some(Positions { first: 1, last: 1 }), replayed: false })
+            Ok(Accepted {
+                command_id: id("list-1"),
+                positions: Some(Positions { first: 1, last: 1 }),
+                replayed: false
+            })
         );
         engine.execute(&shop, stock.clone()).await.expect("accepted");
         let rejected = engine.execute(&shop, too_many.clone()).await;
-        let expected = Rejection::InsufficientStock {
-            shortages: vec![Shortage { sku: "S1".into(), requested: 4, available: 3 }],
-        };
+        let expected =
+            Rejection::InsufficientStock { shortages: vec![Shortage { sku: "S1".into(), requested: 4, available: 3 }] };
         assert_eq!(rejected, Err(CommandError::Rejected(expected)));
         close(engine).await;
         (listed, rejected)
@@ -135,9 +135,8 @@ async fn sixty_four_tasks_race_for_a_hundred_units_and_exactly_a_hundred_win() {
     let answers = submit_all(&engine, &shop, orders, 64).await;
 
     let accepted = answers.iter().filter(|a| a.is_ok()).count();
-    let sold_out = Rejection::InsufficientStock {
-        shortages: vec![Shortage { sku: "HOT".into(), requested: 1, available: 0 }],
-    };
+    let sold_out =
+        Rejection::InsufficientStock { shortages: vec![Shortage { sku: "HOT".into(), requested: 1, available: 0 }] };
     let refused = answers.iter().filter(|a| **a == Err(CommandError::Rejected(sold_out.clone()))).count();
     assert_eq!((accepted, refused), (100, 9_900));
 
@@ -180,9 +179,7 @@ async fn deadlines_pass_by_the_engine_clock() {
     clock.advance_ms(21 * MINUTE_MS);
     engine.execute(&shop, Request::new("tester", place("O-2", &[("S1", 10)]))).await.expect("accepted");
     let statuses = engine
-        .read(&shop, |state: &State| {
-            ["O-1", "O-2"].map(|id| state.order(&id.into()).map(|o| o.status()))
-        })
+        .read(&shop, |state: &State| ["O-1", "O-2"].map(|id| state.order(&id.into()).map(|o| o.status())))
         .await
         .expect("readable");
     assert_eq!(statuses, [Some(OrderStatus::Expired), Some(OrderStatus::AwaitingPayment)]);
@@ -193,7 +190,11 @@ async fn deadlines_pass_by_the_engine_clock() {
     assert_eq!(order.recorded_at.0, demo::DAY_START.0 + 31 * MINUTE_MS);
     assert!(hold.actor == "engine" && order.actor == "engine");
     let second_order = envelopes.iter().find(|e| e.stream == "order-O-2").expect("placed");
-    assert_eq!(order.position + 1, second_order.position, "the expiry is recorded just before the order it frees stock for");
+    assert_eq!(
+        order.position + 1,
+        second_order.position,
+        "the expiry is recorded just before the order it frees stock for"
+    );
 }
 
 /// A memory store whose appends fail while `failing` is set.

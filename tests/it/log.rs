@@ -153,9 +153,8 @@ async fn a_corrupt_shop_is_refused_naming_the_position_and_the_others_are_served
     flip_byte(dir.path(), &key, start + length / 2);
 
     let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
-    let engine = Engine::open(store, Arc::new(ManualClock::new(DAY_START)), EngineConfig::default())
-        .await
-        .expect("opens");
+    let engine =
+        Engine::open(store, Arc::new(ManualClock::new(DAY_START)), EngineConfig::default()).await.expect("opens");
     let main = engine.execute(&ShopId::main(), Request::new("tester", list("S2", dec!(1)))).await;
     match main {
         Err(CommandError::Unavailable { reason, .. }) => {
