@@ -59,6 +59,16 @@ pub struct Inspection {
     pub condition: Condition,
 }
 
+/// Who asked for something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Party {
+    /// The buyer.
+    Buyer,
+    /// The shop's staff.
+    Shop,
+}
+
 /// A request to a shop. See the variants for the rules each one is decided by.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -155,6 +165,8 @@ pub enum Command {
     Cancel {
         /// The order.
         order_id: OrderId,
+        /// Who asked: platforms count buyer and shop cancellations apart.
+        by: Party,
         /// Why, 1 to 500 characters.
         reason: String,
     },

@@ -197,15 +197,19 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
                 paid_at: now,
             }])
         }
-        Command::Cancel { order_id, reason } => {
+        Command::Cancel { order_id, by, reason } => {
             order_id.check()?;
             check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
             let order = open_order(state, order_id)?;
             if !order.shipments.is_empty() {
                 return Err(Rejection::AlreadyShipped { order_id: order_id.clone() });
             }
-            let mut events =
-                vec![Event::OrderCancelled { order_id: order_id.clone(), reason: reason.clone(), cancelled_at: now }];
+            let mut events = vec![Event::OrderCancelled {
+                order_id: order_id.clone(),
+                by: Some(*by),
+                reason: reason.clone(),
+                cancelled_at: now,
+            }];
             let refundable = order.refundable();
             if refundable > Decimal::ZERO {
                 events.push(Event::RefundIssued {

@@ -5,7 +5,7 @@
 
 use rust_decimal::Decimal;
 
-use crate::command::{AdjustmentReason, Command, Condition, Inspection, Line};
+use crate::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
 use crate::event::Event;
 use crate::ids::Timestamp;
 use crate::rejection::Rejection;
@@ -80,7 +80,14 @@ pub fn shop_day() -> Vec<(Timestamp, Command)> {
         (at(32), place("A-1003", "C-90", "xinjiang", &[("CUP-002", 3)])),
         (at(35), Command::Pay { order_id: "A-1001".into(), payment_id: "PAY-1".into(), amount: money(43800) }),
         (at(36), Command::Pay { order_id: "A-1002".into(), payment_id: "PAY-2".into(), amount: money(39600) }),
-        (at(40), Command::Cancel { order_id: "A-1003".into(), reason: "buyer changed their mind".to_owned() }),
+        (
+            at(40),
+            Command::Cancel {
+                order_id: "A-1003".into(),
+                by: Party::Buyer,
+                reason: "buyer changed their mind".to_owned(),
+            },
+        ),
         (at(120), ship("A-1001", "PKG-1", "SF1001", &[("TEA-001", 2), ("CUP-002", 2)])),
         (at(180), ship("A-1001", "PKG-2", "SF1002", &[("CUP-002", 2)])),
         (at(1440), Command::ConfirmDelivery { order_id: "A-1001".into(), shipment_id: "PKG-1".into() }),

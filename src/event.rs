@@ -8,7 +8,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{AdjustmentReason, Condition, Line};
+use crate::command::{AdjustmentReason, Condition, Line, Party};
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 
 /// Where a discount came from. Promotions and coupons are recorded here when they apply.
@@ -89,6 +89,10 @@ pub struct RefundShare {
 }
 
 /// A fact recorded by a shop.
+///
+/// The order of the variants and of their fields is part of the stored format: new
+/// variants go at the end, and a changed variant gets a new schema version and an upcaster
+/// (see [`crate::log`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
@@ -163,8 +167,10 @@ pub enum Event {
         paid_at: Timestamp,
     },
     /// Unshipped units return to sale. A paid order's refund follows as [`Event::RefundIssued`].
+    /// Schema v2 added `by`; events stored under v1 read as `by: None` (not recorded).
     OrderCancelled {
         order_id: OrderId,
+        by: Option<Party>,
         reason: String,
         cancelled_at: Timestamp,
     },

@@ -31,7 +31,7 @@ pub mod rejection;
 pub mod state;
 pub mod store;
 
-pub use command::{AdjustmentReason, Command, Condition, Inspection, Line};
+pub use command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
 pub use decide::decide;
 pub use event::Event;
 pub use ids::{

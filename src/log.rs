@@ -87,7 +87,7 @@ pub const SCHEMA_VERSIONS: &[(&str, u16)] = &[
     ("reservation_expired", 1),
     ("order_placed", 1),
     ("order_paid", 1),
-    ("order_cancelled", 1),
+    ("order_cancelled", 2),
     ("order_expired", 1),
     ("shipment_dispatched", 1),
     ("shipment_delivered", 1),
@@ -287,12 +287,43 @@ fn decode_body(body: &[u8]) -> Result<Envelope, String> {
 }
 
 /// Reading events stored under older schema versions into today's types.
+///
+/// A payload is the postcard encoding of an [`Event`]: the variant's index as a varint,
+/// then its fields in order. An upcaster reads the index, decodes the old fields into a
+/// struct shaped as the variant was, and builds today's variant from it. Every change so far:
+/// - `order_cancelled` v1 → v2: `by` (who asked) was added; v1 events did not record it
+///   and read as `by: None`.
 pub mod upcast {
+    use serde::Deserialize;
+
     use crate::event::Event;
+    use crate::ids::{OrderId, Timestamp};
+
+    /// `Event::OrderCancelled` as schema v1 stored it.
+    #[derive(Deserialize)]
+    struct OrderCancelledV1 {
+        order_id: OrderId,
+        reason: String,
+        cancelled_at: Timestamp,
+    }
 
     /// Decodes a payload of `kind` stored under schema `version`, older than the current one.
-    pub fn decode(kind: &str, version: u16, _payload: &[u8]) -> Result<Event, String> {
-        Err(format!("no upcaster for {kind} version {version}"))
+    pub fn decode(kind: &str, version: u16, payload: &[u8]) -> Result<Event, String> {
+        let (_variant, fields) =
+            postcard::take_from_bytes::<u32>(payload).map_err(|e| format!("payload does not decode: {e}"))?;
+        let old = |e: postcard::Error| format!("{kind} v{version} payload does not decode: {e}");
+        match (kind, version) {
+            ("order_cancelled", 1) => {
+                let v1: OrderCancelledV1 = postcard::from_bytes(fields).map_err(old)?;
+                Ok(Event::OrderCancelled {
+                    order_id: v1.order_id,
+                    by: None,
+                    reason: v1.reason,
+                    cancelled_at: v1.cancelled_at,
+                })
+            }
+            _ => Err(format!("no upcaster for {kind} version {version}")),
+        }
     }
 }
 

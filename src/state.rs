@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Condition, Line};
+use crate::command::{Condition, Line, Party};
 use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 
@@ -224,7 +224,7 @@ pub struct Refund {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Closure {
-    Cancelled { reason: String, at: Timestamp },
+    Cancelled { by: Option<Party>, reason: String, at: Timestamp },
     Expired { at: Timestamp },
 }
 
@@ -543,8 +543,9 @@ impl State {
                 let due = (order.payment_due_by, Deadline::Payment(order_id.clone()));
                 assert!(self.deadlines.remove(&due));
             }
-            Event::OrderCancelled { order_id, reason, cancelled_at } => {
-                self.close_order(order_id, Closure::Cancelled { reason: reason.clone(), at: *cancelled_at });
+            Event::OrderCancelled { order_id, by, reason, cancelled_at } => {
+                let closure = Closure::Cancelled { by: *by, reason: reason.clone(), at: *cancelled_at };
+                self.close_order(order_id, closure);
             }
             Event::OrderExpired { order_id, expired_at } => {
                 assert!(self.order_mut(order_id).payment.is_none());

@@ -190,3 +190,35 @@ async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
     let stderr = String::from_utf8_lossy(&broken.stderr);
     assert!(stderr.contains(&format!("shop main at position {position}")), "{stderr}");
 }
+
+/// `tests/fixtures/shop-log-v1.bin` holds the first 14 events of the shop day as the code
+/// wrote them before `order_cancelled` went to schema v2. Today's code must read them.
+#[test]
+fn records_stored_under_an_older_schema_decode_into_todays_events() {
+    use emporium::log::{Check, decode_records, genesis_hash, schema_version};
+    use emporium::{Party, demo};
+
+    let bytes = include_bytes!("../fixtures/shop-log-v1.bin");
+    let (stored, _) = decode_records(bytes, 1, genesis_hash(&ShopId::main()), Check::Chain).expect("v1 decodes");
+    assert_eq!(stored.len(), 14);
+    assert_eq!(schema_version("order_cancelled"), Some(2), "the fixture predates the change");
+    let (_, today) = demo::run(&demo::shop_day()).expect("the day runs");
+    for (old, new) in stored.iter().zip(&today) {
+        match (&old.event, new) {
+            (
+                Event::OrderCancelled { order_id, by: None, reason, cancelled_at },
+                Event::OrderCancelled { by: Some(Party::Buyer), .. },
+            ) => {
+                let upcast = Event::OrderCancelled {
+                    order_id: order_id.clone(),
+                    by: Some(Party::Buyer),
+                    reason: reason.clone(),
+                    cancelled_at: *cancelled_at,
+                };
+                assert_eq!(&upcast, new);
+            }
+            _ => assert_eq!(&old.event, new),
+        }
+    }
+    assert_eq!(stored.last().map(|e| e.event.kind()), Some("order_cancelled"));
+}

@@ -143,9 +143,11 @@ fn concrete(state: &State, op: &Op) -> Command {
                 amount: due + money(*off_cents),
             }
         }
-        Op::Cancel { order } => {
-            Command::Cancel { order_id: order_id(state, *order), reason: "changed mind".to_owned() }
-        }
+        Op::Cancel { order } => Command::Cancel {
+            order_id: order_id(state, *order),
+            by: if *order % 2 == 0 { emporium::Party::Buyer } else { emporium::Party::Shop },
+            reason: "changed mind".to_owned(),
+        },
         Op::Ship { order, id, fraction } => Command::Ship {
             order_id: order_id(state, *order),
             shipment_id: format!("P{id}").as_str().into(),

@@ -329,7 +329,7 @@ fn every_rejection_changes_nothing() {
         ),
         (
             now,
-            Command::Cancel { order_id: "O-PAID".into(), reason: String::new() },
+            Command::Cancel { order_id: "O-PAID".into(), by: emporium::Party::Shop, reason: String::new() },
             invalid(Field::Reason, "must be 1 to 500 characters long"),
         ),
         // Shipping.

@@ -26,7 +26,7 @@ fn events_of_the_day() {
         OrderPlaced { order_id: "A-1003", customer_id: "C-90", region: "xinjiang", lines: [PricedLine { sku: "CUP-002", quantity: 3, unit_price: 45.50, discounts: [], net_amount: 136.50 }], shipping_fee: 0.00, total: 136.50, placed_at: Timestamp(1794389520000), payment_due_by: Timestamp(1794391320000), reservation_id: None }
         OrderPaid { order_id: "A-1001", payment_id: "PAY-1", amount: 438.00, paid_at: Timestamp(1794389700000) }
         OrderPaid { order_id: "A-1002", payment_id: "PAY-2", amount: 396.00, paid_at: Timestamp(1794389760000) }
-        OrderCancelled { order_id: "A-1003", reason: "buyer changed their mind", cancelled_at: Timestamp(1794390000000) }
+        OrderCancelled { order_id: "A-1003", by: Some(Buyer), reason: "buyer changed their mind", cancelled_at: Timestamp(1794390000000) }
         ShipmentDispatched { order_id: "A-1001", shipment_id: "PKG-1", carrier: "SF Express", tracking_number: "SF1001", lines: [CostedLine { sku: "TEA-001", quantity: 2, cost: 106.47 }, CostedLine { sku: "CUP-002", quantity: 2, cost: 24.70 }], shipped_at: Timestamp(1794394800000) }
         ShipmentDispatched { order_id: "A-1001", shipment_id: "PKG-2", carrier: "SF Express", tracking_number: "SF1002", lines: [CostedLine { sku: "CUP-002", quantity: 2, cost: 24.70 }], shipped_at: Timestamp(1794398400000) }
         ShipmentDelivered { order_id: "A-1001", shipment_id: "PKG-1", delivered_at: Timestamp(1794474000000) }

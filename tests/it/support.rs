@@ -68,7 +68,7 @@ pub fn ship(order_id: &str, shipment_id: &str, ship_lines: &[(&str, u64)]) -> Co
 }
 
 pub fn cancel(order_id: &str) -> Command {
-    Command::Cancel { order_id: order_id.into(), reason: "buyer asked".to_owned() }
+    Command::Cancel { order_id: order_id.into(), by: emporium::Party::Buyer, reason: "buyer asked".to_owned() }
 }
 
 pub fn request_return(order_id: &str, return_id: &str, return_lines: &[(&str, u64)]) -> Command {
