@@ -11,11 +11,12 @@
 //!   the chunks if lost.
 //!
 //! Durability: an append is one atomic `apply_batch` on the shop's tree, then `flush`, then
-//! `fsync` (`File::sync_all`) of every file in the database directory and of the directory
-//! itself. sled's `flush` alone uses `sync_file_range`, which flushes neither the device
+//! `fsync` (`File::sync_all`) of the database files and directories: every top-level file
+//! each time, each write-once blob file the first time it is seen (see `Syncer`). sled's `flush` alone uses `sync_file_range`, which flushes neither the device
 //! cache nor file metadata; the fsyncs do. Only then does `append` return.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ const TREE_PREFIX: &str = "shop/";
 pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
+    syncer: Arc<Mutex<Syncer>>,
     shops: Mutex<BTreeMap<ShopId, Arc<Shop>>>,
 }
 
@@ -83,7 +85,8 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error)?;
         let db = sled::Config::new().path(dir).open().map_err(io_error)?;
-        let store = SledStore { db, dir: dir.to_path_buf(), shops: Mutex::new(BTreeMap::new()) };
+        let syncer = Arc::new(Mutex::new(Syncer { dir: dir.to_path_buf(), synced_blobs: HashSet::new() }));
+        let store = SledStore { db, dir: dir.to_path_buf(), syncer, shops: Mutex::new(BTreeMap::new()) };
         for name in store.db.tree_names() {
             let Some(id) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(TREE_PREFIX)) else {
                 continue;
@@ -161,23 +164,57 @@ impl SledStore {
     }
 }
 
-/// Flushes sled, then fsyncs every file below `dir` and the directories themselves.
-fn sync(db: &sled::Db, dir: &Path) -> io::Result<()> {
-    db.flush().map_err(io::Error::other)?;
-    sync_tree(dir)
+/// Makes what sled wrote durable: `flush`, then fsync.
+///
+/// sled writes its log to `db`, large values to write-once files in `blobs/`, and keeps
+/// `conf` and snapshot files beside them. Every commit fsyncs each top-level file and the
+/// directory; a blob file is fsynced once, the first commit that finds it, together with
+/// the `blobs` directory.
+struct Syncer {
+    dir: PathBuf,
+    synced_blobs: HashSet<OsString>,
 }
 
-fn sync_tree(dir: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            sync_tree(&path)?;
-        } else {
-            File::open(&path)?.sync_all()?;
+impl Syncer {
+    fn sync(&mut self, db: &sled::Db) -> io::Result<()> {
+        db.flush().map_err(io::Error::other)?;
+        let blobs = self.dir.join("blobs");
+        let mut new_blobs = false;
+        for entry in std::fs::read_dir(&blobs).into_iter().flatten() {
+            let entry = entry?;
+            if self.synced_blobs.contains(&entry.file_name()) {
+                continue;
+            }
+            if skip_vanished(File::open(entry.path()).and_then(|file| file.sync_all()))? {
+                self.synced_blobs.insert(entry.file_name());
+            }
+            new_blobs = true;
         }
+        if new_blobs {
+            File::open(&blobs)?.sync_all()?;
+            // Forget blobs sled has since removed, so the set does not grow without bound.
+            let present: HashSet<OsString> =
+                std::fs::read_dir(&blobs)?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+            self.synced_blobs.retain(|name| present.contains(name));
+        }
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                skip_vanished(File::open(entry.path()).and_then(|file| file.sync_all()))?;
+            }
+        }
+        File::open(&self.dir)?.sync_all()
     }
-    File::open(dir)?.sync_all()
+}
+
+/// sled removes old snapshot and blob files in the background: a file that vanished between
+/// listing and opening has nothing left to sync. Returns whether the file was synced.
+fn skip_vanished(synced: io::Result<()>) -> io::Result<bool> {
+    match synced {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 fn encode_rejection(record: &RejectionRecord) -> Result<Vec<u8>, StoreError> {
@@ -203,8 +240,11 @@ impl EventStore for SledStore {
 
     async fn create_shop(&self, shop_id: &ShopId) -> Result<(), StoreError> {
         self.open_shop(shop_id)?;
-        let (db, dir) = (self.db.clone(), self.dir.clone());
-        tokio::task::spawn_blocking(move || sync(&db, &dir)).await.map_err(io_error)?.map_err(io_error)
+        let (db, syncer) = (self.db.clone(), self.syncer.clone());
+        tokio::task::spawn_blocking(move || syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(&db))
+            .await
+            .map_err(io_error)?
+            .map_err(io_error)
     }
 
     async fn append(&self, shop_id: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
@@ -223,12 +263,10 @@ impl EventStore for SledStore {
             key.extend_from_slice(rejection.command_id.as_str().as_bytes());
             write.insert(key, encode_rejection(rejection)?);
         }
-        let tree = shop.tree.clone();
-        let db = self.db.clone();
-        let dir = self.dir.clone();
+        let (tree, db, syncer) = (shop.tree.clone(), self.db.clone(), self.syncer.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             tree.apply_batch(write).map_err(io_error)?;
-            sync(&db, &dir).map_err(io_error)
+            syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(&db).map_err(io_error)
         })
         .await
         .map_err(io_error)??;
