@@ -271,3 +271,75 @@ async fn unknown_shops_and_bad_requests_are_refused_before_deciding() {
     assert!(CommandId::new(&"c".repeat(129)).is_err() && CommandId::new("a b").is_err());
     assert_eq!(engine.store().last_position(&ShopId::main()).await, Ok(0));
 }
+
+/// A memory store whose appends wait at a gate, so a test can hold a writer mid-batch.
+struct GatedStore {
+    inner: MemoryStore,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl EventStore for GatedStore {
+    async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
+        self.inner.shops().await
+    }
+    async fn create_shop(&self, shop: &ShopId) -> Result<(), StoreError> {
+        self.inner.create_shop(shop).await
+    }
+    async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+        self.entered.notify_one();
+        let _permit = self.gate.acquire().await.map_err(|e| StoreError::Io(e.to_string()))?;
+        self.inner.append(shop, batch).await
+    }
+    async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        self.inner.read_from(shop, after, limit).await
+    }
+    async fn read_stream(&self, shop: &ShopId, s: &str, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        self.inner.read_stream(shop, s, after, limit).await
+    }
+    async fn last_position(&self, shop: &ShopId) -> Result<u64, StoreError> {
+        self.inner.last_position(shop).await
+    }
+    async fn wait_for(&self, shop: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+        self.inner.wait_for(shop, after, timeout).await
+    }
+    async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
+        self.inner.rejections(shop).await
+    }
+    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
+        self.inner.verify(shop).await
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_at_once_and_loses_nothing_queued() {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let config = EngineConfig { queue_commands_max: 1, ..EngineConfig::default() };
+    let engine = Engine::open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START)), config).await.expect("opens");
+    let engine = Arc::new(engine);
+    let shop = ShopId::main();
+    engine.create_shop(&shop).await.expect("created");
+    // The first command is in the writer's hands, held at the store's gate.
+    let first = {
+        let (engine, shop) = (engine.clone(), shop.clone());
+        tokio::spawn(async move { engine.execute(&shop, Request::new("tester", list("S1", dec!(1.00)))).await })
+    };
+    store.entered.notified().await;
+    // The second fills the queue of one: its first poll enqueues it (a zero timeout polls it
+    // exactly once), then it waits behind the first.
+    let mut second = Box::pin(engine.execute(&shop, Request::new("tester", list("S2", dec!(1.00)))));
+    assert!(tokio::time::timeout(Duration::ZERO, &mut second).await.is_err(), "held behind the gate");
+    // The third finds the queue full and is told so at once.
+    let third = engine.execute(&shop, Request::new("tester", list("S3", dec!(1.00)))).await;
+    assert_eq!(third, Err(CommandError::Overloaded(shop.clone())));
+    store.gate.add_permits(10);
+    assert!(first.await.expect("answered").is_ok());
+    assert!(second.await.is_ok());
+    let listed = engine.read(&shop, |s: &State| s.products().map(|p| p.sku.to_string()).collect::<Vec<_>>()).await;
+    assert_eq!(listed, Ok(vec!["S1".to_owned(), "S2".to_owned()]));
+}

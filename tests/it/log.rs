@@ -222,3 +222,69 @@ fn records_stored_under_an_older_schema_decode_into_todays_events() {
     }
     assert_eq!(stored.last().map(|e| e.event.kind()), Some("order_cancelled"));
 }
+
+/// What every backend must do, checked the same way on each.
+async fn check_store(store: Arc<dyn EventStore>) {
+    use emporium::store::RejectionRecord;
+    use std::time::Duration;
+
+    let shop = ShopId::new("conformance").expect("valid");
+    store.create_shop(&shop).await.expect("created");
+    assert_eq!(store.last_position(&shop).await, Ok(0));
+    let mut envelopes: Vec<Envelope> = (1..=300).map(envelope).collect();
+    for e in &mut envelopes {
+        // Two streams, versions gap-free within each.
+        e.stream = format!("sku-S{}", e.position % 2);
+        e.stream_version = e.position.div_ceil(2);
+    }
+    let waiter = {
+        let store = store.clone();
+        let shop = shop.clone();
+        tokio::spawn(async move { store.wait_for(&shop, 0, Duration::from_secs(30)).await })
+    };
+    let rejection = RejectionRecord {
+        command_id: CommandId::generated("rejected", 1),
+        fingerprint: [3; 16],
+        rejection: emporium::Rejection::UnknownSku { sku: "S9".into() },
+        recorded_at: DAY_START,
+    };
+    let first =
+        AppendBatch { expected_last: 0, events: envelopes[..100].to_vec(), rejections: vec![rejection.clone()] };
+    assert_eq!(store.append(&shop, first).await, Ok(100));
+    let woke_at = waiter.await.expect("the waiter").expect("waited");
+    assert!(woke_at >= 100, "a waiter wakes on append, at {woke_at}");
+    let second = AppendBatch { expected_last: 100, events: envelopes[100..].to_vec(), rejections: vec![] };
+    assert_eq!(store.append(&shop, second).await, Ok(300));
+
+    // Reading pages from any position returns exactly the events after it.
+    for after in [0u64, 1, 99, 100, 250, 299, 300] {
+        let page = store.read_from(&shop, after, 64).await.expect("readable");
+        let expected: Vec<u64> = (after + 1..=300).take(64).collect();
+        assert_eq!(page.iter().map(|e| e.position).collect::<Vec<_>>(), expected, "after {after}");
+        assert!(page.iter().all(|e| *e == envelopes[e.position as usize - 1]));
+    }
+    let odd = store.read_stream(&shop, "sku-S1", 10, 5).await.expect("readable");
+    assert_eq!(
+        odd.iter().map(|e| (e.stream_version, e.position)).collect::<Vec<_>>(),
+        [(11, 21), (12, 23), (13, 25), (14, 27), (15, 29)]
+    );
+    assert_eq!(store.read_stream(&shop, "sku-S0", 149, 10).await.map(|e| e.len()), Ok(1));
+    assert_eq!(store.read_stream(&shop, "sku-S7", 0, 10).await.map(|e| e.len()), Ok(0));
+    // Waiting past the end times out with the current end.
+    assert_eq!(store.wait_for(&shop, 300, Duration::from_millis(20)).await, Ok(300));
+    assert_eq!(store.rejections(&shop).await, Ok(vec![rejection]));
+    assert_eq!(store.verify(&shop).await.map(|r| r.events), Ok(300));
+    assert!(store.shops().await.expect("listed").contains(&shop));
+}
+
+#[tokio::test]
+async fn both_backends_keep_the_same_guarantees() {
+    check_store(Arc::new(MemoryStore::new())).await;
+    let dir = temp_dir();
+    check_store(Arc::new(SledStore::open(dir.path()).expect("opens"))).await;
+    // Reopened, the sled store finds the log's end and its stream index again.
+    let store = SledStore::open(dir.path()).expect("reopens");
+    let shop = ShopId::new("conformance").expect("valid");
+    assert_eq!(store.last_position(&shop).await, Ok(300));
+    assert_eq!(store.read_stream(&shop, "sku-S1", 149, 10).await.map(|e| e.len()), Ok(1));
+}
