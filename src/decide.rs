@@ -442,18 +442,9 @@ fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget,
             .iter()
             .filter_map(|returned| {
                 let line = order.line(&returned.sku)?;
-                let target = RefundTarget::Line(line.sku.clone());
                 let value = money::share(line.net_amount, returned.quantity, line.quantity);
-                let refunded_for_return: Decimal = order
-                    .refunds
-                    .iter()
-                    .filter(|r| r.return_id.as_ref() == Some(&request.id))
-                    .flat_map(|r| &r.allocation)
-                    .filter(|share| share.target == target)
-                    .map(|share| share.amount)
-                    .sum();
-                let open = (value - refunded_for_return).max(Decimal::ZERO);
-                Some((target, money::normalize(open.min(remaining(line)))))
+                let open = (value - order.refunded_for_return(&request.id, &line.sku)).max(Decimal::ZERO);
+                Some((RefundTarget::Line(line.sku.clone()), money::normalize(open.min(remaining(line)))))
             })
             .collect(),
         None => {

@@ -216,7 +216,42 @@ pub enum Event {
     },
 }
 
+/// The one entity an event is about: it names the event's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject<'e> {
+    /// A product and its stock.
+    Sku(&'e Sku),
+    /// A checkout hold.
+    Reservation(&'e ReservationId),
+    /// An order, with its payments, parcels, returns and refunds.
+    Order(&'e OrderId),
+}
+
 impl Event {
+    /// The entity the event is about.
+    pub fn subject(&self) -> Subject<'_> {
+        match self {
+            Event::ProductListed { sku, .. }
+            | Event::PriceChanged { sku, .. }
+            | Event::ProductDelisted { sku }
+            | Event::ProductRelisted { sku }
+            | Event::StockReceived { sku, .. }
+            | Event::StockCounted { sku, .. } => Subject::Sku(sku),
+            Event::StockReserved { reservation_id, .. }
+            | Event::ReservationReleased { reservation_id }
+            | Event::ReservationExpired { reservation_id, .. } => Subject::Reservation(reservation_id),
+            Event::OrderPlaced { order_id, .. }
+            | Event::OrderPaid { order_id, .. }
+            | Event::OrderCancelled { order_id, .. }
+            | Event::OrderExpired { order_id, .. }
+            | Event::ShipmentDispatched { order_id, .. }
+            | Event::ShipmentDelivered { order_id, .. }
+            | Event::ReturnRequested { order_id, .. }
+            | Event::ReturnReceived { order_id, .. }
+            | Event::RefundIssued { order_id, .. } => Subject::Order(order_id),
+        }
+    }
+
     /// The event's type name, stable across releases.
     pub fn kind(&self) -> &'static str {
         match self {

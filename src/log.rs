@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Event, Subject};
 use crate::ids::{CommandId, ShopId, Timestamp};
 
 /// The version of the body layout. Bumped when the header changes shape.
@@ -101,27 +101,12 @@ pub fn schema_version(kind: &str) -> Option<u16> {
     SCHEMA_VERSIONS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
 }
 
-/// The stream an event belongs to.
+/// The stream an event belongs to: `sku-<sku>`, `reservation-<id>` or `order-<id>`.
 pub fn stream_of(event: &Event) -> String {
-    match event {
-        Event::ProductListed { sku, .. }
-        | Event::PriceChanged { sku, .. }
-        | Event::ProductDelisted { sku }
-        | Event::ProductRelisted { sku }
-        | Event::StockReceived { sku, .. }
-        | Event::StockCounted { sku, .. } => format!("sku-{sku}"),
-        Event::StockReserved { reservation_id, .. }
-        | Event::ReservationReleased { reservation_id }
-        | Event::ReservationExpired { reservation_id, .. } => format!("reservation-{reservation_id}"),
-        Event::OrderPlaced { order_id, .. }
-        | Event::OrderPaid { order_id, .. }
-        | Event::OrderCancelled { order_id, .. }
-        | Event::OrderExpired { order_id, .. }
-        | Event::ShipmentDispatched { order_id, .. }
-        | Event::ShipmentDelivered { order_id, .. }
-        | Event::ReturnRequested { order_id, .. }
-        | Event::ReturnReceived { order_id, .. }
-        | Event::RefundIssued { order_id, .. } => format!("order-{order_id}"),
+    match event.subject() {
+        Subject::Sku(sku) => format!("sku-{sku}"),
+        Subject::Reservation(reservation_id) => format!("reservation-{reservation_id}"),
+        Subject::Order(order_id) => format!("order-{order_id}"),
     }
 }
 

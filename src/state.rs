@@ -20,7 +20,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Condition, Line, Party};
-use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
+use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject};
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 
 /// Stock of one SKU. Available = on hand - reserved.
@@ -309,6 +309,17 @@ impl Order {
     /// Money paid and not yet refunded.
     pub fn refundable(&self) -> Decimal {
         self.paid() - self.refunded
+    }
+
+    /// Money refunds tied to return `return_id` paid back on the line of `sku`.
+    pub fn refunded_for_return(&self, return_id: &ReturnId, sku: &Sku) -> Decimal {
+        self.refunds
+            .iter()
+            .filter(|r| r.return_id.as_ref() == Some(return_id))
+            .flat_map(|r| &r.allocation)
+            .filter(|share| matches!(&share.target, RefundTarget::Line(s) if s == sku))
+            .map(|share| share.amount)
+            .sum()
     }
 
     /// The line of `sku`.
@@ -707,29 +718,14 @@ impl State {
     fn check_touched(&self, event: &Event) {
         let mut skus: Vec<&Sku> = Vec::new();
         let mut order_id = None;
-        match event {
-            Event::ProductListed { sku, .. }
-            | Event::PriceChanged { sku, .. }
-            | Event::ProductDelisted { sku }
-            | Event::ProductRelisted { sku }
-            | Event::StockReceived { sku, .. }
-            | Event::StockCounted { sku, .. } => skus.push(sku),
-            Event::StockReserved { reservation_id, .. }
-            | Event::ReservationReleased { reservation_id }
-            | Event::ReservationExpired { reservation_id, .. } => {
+        match event.subject() {
+            Subject::Sku(sku) => skus.push(sku),
+            Subject::Reservation(reservation_id) => {
                 if let Some(r) = self.reservations.get(reservation_id) {
                     skus.extend(r.lines.iter().map(|l| &l.sku));
                 }
             }
-            Event::OrderPlaced { order_id: id, .. }
-            | Event::OrderPaid { order_id: id, .. }
-            | Event::OrderCancelled { order_id: id, .. }
-            | Event::OrderExpired { order_id: id, .. }
-            | Event::ShipmentDispatched { order_id: id, .. }
-            | Event::ShipmentDelivered { order_id: id, .. }
-            | Event::ReturnRequested { order_id: id, .. }
-            | Event::ReturnReceived { order_id: id, .. }
-            | Event::RefundIssued { order_id: id, .. } => order_id = Some(id),
+            Subject::Order(id) => order_id = Some(id),
         }
         if let Some(order) = order_id.and_then(|id| self.orders.get(id)) {
             check_order(order);
@@ -857,15 +853,7 @@ fn check_order(order: &Order) {
         for returned in &request.lines {
             let Some(line) = order.line(&returned.sku) else { panic!("{id}: return of a SKU it lacks") };
             let value = crate::money::share(line.net_amount, returned.quantity, line.quantity);
-            let target = RefundTarget::Line(returned.sku.clone());
-            let refunded: Decimal = order
-                .refunds
-                .iter()
-                .filter(|r| r.return_id.as_ref() == Some(&request.id))
-                .flat_map(|r| &r.allocation)
-                .filter(|share| share.target == target)
-                .map(|share| share.amount)
-                .sum();
+            let refunded = order.refunded_for_return(&request.id, &returned.sku);
             assert!(refunded <= value, "{id}: return {} refunded {refunded} beyond its value {value}", request.id);
         }
     }

@@ -79,11 +79,24 @@ fn stream_key(stream: &str, version: u64) -> Vec<u8> {
     key
 }
 
+/// How long [`SledStore::open`] waits for the database's lock to be released.
+pub const LOCK_WAIT_MS: u64 = 2_000;
+
 impl SledStore {
     /// Opens (creating if needed) the database in `dir` and finds where every shop log ends.
-    /// Fails if another process has the database open.
+    ///
+    /// sled locks the database file while it is open and releases the lock from background
+    /// work shortly after the last handle is dropped, so a store closed and reopened in one
+    /// process may find it still held: `open` waits up to [`LOCK_WAIT_MS`] for the lock, then
+    /// fails, naming the directory, if another process (or a store still open) holds it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error)?;
+        if !wait_until_unlocked(dir, Duration::from_millis(LOCK_WAIT_MS)).map_err(io_error)? {
+            return Err(StoreError::Io(format!(
+                "the database in {} is open elsewhere (its lock was held for {LOCK_WAIT_MS} ms)",
+                dir.display()
+            )));
+        }
         let db = sled::Config::new().path(dir).open().map_err(io_error)?;
         let syncer = Arc::new(Mutex::new(Syncer { dir: dir.to_path_buf(), synced_blobs: HashSet::new() }));
         let store = SledStore { db, dir: dir.to_path_buf(), syncer, shops: Mutex::new(BTreeMap::new()) };
@@ -161,6 +174,30 @@ impl SledStore {
             shop.tree.apply_batch(batch).map_err(io_error)?;
         }
         Ok(())
+    }
+}
+
+/// Waits until nothing holds the lock sled takes on `dir/db` (an exclusive `flock`), at most
+/// `timeout`. Returns whether the lock is free; a database not created yet is free.
+pub fn wait_until_unlocked(dir: &Path, timeout: Duration) -> io::Result<bool> {
+    let file = match File::open(dir.join("db")) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(error) => return Err(error),
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                file.unlock()?;
+                return Ok(true);
+            }
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(error)) => return Err(error),
+        }
     }
 }
 

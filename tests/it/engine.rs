@@ -197,14 +197,28 @@ async fn deadlines_pass_by_the_engine_clock() {
     );
 }
 
-/// A memory store whose appends fail while `failing` is set.
-struct FlakyStore {
+/// A memory store a test can steer: appends fail while `failing` is set, and wait at
+/// `gate` (after notifying `entered`) when it was made gated.
+struct TestStore {
     inner: MemoryStore,
     failing: AtomicBool,
+    entered: tokio::sync::Notify,
+    gate: Option<tokio::sync::Semaphore>,
+}
+
+impl TestStore {
+    fn new(gated: bool) -> TestStore {
+        TestStore {
+            inner: MemoryStore::new(),
+            failing: AtomicBool::new(false),
+            entered: tokio::sync::Notify::new(),
+            gate: gated.then(|| tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 #[async_trait]
-impl EventStore for FlakyStore {
+impl EventStore for TestStore {
     async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
         self.inner.shops().await
     }
@@ -212,6 +226,10 @@ impl EventStore for FlakyStore {
         self.inner.create_shop(shop).await
     }
     async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+        self.entered.notify_one();
+        if let Some(gate) = &self.gate {
+            let _permit = gate.acquire().await.map_err(|e| StoreError::Io(e.to_string()))?;
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Io("disk full".to_owned()));
         }
@@ -239,7 +257,7 @@ impl EventStore for FlakyStore {
 
 #[tokio::test]
 async fn a_failed_append_acknowledges_nothing_and_the_shop_recovers_from_its_log() {
-    let store = Arc::new(FlakyStore { inner: MemoryStore::new(), failing: AtomicBool::new(false) });
+    let store = Arc::new(TestStore::new(false));
     let engine = open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START))).await;
     let shop = ShopId::main();
     for command in [list("S1", dec!(5.00)), receive("S1", 10, dec!(2.00))] {
@@ -272,53 +290,9 @@ async fn unknown_shops_and_bad_requests_are_refused_before_deciding() {
     assert_eq!(engine.store().last_position(&ShopId::main()).await, Ok(0));
 }
 
-/// A memory store whose appends wait at a gate, so a test can hold a writer mid-batch.
-struct GatedStore {
-    inner: MemoryStore,
-    entered: tokio::sync::Notify,
-    gate: tokio::sync::Semaphore,
-}
-
-#[async_trait]
-impl EventStore for GatedStore {
-    async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
-        self.inner.shops().await
-    }
-    async fn create_shop(&self, shop: &ShopId) -> Result<(), StoreError> {
-        self.inner.create_shop(shop).await
-    }
-    async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
-        self.entered.notify_one();
-        let _permit = self.gate.acquire().await.map_err(|e| StoreError::Io(e.to_string()))?;
-        self.inner.append(shop, batch).await
-    }
-    async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        self.inner.read_from(shop, after, limit).await
-    }
-    async fn read_stream(&self, shop: &ShopId, s: &str, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        self.inner.read_stream(shop, s, after, limit).await
-    }
-    async fn last_position(&self, shop: &ShopId) -> Result<u64, StoreError> {
-        self.inner.last_position(shop).await
-    }
-    async fn wait_for(&self, shop: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError> {
-        self.inner.wait_for(shop, after, timeout).await
-    }
-    async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
-        self.inner.rejections(shop).await
-    }
-    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
-        self.inner.verify(shop).await
-    }
-}
-
 #[tokio::test]
 async fn a_full_queue_answers_overloaded_at_once_and_loses_nothing_queued() {
-    let store = Arc::new(GatedStore {
-        inner: MemoryStore::new(),
-        entered: tokio::sync::Notify::new(),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let store = Arc::new(TestStore::new(true));
     let config = EngineConfig { queue_commands_max: 1, ..EngineConfig::default() };
     let engine = Engine::open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START)), config).await.expect("opens");
     let engine = Arc::new(engine);
@@ -337,7 +311,7 @@ async fn a_full_queue_answers_overloaded_at_once_and_loses_nothing_queued() {
     // The third finds the queue full and is told so at once.
     let third = engine.execute(&shop, Request::new("tester", list("S3", dec!(1.00)))).await;
     assert_eq!(third, Err(CommandError::Overloaded(shop.clone())));
-    store.gate.add_permits(10);
+    store.gate.as_ref().expect("gated").add_permits(10);
     assert!(first.await.expect("answered").is_ok());
     assert!(second.await.is_ok());
     let listed = engine.read(&shop, |s: &State| s.products().map(|p| p.sku.to_string()).collect::<Vec<_>>()).await;

@@ -69,7 +69,7 @@ async fn write_shop_log(dir: &Path, orders: usize, tasks: usize) -> u64 {
 
 /// Every record in the raw sled tree: (position, chunk key, offset in the chunk, length).
 fn raw_records(dir: &Path) -> Vec<(u64, Vec<u8>, usize, usize)> {
-    let db = sled::open(dir).expect("raw open");
+    let db = raw_db(dir);
     let tree = db.open_tree("shop/main").expect("the shop's tree");
     let mut records = Vec::new();
     for entry in tree.scan_prefix([b'e']) {
@@ -87,8 +87,15 @@ fn raw_records(dir: &Path) -> Vec<(u64, Vec<u8>, usize, usize)> {
     records
 }
 
+/// The raw sled database, once the last store on it has let go of its lock.
+fn raw_db(dir: &Path) -> sled::Db {
+    let timeout = std::time::Duration::from_millis(emporium::store::LOCK_WAIT_MS);
+    assert!(emporium::store::wait_until_unlocked(dir, timeout).expect("lockable"), "the database is still open");
+    sled::open(dir).expect("raw open")
+}
+
 fn flip_byte(dir: &Path, key: &[u8], offset: usize) {
-    let db = sled::open(dir).expect("raw open");
+    let db = raw_db(dir);
     let tree = db.open_tree("shop/main").expect("the shop's tree");
     let mut value = tree.get(key).expect("readable").expect("present").to_vec();
     value[offset] ^= 0xFF;
@@ -287,4 +294,15 @@ async fn both_backends_keep_the_same_guarantees() {
     let shop = ShopId::new("conformance").expect("valid");
     assert_eq!(store.last_position(&shop).await, Ok(300));
     assert_eq!(store.read_stream(&shop, "sku-S1", 149, 10).await.map(|e| e.len()), Ok(1));
+}
+
+#[test]
+fn a_database_held_open_is_refused_with_a_clear_error() {
+    let dir = temp_dir();
+    let _held = SledStore::open(dir.path()).expect("opens");
+    match SledStore::open(dir.path()) {
+        Err(StoreError::Io(message)) => assert!(message.contains("is open elsewhere"), "{message}"),
+        Err(other) => panic!("refused otherwise: {other}"),
+        Ok(_) => panic!("a second store opened the same database"),
+    }
 }
