@@ -30,6 +30,7 @@ pub mod money;
 pub mod rejection;
 pub mod state;
 pub mod store;
+pub mod views;
 
 pub use command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
 pub use decide::decide;

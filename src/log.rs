@@ -58,6 +58,16 @@ pub struct Envelope {
     pub event: Event,
 }
 
+impl emporium_projections::Fact for Envelope {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn recorded_at_ms(&self) -> u64 {
+        self.recorded_at.0
+    }
+}
+
 /// What is stored before the payload. Field order is part of the format.
 #[derive(Serialize, Deserialize)]
 struct Header {

@@ -14,7 +14,7 @@
 //! - refunded <= paid, per order and per line; refunds for a return <= the returned units' price;
 //! - reserved = what active holds and open orders keep back (checked by `check_invariants`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, Refun
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 
 /// Stock of one SKU. Available = on hand - reserved.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stock {
     /// Units on the shelf, as far as the books know.
     pub on_hand: u64,
@@ -71,7 +71,7 @@ impl Stock {
 }
 
 /// A product in the catalog with its stock.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Product {
     pub sku: Sku,
@@ -100,7 +100,7 @@ pub enum ReservationStatus {
 }
 
 /// A checkout hold (锁库存).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Reservation {
     pub id: ReservationId,
@@ -155,7 +155,7 @@ pub enum RefundState {
 }
 
 /// One line of an order, one per SKU.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct OrderLine {
     pub sku: Sku,
@@ -177,7 +177,7 @@ pub struct OrderLine {
 }
 
 /// A payment received.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Payment {
     pub id: PaymentId,
@@ -186,7 +186,7 @@ pub struct Payment {
 }
 
 /// A parcel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Shipment {
     pub id: ShipmentId,
@@ -198,7 +198,7 @@ pub struct Shipment {
 }
 
 /// A return request and, once it arrived, its inspection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Return {
     pub id: ReturnId,
@@ -210,7 +210,7 @@ pub struct Return {
 }
 
 /// A refund given.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Refund {
     pub id: RefundId,
@@ -221,7 +221,7 @@ pub struct Refund {
 }
 
 /// How an order closed before completing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum Closure {
     Cancelled { by: Option<Party>, reason: String, at: Timestamp },
@@ -229,7 +229,7 @@ pub enum Closure {
 }
 
 /// An order and everything that happened to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Order {
     pub id: OrderId,
@@ -342,7 +342,7 @@ impl Order {
 }
 
 /// A moment at which something expires unless it happened first.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Deadline {
     /// A checkout hold's time to live.
     Reservation(ReservationId),
@@ -380,12 +380,12 @@ impl Policy {
 }
 
 /// The state of one shop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     policy: Policy,
     products: BTreeMap<Sku, Product>,
-    reservations: HashMap<ReservationId, Reservation>,
-    orders: HashMap<OrderId, Order>,
+    reservations: BTreeMap<ReservationId, Reservation>,
+    orders: BTreeMap<OrderId, Order>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
 
@@ -425,7 +425,7 @@ impl State {
         self.orders.get(id)
     }
 
-    /// Every order, in no particular order.
+    /// Every order, by id.
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
         self.orders.values()
     }

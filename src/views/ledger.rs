@@ -1,0 +1,323 @@
+//! The double-entry ledger: every money movement the shop's events imply, as balanced
+//! journal entries over a fixed chart of accounts.
+//!
+//! Amounts are signed: a debit is positive, a credit negative, so every entry and the
+//! trial balance sum to zero. Postings:
+//! - stock received: Dr Inventory, Cr Accounts payable (at cost);
+//! - stocktake: a gain Dr Inventory, Cr Shrinkage; a loss Dr Shrinkage, Cr Inventory;
+//! - payment: Dr Cash, Cr Customer deposits;
+//! - shipment, per line, for the shipped units' share of the line: Dr Customer deposits (net,
+//!   or Sales returns for any part already refunded before shipping), Dr Discounts, Cr Sales
+//!   revenue (at list price); the first parcel also moves the shipping fee to Shipping revenue;
+//!   and Dr Cost of goods sold, Cr Inventory at moving average cost;
+//! - refund: Cr Cash; Dr Customer deposits for money not yet earned, otherwise Dr Sales
+//!   returns (lines) or Dr Shipping revenue (the fee);
+//! - return received: Cr Cost of goods sold at the cost the units left at; Dr Inventory when
+//!   resellable, Dr Shrinkage when written off.
+//!
+//! Cancellations and expiries post nothing themselves: an unpaid order never touched money,
+//! and a paid one's refund is its own event.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::command::Condition;
+use crate::event::{Event, RefundTarget};
+use crate::ids::{OrderId, Sku, Timestamp};
+use crate::log::Envelope;
+use crate::money;
+
+/// The chart of accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Account {
+    Cash,
+    Inventory,
+    AccountsPayable,
+    CustomerDeposits,
+    SalesRevenue,
+    ShippingRevenue,
+    Discounts,
+    SalesReturns,
+    CostOfGoodsSold,
+    Shrinkage,
+}
+
+impl Account {
+    /// Every account, in chart order.
+    pub const ALL: [Account; 10] = [
+        Account::Cash,
+        Account::Inventory,
+        Account::AccountsPayable,
+        Account::CustomerDeposits,
+        Account::SalesRevenue,
+        Account::ShippingRevenue,
+        Account::Discounts,
+        Account::SalesReturns,
+        Account::CostOfGoodsSold,
+        Account::Shrinkage,
+    ];
+
+    /// The account's name in the chart.
+    pub fn name(self) -> &'static str {
+        match self {
+            Account::Cash => "Cash",
+            Account::Inventory => "Inventory",
+            Account::AccountsPayable => "Accounts payable",
+            Account::CustomerDeposits => "Customer deposits",
+            Account::SalesRevenue => "Sales revenue",
+            Account::ShippingRevenue => "Shipping revenue",
+            Account::Discounts => "Discounts",
+            Account::SalesReturns => "Sales returns",
+            Account::CostOfGoodsSold => "Cost of goods sold",
+            Account::Shrinkage => "Inventory shrinkage and write-offs",
+        }
+    }
+}
+
+/// One balanced journal entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The event's position.
+    pub position: u64,
+    /// When it was recorded.
+    pub recorded_at: Timestamp,
+    /// What happened, for people.
+    pub memo: String,
+    /// Signed amounts per account: debits positive, credits negative; they sum to zero.
+    pub postings: Vec<(Account, Decimal)>,
+}
+
+/// What the ledger remembers of one order line to split money between deposits and revenue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct LineBook {
+    quantity: u64,
+    unit_price: Decimal,
+    net_amount: Decimal,
+    shipped: u64,
+    /// Net amount earned by shipping.
+    earned: Decimal,
+    /// Refunds paid out of deposits (before the money was earned).
+    refunded_from_deposits: Decimal,
+}
+
+impl LineBook {
+    /// Money paid for this line and still held as a deposit.
+    fn deposit_held(&self) -> Decimal {
+        (self.net_amount - self.earned - self.refunded_from_deposits).max(Decimal::ZERO)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OrderBook {
+    lines: BTreeMap<Sku, LineBook>,
+    shipping_fee: Decimal,
+    shipping_earned: bool,
+    shipping_refunded_from_deposits: Decimal,
+}
+
+/// The ledger projection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    journal: Vec<JournalEntry>,
+    balances: BTreeMap<Account, Decimal>,
+    books: BTreeMap<OrderId, OrderBook>,
+    payments: Decimal,
+    refunds: Decimal,
+}
+
+/// Builds one journal entry.
+struct Entry(Vec<(Account, Decimal)>);
+
+impl Entry {
+    fn debit(&mut self, account: Account, amount: Decimal) -> &mut Entry {
+        if !amount.is_zero() {
+            self.0.push((account, amount));
+        }
+        self
+    }
+
+    fn credit(&mut self, account: Account, amount: Decimal) -> &mut Entry {
+        self.debit(account, -amount)
+    }
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Every journal entry, in log order.
+    pub fn journal(&self) -> &[JournalEntry] {
+        &self.journal
+    }
+
+    /// Journal entries after event position `after`, at most `limit`.
+    pub fn journal_after(&self, after: u64, limit: usize) -> &[JournalEntry] {
+        let start = self.journal.partition_point(|e| e.position <= after);
+        let end = start.saturating_add(limit).min(self.journal.len());
+        &self.journal[start..end]
+    }
+
+    /// The balance of an account: debits minus credits.
+    pub fn balance(&self, account: Account) -> Decimal {
+        self.balances.get(&account).copied().unwrap_or(Decimal::ZERO)
+    }
+
+    /// Every account with its balance, in chart order.
+    pub fn trial_balance(&self) -> Vec<(Account, Decimal)> {
+        Account::ALL.iter().map(|a| (*a, money::normalize(self.balance(*a)))).collect()
+    }
+
+    /// Money received from buyers.
+    pub fn payments(&self) -> Decimal {
+        self.payments
+    }
+
+    /// Money given back to buyers.
+    pub fn refunds(&self) -> Decimal {
+        self.refunds
+    }
+
+    fn post(&mut self, envelope: &Envelope, memo: String, entry: Entry) {
+        if entry.0.is_empty() {
+            return;
+        }
+        let total: Decimal = entry.0.iter().map(|(_, amount)| *amount).sum();
+        assert!(total.is_zero(), "unbalanced journal entry at {}: {memo} {:?}", envelope.position, entry.0);
+        for (account, amount) in &entry.0 {
+            *self.balances.entry(*account).or_insert(Decimal::ZERO) += *amount;
+        }
+        self.journal.push(JournalEntry {
+            position: envelope.position,
+            recorded_at: envelope.recorded_at,
+            memo,
+            postings: entry.0,
+        });
+    }
+
+    fn apply_event(&mut self, envelope: &Envelope) {
+        let mut entry = Entry(Vec::new());
+        let memo = match &envelope.event {
+            Event::StockReceived { sku, quantity, value, supplier_ref, .. } => {
+                entry.debit(Account::Inventory, *value).credit(Account::AccountsPayable, *value);
+                format!("received {quantity} of {sku} ({supplier_ref})")
+            }
+            Event::StockCounted { sku, delta, value_delta, .. } => {
+                entry.debit(Account::Inventory, *value_delta).credit(Account::Shrinkage, *value_delta);
+                format!("stocktake of {sku}: {delta:+} units")
+            }
+            Event::OrderPlaced { order_id, lines, shipping_fee, .. } => {
+                let book = OrderBook {
+                    lines: lines
+                        .iter()
+                        .map(|l| {
+                            let line = LineBook {
+                                quantity: l.quantity,
+                                unit_price: l.unit_price,
+                                net_amount: l.net_amount,
+                                ..LineBook::default()
+                            };
+                            (l.sku.clone(), line)
+                        })
+                        .collect(),
+                    shipping_fee: *shipping_fee,
+                    ..OrderBook::default()
+                };
+                self.books.insert(order_id.clone(), book);
+                return;
+            }
+            Event::OrderPaid { order_id, payment_id, amount, .. } => {
+                self.payments += *amount;
+                entry.debit(Account::Cash, *amount).credit(Account::CustomerDeposits, *amount);
+                format!("payment {payment_id} for order {order_id}")
+            }
+            Event::ShipmentDispatched { order_id, shipment_id, lines, .. } => {
+                let Some(book) = self.books.get_mut(order_id) else { return };
+                for shipped in lines {
+                    let Some(line) = book.lines.get_mut(&shipped.sku) else { continue };
+                    let before = line.shipped;
+                    line.shipped += shipped.quantity;
+                    let net = money::share(line.net_amount, line.shipped, line.quantity)
+                        - money::share(line.net_amount, before, line.quantity);
+                    let gross = money::normalize(line.unit_price * Decimal::from(shipped.quantity));
+                    let from_deposits = net.min(line.deposit_held());
+                    line.earned += net;
+                    entry
+                        .debit(Account::CustomerDeposits, from_deposits)
+                        .debit(Account::SalesReturns, net - from_deposits)
+                        .debit(Account::Discounts, gross - net)
+                        .credit(Account::SalesRevenue, gross)
+                        .debit(Account::CostOfGoodsSold, shipped.cost)
+                        .credit(Account::Inventory, shipped.cost);
+                }
+                if !book.shipping_earned {
+                    book.shipping_earned = true;
+                    let fee_held = book.shipping_fee - book.shipping_refunded_from_deposits;
+                    entry
+                        .debit(Account::CustomerDeposits, fee_held)
+                        .debit(Account::SalesReturns, book.shipping_fee - fee_held)
+                        .credit(Account::ShippingRevenue, book.shipping_fee);
+                }
+                format!("shipment {shipment_id} of order {order_id}")
+            }
+            Event::RefundIssued { order_id, refund_id, amount, allocation, .. } => {
+                self.refunds += *amount;
+                let Some(book) = self.books.get_mut(order_id) else { return };
+                for share in allocation {
+                    match &share.target {
+                        RefundTarget::Line(sku) => {
+                            let Some(line) = book.lines.get_mut(sku) else { continue };
+                            let from_deposits = share.amount.min(line.deposit_held());
+                            line.refunded_from_deposits += from_deposits;
+                            entry
+                                .debit(Account::CustomerDeposits, from_deposits)
+                                .debit(Account::SalesReturns, share.amount - from_deposits);
+                        }
+                        RefundTarget::Shipping if book.shipping_earned => {
+                            entry.debit(Account::ShippingRevenue, share.amount);
+                        }
+                        RefundTarget::Shipping => {
+                            book.shipping_refunded_from_deposits += share.amount;
+                            entry.debit(Account::CustomerDeposits, share.amount);
+                        }
+                    }
+                }
+                entry.credit(Account::Cash, *amount);
+                format!("refund {refund_id} of order {order_id}")
+            }
+            Event::ReturnReceived { order_id, return_id, lines, .. } => {
+                for line in lines {
+                    let to = match line.condition {
+                        Condition::Resellable => Account::Inventory,
+                        Condition::Damaged => Account::Shrinkage,
+                    };
+                    entry.debit(to, line.cost).credit(Account::CostOfGoodsSold, line.cost);
+                }
+                format!("return {return_id} of order {order_id} received")
+            }
+            _ => return,
+        };
+        self.post(envelope, memo, entry);
+    }
+}
+
+impl emporium_projections::Projection for Ledger {
+    type Fact = Envelope;
+
+    fn name(&self) -> &'static str {
+        "ledger"
+    }
+
+    fn apply(&mut self, envelope: &Envelope) {
+        self.apply_event(envelope);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        super::encode(self)
+    }
+}

@@ -1,0 +1,165 @@
+//! The read side: projections of a shop log that staff, auditors and storefronts query.
+//!
+//! Every view is an [`emporium_projections::Projection`] of [`Envelope`]s: derived from the
+//! log alone, rebuilt from zero at will, queryable as of any past position or time, and
+//! hashed deterministically so that two builds can be compared. Views never append events and
+//! never read a clock: "now", where a question needs it, is the time of the last event folded.
+//!
+//! - [`ShopView`] (`shop`): stock levels and order status;
+//! - [`Timelines`] (`timelines`): each order's history;
+//! - [`Ledger`] (`ledger`): the double-entry books;
+//! - [`Analytics`] (`analytics`): figures by hour and day;
+//! - [`Customers`] (`customers`): buyers' records.
+
+mod analytics;
+mod customers;
+mod ledger;
+mod shop;
+mod timeline;
+
+use emporium_projections::{AsOf, Gap, Projection, Runner, StateHash};
+use serde::Serialize;
+
+pub use analytics::{Analytics, Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, Summary, TOP_SELLERS_MAX};
+pub use customers::{CustomerStats, Customers};
+pub use ledger::{Account, JournalEntry, Ledger};
+pub use shop::{COVER_WINDOW_DAYS, DAY_MS, SLOW_MOVER_DAYS_DEFAULT, ShopView, StockLevel};
+pub use timeline::{TimelineEntry, Timelines};
+
+use crate::event::Event;
+use crate::log::Envelope;
+
+/// The canonical encoding of a view's state: postcard of ordered maps and vectors only.
+pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
+    match postcard::to_allocvec(state) {
+        Ok(bytes) => bytes,
+        // Views hold plain data (maps, vectors, numbers, strings): encoding cannot fail.
+        Err(error) => panic!("a view's state does not encode: {error}"),
+    }
+}
+
+/// Every view of one shop, folded together.
+pub struct Views {
+    /// Stock and orders.
+    pub shop: Runner<ShopView>,
+    /// Order histories.
+    pub timelines: Runner<Timelines>,
+    /// The books.
+    pub ledger: Runner<Ledger>,
+    /// Figures by hour and day.
+    pub analytics: Runner<Analytics>,
+    /// Buyers.
+    pub customers: Runner<Customers>,
+}
+
+impl Default for Views {
+    fn default() -> Views {
+        Views::new()
+    }
+}
+
+impl Views {
+    /// Empty views.
+    pub fn new() -> Views {
+        Views {
+            shop: Runner::new(ShopView::new()),
+            timelines: Runner::new(Timelines::new()),
+            ledger: Runner::new(Ledger::new()),
+            analytics: Runner::new(Analytics::new()),
+            customers: Runner::new(Customers::new()),
+        }
+    }
+
+    /// Folds facts into every view until one is past `as_of`; returns whether `as_of` was reached.
+    pub fn catch_up<'f>(
+        &mut self,
+        facts: impl IntoIterator<Item = &'f Envelope> + Clone,
+        as_of: AsOf,
+    ) -> Result<bool, Gap> {
+        let reached = self.shop.catch_up(facts.clone(), as_of)?.reached_as_of;
+        self.timelines.catch_up(facts.clone(), as_of)?;
+        self.ledger.catch_up(facts.clone(), as_of)?;
+        self.analytics.catch_up(facts.clone(), as_of)?;
+        self.customers.catch_up(facts, as_of)?;
+        Ok(reached)
+    }
+
+    /// Every view's name and state hash.
+    pub fn hashes(&self) -> Vec<(&'static str, StateHash)> {
+        vec![
+            (self.shop.projection().name(), self.shop.state_hash()),
+            (self.timelines.projection().name(), self.timelines.state_hash()),
+            (self.ledger.projection().name(), self.ledger.state_hash()),
+            (self.analytics.projection().name(), self.analytics.state_hash()),
+            (self.customers.projection().name(), self.customers.state_hash()),
+        ]
+    }
+
+    /// The last position folded (the same for every view).
+    pub fn checkpoint(&self) -> u64 {
+        self.shop.checkpoint()
+    }
+}
+
+/// One line about an event, for people.
+pub fn describe(event: &Event) -> String {
+    match event {
+        Event::ProductListed { sku, title, price, .. } => format!("listed {sku} \"{title}\" at {price}"),
+        Event::PriceChanged { sku, old_price, new_price } => format!("price of {sku} {old_price} -> {new_price}"),
+        Event::ProductDelisted { sku } => format!("delisted {sku}"),
+        Event::ProductRelisted { sku } => format!("relisted {sku}"),
+        Event::StockReceived { sku, quantity, unit_cost, supplier_ref, .. } => {
+            format!("received {quantity} of {sku} at {unit_cost} ({supplier_ref})")
+        }
+        Event::StockCounted { sku, counted, delta, reason, shortfall, .. } => {
+            format!(
+                "counted {counted} of {sku} ({delta:+}, {reason:?}){}",
+                if *shortfall > 0 { format!(", short by {shortfall}") } else { String::new() }
+            )
+        }
+        Event::StockReserved { reservation_id, lines, expires_at } => {
+            format!(
+                "hold {reservation_id}: {} until {}",
+                lines_text(lines.iter().map(|l| (&l.sku, l.quantity))),
+                expires_at
+            )
+        }
+        Event::ReservationReleased { reservation_id } => format!("hold {reservation_id} released"),
+        Event::ReservationExpired { reservation_id, .. } => format!("hold {reservation_id} expired"),
+        Event::OrderPlaced { order_id, customer_id, lines, total, region, reservation_id, .. } => format!(
+            "order {order_id} placed by {customer_id} to {region}: {}, total {total}{}",
+            lines_text(lines.iter().map(|l| (&l.sku, l.quantity))),
+            reservation_id.as_ref().map(|r| format!(", taking over hold {r}")).unwrap_or_default()
+        ),
+        Event::OrderPaid { amount, payment_id, .. } => format!("paid {amount} ({payment_id})"),
+        Event::OrderCancelled { by, reason, .. } => match by {
+            Some(by) => format!("cancelled by {by:?}: {reason}"),
+            None => format!("cancelled: {reason}"),
+        },
+        Event::OrderExpired { .. } => "expired unpaid".to_owned(),
+        Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, .. } => format!(
+            "parcel {shipment_id} shipped by {carrier} ({tracking_number}): {}",
+            lines_text(lines.iter().map(|l| (&l.sku, l.quantity)))
+        ),
+        Event::ShipmentDelivered { shipment_id, .. } => format!("parcel {shipment_id} delivered"),
+        Event::ReturnRequested { return_id, lines, reason, .. } => {
+            format!(
+                "return {return_id} requested: {} ({reason})",
+                lines_text(lines.iter().map(|l| (&l.sku, l.quantity)))
+            )
+        }
+        Event::ReturnReceived { return_id, lines, .. } => {
+            let parts: Vec<String> =
+                lines.iter().map(|l| format!("{} x{} {:?}", l.sku, l.quantity, l.condition)).collect();
+            format!("return {return_id} received: {}", parts.join(", "))
+        }
+        Event::RefundIssued { refund_id, amount, return_id, .. } => format!(
+            "refunded {amount} ({refund_id}){}",
+            return_id.as_ref().map(|r| format!(" for return {r}")).unwrap_or_default()
+        ),
+    }
+}
+
+fn lines_text<'l>(lines: impl Iterator<Item = (&'l crate::ids::Sku, u64)>) -> String {
+    lines.map(|(sku, quantity)| format!("{sku} x{quantity}")).collect::<Vec<_>>().join(", ")
+}
