@@ -22,19 +22,23 @@
 //! - **Bounded.** Every queue has a limit: a full shop queue answers
 //!   [`CommandError::Overloaded`] at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use emporium_snapshots::{Snapshot, SnapshotStore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Command;
 use crate::ids::{CommandId, ShopId, Timestamp};
-use crate::log::{Envelope, Fingerprint, fingerprint, stream_of};
+use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::rejection::Rejection;
 use crate::state::{Policy, State};
 use crate::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
+use crate::views::Views;
 
 /// Reads the engine's time.
 pub trait Clock: Send + Sync {
@@ -80,6 +84,40 @@ impl Clock for ManualClock {
     }
 }
 
+/// Where and how often the engine snapshots each shop's state and views.
+///
+/// Snapshots live in `dir/<shop>/engine` and `dir/<shop>/views`. With them, opening a shop
+/// reads the newest valid snapshot and the log after it, and verifies the log's chain from
+/// the snapshot's position on (the part before it was verified when the snapshot was taken;
+/// `emporium verify` checks it all). Without them, opening replays and verifies everything.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Events between two snapshots of the same kind.
+    pub every_events: u64,
+    /// Snapshots kept per shop and kind.
+    pub keep: usize,
+}
+
+impl SnapshotConfig {
+    /// Snapshots in `dir` every 100,000 events, keeping 3.
+    pub fn new(dir: PathBuf) -> SnapshotConfig {
+        SnapshotConfig { dir, every_events: 100_000, keep: 3 }
+    }
+
+    fn store(&self, shop: &ShopId, kind: &str) -> std::io::Result<SnapshotStore> {
+        SnapshotStore::open(&self.dir.join(shop.as_str()).join(kind), self.keep)
+    }
+}
+
+/// The schema version of the engine's state snapshots: bumped whenever the shape of
+/// [`State`] or of the remembered command ids changes, so older snapshots are ignored.
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 1;
+
+/// The schema version of view snapshots: bumped whenever a view's shape changes.
+pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 1;
+
 /// How the engine batches, queues and remembers.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -95,6 +133,8 @@ pub struct EngineConfig {
     pub tick_interval_ms: u64,
     /// The rules' defaults for new shops.
     pub policy: Policy,
+    /// Snapshots of state and views; none by default.
+    pub snapshots: Option<SnapshotConfig>,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +146,7 @@ impl Default for EngineConfig {
             idempotency_window_ms: 24 * 60 * 60 * 1000,
             tick_interval_ms: 1000,
             policy: Policy::default(),
+            snapshots: None,
         }
     }
 }
@@ -140,7 +181,7 @@ impl Request {
 }
 
 /// The positions of an accepted command's events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Positions {
     /// The first event's position.
     pub first: u64,
@@ -207,7 +248,7 @@ enum Job {
 }
 
 enum ShopEntry {
-    Serving(mpsc::Sender<Job>),
+    Serving { sender: mpsc::Sender<Job>, views: Arc<RwLock<Views>>, views_at: watch::Receiver<u64> },
     Refused(String),
 }
 
@@ -218,6 +259,7 @@ pub struct Engine {
     config: EngineConfig,
     shops: RwLock<HashMap<ShopId, ShopEntry>>,
     writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
 }
 
 impl Engine {
@@ -236,6 +278,7 @@ impl Engine {
             config,
             shops: RwLock::new(HashMap::new()),
             writers: std::sync::Mutex::new(Vec::new()),
+            shutdown: watch::channel(false).0,
         };
         for shop in store.shops().await? {
             engine.start(&shop).await?;
@@ -247,6 +290,7 @@ impl Engine {
         let entry = match Core::recover(self.store.as_ref(), shop, &self.config, self.clock.now()).await {
             Ok(core) => {
                 let (sender, receiver) = mpsc::channel(self.config.queue_commands_max);
+                let last_snapshot = core.last_position;
                 let writer = Writer {
                     shop: shop.clone(),
                     store: self.store.clone(),
@@ -254,10 +298,14 @@ impl Engine {
                     config: self.config.clone(),
                     core: Some(core),
                     generated: 0,
+                    last_snapshot,
                 };
-                let handle = tokio::spawn(writer.run(receiver));
-                self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(handle);
-                ShopEntry::Serving(sender)
+                let follower = Follower::start(shop, self.store.clone(), &self.config).await?;
+                let (views, views_at) = (follower.views.clone(), follower.checkpoint.subscribe());
+                let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                writers.push(tokio::spawn(writer.run(receiver)));
+                writers.push(tokio::spawn(follower.run(self.shutdown.subscribe())));
+                ShopEntry::Serving { sender, views, views_at }
             }
             Err(StoreError::Corrupt { corruption, .. }) => ShopEntry::Refused(corruption.to_string()),
             Err(error) => return Err(error.into()),
@@ -285,7 +333,7 @@ impl Engine {
 
     fn sender(&self, shop: &ShopId) -> Result<mpsc::Sender<Job>, CommandError> {
         match self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(shop) {
-            Some(ShopEntry::Serving(sender)) => Ok(sender.clone()),
+            Some(ShopEntry::Serving { sender, .. }) => Ok(sender.clone()),
             Some(ShopEntry::Refused(reason)) => {
                 Err(CommandError::Unavailable { shop: shop.clone(), reason: reason.clone() })
             }
@@ -343,8 +391,36 @@ impl Engine {
         &self.store
     }
 
+    fn views_of(&self, shop: &ShopId) -> Result<(Arc<RwLock<Views>>, watch::Receiver<u64>), CommandError> {
+        match self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(shop) {
+            Some(ShopEntry::Serving { views, views_at, .. }) => Ok((views.clone(), views_at.clone())),
+            Some(ShopEntry::Refused(reason)) => {
+                Err(CommandError::Unavailable { shop: shop.clone(), reason: reason.clone() })
+            }
+            None => Err(CommandError::UnknownShop(shop.clone())),
+        }
+    }
+
+    /// Runs `read` on the shop's live views, which follow the log and may lag it briefly;
+    /// [`Engine::views_reach`] waits for a position first.
+    pub fn views<R>(&self, shop: &ShopId, read: impl FnOnce(&Views) -> R) -> Result<R, CommandError> {
+        let (views, _) = self.views_of(shop)?;
+        let views = views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(read(&views))
+    }
+
+    /// Waits until the shop's views have folded `position`, at most `timeout`; returns the
+    /// position they reached.
+    pub async fn views_reach(&self, shop: &ShopId, position: u64, timeout: Duration) -> Result<u64, CommandError> {
+        let (_, mut at) = self.views_of(shop)?;
+        let reached = tokio::time::timeout(timeout, at.wait_for(|at| *at >= position)).await;
+        let reached = reached.ok().and_then(Result::ok).map(|at| *at);
+        Ok(reached.unwrap_or_else(|| *at.borrow()))
+    }
+
     /// Stops taking commands, lets every writer finish what is queued, and waits for them.
     pub async fn close(self) {
+        self.shutdown.send_replace(true);
         self.shops.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for writer in writers {
@@ -364,13 +440,13 @@ fn check_label(what: &str, text: &str) -> Result<(), CommandError> {
 }
 
 /// What happened to a remembered command.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Outcome {
     Accepted(Option<Positions>),
     Rejected(Rejection),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Known {
     fingerprint: Fingerprint,
     outcome: Outcome,
@@ -414,23 +490,89 @@ struct Core {
 /// Events read per page while recovering.
 const RECOVERY_PAGE_EVENTS: usize = 4096;
 
+/// What an engine snapshot holds, as a tuple (postcard encodes it like a struct): the state,
+/// stream versions, remembered commands oldest first, the last recorded time, and the hash
+/// of the record at the snapshot's position.
+type CoreImage = (State, BTreeMap<String, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
+
 impl Core {
+    fn encode_image(&self, head: Hash) -> Result<Vec<u8>, postcard::Error> {
+        let streams: BTreeMap<&String, &u64> = self.stream_versions.iter().collect();
+        let known: Vec<(&Timestamp, &CommandId, &Known)> = self
+            .idempotency
+            .by_time
+            .iter()
+            .filter_map(|(at, id)| self.idempotency.known.get(id).map(|known| (at, id, known)))
+            .collect();
+        postcard::to_allocvec(&(&self.state, streams, known, self.last_recorded_at, head))
+    }
+
+    fn from_image(image: CoreImage, position: u64) -> Core {
+        let (state, streams, known, last_recorded_at, _) = image;
+        let mut idempotency = Idempotency::default();
+        for (at, command_id, entry) in known {
+            idempotency.remember(at, command_id, entry);
+        }
+        Core {
+            state,
+            stream_versions: streams.into_iter().collect(),
+            idempotency,
+            last_position: position,
+            last_recorded_at,
+        }
+    }
+
+    /// The newest usable engine snapshot of `shop`: decoded, and its log still carrying the
+    /// snapshot's head at its position. Unusable ones are skipped with a warning.
+    async fn from_snapshot(store: &dyn EventStore, shop: &ShopId, config: &SnapshotConfig) -> Option<(Core, u64)> {
+        let snapshots = config.store(shop, "engine").ok()?;
+        let loaded = snapshots.load_newest(ENGINE_SNAPSHOT_SCHEMA).ok()?;
+        for skipped in &loaded.skipped {
+            tracing::warn!(shop = %shop, path = %skipped.path.display(), reason = %skipped.reason, "engine snapshot skipped");
+        }
+        let snapshot = loaded.snapshot?;
+        let image: CoreImage = match postcard::from_bytes(&snapshot.state) {
+            Ok(image) => image,
+            Err(error) => {
+                tracing::warn!(shop = %shop, position = snapshot.position, %error, "engine snapshot does not decode; replaying the log");
+                return None;
+            }
+        };
+        match store.verify_after(shop, snapshot.position, image.4).await {
+            Ok(report) => Some((Core::from_image(image, snapshot.position), report.events)),
+            Err(error) => {
+                tracing::warn!(shop = %shop, position = snapshot.position, %error, "engine snapshot does not fit the log; replaying it");
+                None
+            }
+        }
+    }
+
     async fn recover(
         store: &dyn EventStore,
         shop: &ShopId,
         config: &EngineConfig,
         now: Timestamp,
     ) -> Result<Core, StoreError> {
-        let report = store.verify(shop).await?;
         let Some(state) = State::with_policy(config.policy) else {
             return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
         };
-        let mut core = Core {
-            state,
-            stream_versions: HashMap::new(),
-            idempotency: Idempotency::default(),
-            last_position: 0,
-            last_recorded_at: Timestamp(0),
+        let resumed = match &config.snapshots {
+            Some(snapshots) => Core::from_snapshot(store, shop, snapshots).await,
+            None => None,
+        };
+        let (mut core, events) = match resumed {
+            Some(resumed) => resumed,
+            None => {
+                let report = store.verify(shop).await?;
+                let core = Core {
+                    state,
+                    stream_versions: HashMap::new(),
+                    idempotency: Idempotency::default(),
+                    last_position: 0,
+                    last_recorded_at: Timestamp(0),
+                };
+                (core, report.events)
+            }
         };
         let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
         loop {
@@ -462,7 +604,7 @@ impl Core {
                 }
             }
         }
-        assert_eq!(core.last_position, report.events, "the log changed while recovering");
+        assert_eq!(core.last_position, events, "the log changed while recovering");
         let mut rejections = store.rejections(shop).await?;
         rejections.sort_by_key(|r| r.recorded_at);
         for record in rejections {
@@ -490,6 +632,8 @@ struct Writer {
     /// `None` once the shop failed and could not be recovered.
     core: Option<Core>,
     generated: u64,
+    /// The position of the last engine snapshot (or of recovery).
+    last_snapshot: u64,
 }
 
 impl Writer {
@@ -604,6 +748,142 @@ impl Writer {
         }
         for p in pending {
             let _ = p.reply.send(p.answer);
+        }
+        self.maybe_snapshot().await;
+    }
+
+    /// Writes an engine snapshot when enough events passed since the last one. A failed
+    /// snapshot is only a slower next start: it is logged, never fatal.
+    async fn maybe_snapshot(&mut self) {
+        let (Some(core), Some(config)) = (self.core.as_ref(), self.config.snapshots.as_ref()) else { return };
+        if core.last_position < self.last_snapshot + config.every_events.max(1) {
+            return;
+        }
+        let position = core.last_position;
+        let written = async {
+            let (head_position, head) = self.store.head(&self.shop).await.map_err(|e| e.to_string())?;
+            if head_position != position {
+                return Err(format!("the log ends at {head_position}, not {position}"));
+            }
+            let state = core.encode_image(head).map_err(|e| e.to_string())?;
+            let snapshots = config.store(&self.shop, "engine").map_err(|e| e.to_string())?;
+            let snapshot = Snapshot { position, schema_version: ENGINE_SNAPSHOT_SCHEMA, state };
+            tokio::task::spawn_blocking(move || snapshots.save(&snapshot))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match written {
+            Ok(_) => self.last_snapshot = position,
+            Err(error) => tracing::warn!(shop = %self.shop, position, %error, "engine snapshot not written"),
+        }
+    }
+}
+
+/// Keeps a shop's views up to date by following its log, and snapshots them.
+struct Follower {
+    shop: ShopId,
+    store: Arc<dyn EventStore>,
+    views: Arc<RwLock<Views>>,
+    checkpoint: watch::Sender<u64>,
+    snapshots: Option<(SnapshotStore, u64)>,
+    last_snapshot: u64,
+}
+
+/// Events a follower folds at once; readers wait at most for one page.
+const FOLLOW_PAGE_EVENTS: usize = 4096;
+
+impl Follower {
+    /// Starts from the newest usable view snapshot, or from nothing.
+    async fn start(shop: &ShopId, store: Arc<dyn EventStore>, config: &EngineConfig) -> Result<Follower, OpenError> {
+        let snapshots = match &config.snapshots {
+            Some(c) => {
+                let snapshot_store = c.store(shop, "views").map_err(|e| StoreError::Io(e.to_string()))?;
+                Some((snapshot_store, c.every_events.max(1)))
+            }
+            None => None,
+        };
+        let mut views = Views::new();
+        if let Some((snapshot_store, _)) = &snapshots {
+            let last = store.last_position(shop).await?;
+            match snapshot_store.load_newest_at_most(VIEWS_SNAPSHOT_SCHEMA, last) {
+                Ok(loaded) => {
+                    for skipped in &loaded.skipped {
+                        tracing::warn!(shop = %shop, path = %skipped.path.display(), reason = %skipped.reason, "view snapshot skipped");
+                    }
+                    if let Some(snapshot) = loaded.snapshot {
+                        match Views::decode(&snapshot.state, snapshot.position) {
+                            Some(restored) => views = restored,
+                            None => {
+                                tracing::warn!(shop = %shop, position = snapshot.position, "view snapshot does not decode; rebuilding")
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(shop = %shop, %error, "view snapshots unreadable; rebuilding"),
+            }
+        }
+        let at = views.checkpoint();
+        Ok(Follower {
+            shop: shop.clone(),
+            store,
+            views: Arc::new(RwLock::new(views)),
+            checkpoint: watch::channel(at).0,
+            snapshots,
+            last_snapshot: at,
+        })
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let at = *self.checkpoint.borrow();
+            let page = match self.store.read_from(&self.shop, at, FOLLOW_PAGE_EVENTS).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(shop = %self.shop, %error, "views stopped following the log");
+                    return;
+                }
+            };
+            if page.is_empty() {
+                tokio::select! {
+                    _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let folded = {
+                let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                views.catch_up(&page, emporium_projections::AsOf::End).map(|_| views.checkpoint())
+            };
+            match folded {
+                Ok(checkpoint) => {
+                    self.checkpoint.send_replace(checkpoint);
+                    self.maybe_snapshot(checkpoint).await;
+                }
+                Err(gap) => {
+                    tracing::error!(shop = %self.shop, %gap, "views stopped following the log");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn maybe_snapshot(&mut self, checkpoint: u64) {
+        let Some((snapshots, every)) = &self.snapshots else { return };
+        if checkpoint < self.last_snapshot + every {
+            return;
+        }
+        let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode();
+        let snapshot = Snapshot { position: checkpoint, schema_version: VIEWS_SNAPSHOT_SCHEMA, state };
+        let snapshots = snapshots.clone();
+        match tokio::task::spawn_blocking(move || snapshots.save(&snapshot)).await {
+            Ok(Ok(_)) => self.last_snapshot = checkpoint,
+            Ok(Err(error)) => tracing::warn!(shop = %self.shop, checkpoint, %error, "view snapshot not written"),
+            Err(error) => tracing::warn!(shop = %self.shop, checkpoint, %error, "view snapshot not written"),
         }
     }
 }

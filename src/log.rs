@@ -196,6 +196,9 @@ pub enum Check {
     Checksum,
     /// All of the above and the hash chain from the given previous hash.
     Chain,
+    /// Checksums up to position `n`, whose stored hash must be the given one (a trusted
+    /// anchor, such as a snapshot's head), then the chain from it.
+    ChainAfter(u64),
 }
 
 /// Decodes consecutive records from `bytes`, the first expected at `first_position`.
@@ -209,6 +212,7 @@ pub fn decode_records(
     check: Check,
 ) -> Result<(Vec<Envelope>, Hash), Corruption> {
     let mut envelopes = Vec::new();
+    let anchor = previous;
     let mut previous = previous;
     let mut rest = bytes;
     let mut position = first_position;
@@ -229,18 +233,23 @@ pub fn decode_records(
         }
         let stored_hash: &[u8] = &rest[crc_at + 4..crc_at + 4 + 32];
         let hash = chain(&previous, body);
-        if check == Check::Chain && stored_hash != hash {
+        let chained = match check {
+            Check::Checksum => false,
+            Check::Chain => true,
+            Check::ChainAfter(n) => position > n,
+        };
+        if chained && stored_hash != hash {
             return Err(corrupt("hash chain broken".to_owned()));
+        }
+        if check == Check::ChainAfter(position) && stored_hash != anchor {
+            return Err(corrupt("the record's hash is not the trusted one (the log changed)".to_owned()));
         }
         let envelope = decode_body(body).map_err(corrupt)?;
         if envelope.position != position {
             return Err(corrupt(format!("record says position {}", envelope.position)));
         }
         envelopes.push(envelope);
-        previous = match check {
-            Check::Chain => hash,
-            Check::Checksum => stored_hash.try_into().unwrap_or(hash),
-        };
+        previous = if chained { hash } else { stored_hash.try_into().unwrap_or(hash) };
         rest = &rest[RECORD_OVERHEAD_BYTES + body_len..];
         position += 1;
     }

@@ -89,29 +89,46 @@ pub fn collect_after(
     Ok(out)
 }
 
-/// Verifies every chunk in order from the genesis hash: checksums, positions and the chain.
+/// Verifies chunks in order: checksums and positions throughout, and the hash chain after
+/// position `after`, anchored at `anchor` (the stored hash of the record at `after`; the
+/// genesis hash when `after` is 0). `chunks` starts with the chunk holding `after` (or the
+/// first chunk).
 pub fn verify_chunks(
     shop: &ShopId,
     chunks: impl Iterator<Item = Result<Chunk, StoreError>>,
+    after: u64,
+    anchor: Hash,
 ) -> Result<(VerifyReport, Head), StoreError> {
-    let mut hash = log::genesis_hash(shop);
-    let mut next = 1u64;
+    let corrupt = |position: u64, reason: String| StoreError::Corrupt {
+        shop: shop.clone(),
+        corruption: log::Corruption { position, reason },
+    };
+    let check = if after == 0 { Check::Chain } else { Check::ChainAfter(after) };
+    let mut hash = anchor;
+    let mut next: Option<u64> = None;
     for chunk in chunks {
         let (first, bytes) = chunk?;
-        if first != next {
-            let corruption = log::Corruption { position: next, reason: format!("next stored chunk starts at {first}") };
-            return Err(StoreError::Corrupt { shop: shop.clone(), corruption });
+        match next {
+            Some(expected) if first != expected => {
+                return Err(corrupt(expected, format!("next stored chunk starts at {first}")));
+            }
+            None if first != 1 && first > after => {
+                return Err(corrupt(after.max(1), format!("the first chunk read starts at {first}")));
+            }
+            _ => {}
         }
-        let (envelopes, last) = log::decode_records(&bytes, first, hash, Check::Chain)
+        let (envelopes, last) = log::decode_records(&bytes, first, hash, check)
             .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
         if envelopes.is_empty() {
-            let corruption = log::Corruption { position: next, reason: "empty chunk".to_owned() };
-            return Err(StoreError::Corrupt { shop: shop.clone(), corruption });
+            return Err(corrupt(first, "empty chunk".to_owned()));
         }
-        next += envelopes.len() as u64;
+        next = Some(first + envelopes.len() as u64);
         hash = last;
     }
-    let events = next - 1;
+    let events = next.map_or(0, |n| n - 1);
+    if events < after {
+        return Err(corrupt(events + 1, format!("the log ends at {events}, before the trusted position {after}")));
+    }
     Ok((VerifyReport { events, head: hash }, Head { last_position: events, hash }))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::ids::ShopId;
-use crate::log::{self, Envelope};
+use crate::log::{self, Envelope, Hash};
 
 use super::chunks::{self, Head, ShopLog};
 use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
@@ -128,11 +128,19 @@ impl EventStore for MemoryStore {
         Ok(shop.data.lock().unwrap_or_else(PoisonError::into_inner).rejections.clone())
     }
 
-    async fn verify(&self, shop_id: &ShopId) -> Result<VerifyReport, StoreError> {
-        let Some(shop) = self.shop(shop_id) else {
-            return Ok(VerifyReport { events: 0, head: log::genesis_hash(shop_id) });
-        };
-        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks(&shop, 0).into_iter())?;
+    async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
+        let chunks = self.shop(shop_id).map(|shop| Self::chunks(&shop, after.max(1))).unwrap_or_default();
+        let (report, _) = chunks::verify_chunks(shop_id, chunks.into_iter(), after, anchor)?;
         Ok(report)
+    }
+
+    async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
+        match self.shop(shop_id) {
+            Some(shop) => {
+                let head = shop.log.head.lock().await;
+                Ok((head.last_position, head.hash))
+            }
+            None => Ok((0, log::genesis_hash(shop_id))),
+        }
     }
 }

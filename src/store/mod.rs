@@ -125,5 +125,15 @@ pub trait EventStore: Send + Sync {
     async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError>;
 
     /// Checks every record's checksum and the hash chain from the first record.
-    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError>;
+    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
+        self.verify_after(shop, 0, crate::log::genesis_hash(shop)).await
+    }
+
+    /// Checks checksums throughout, that the record at `after` carries `anchor` as its hash,
+    /// and the hash chain from there: how a shop resumed from a snapshot taken at `after`
+    /// verifies its log without reading the chain before it.
+    async fn verify_after(&self, shop: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError>;
+
+    /// The last position and the hash of its record (the genesis hash for an empty log).
+    async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError>;
 }

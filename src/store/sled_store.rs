@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::ids::ShopId;
-use crate::log::{self, Envelope};
+use crate::log::{self, Envelope, Hash};
 
 use super::chunks::{self, ShopLog};
 use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
@@ -351,11 +351,25 @@ impl EventStore for SledStore {
         shop.tree.scan_prefix([REJECTION]).map(|entry| decode_rejection(&entry.map_err(io_error)?.1)).collect()
     }
 
-    async fn verify(&self, shop_id: &ShopId) -> Result<VerifyReport, StoreError> {
+    async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
         let Some(shop) = self.shop(shop_id) else {
-            return Ok(VerifyReport { events: 0, head: log::genesis_hash(shop_id) });
+            let (report, _) = chunks::verify_chunks(shop_id, std::iter::empty(), after, anchor)?;
+            return Ok(report);
         };
-        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks_from(&shop.tree, 0))?;
+        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks_from(&shop.tree, after.max(1)), after, anchor)?;
         Ok(report)
+    }
+
+    async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
+        match self.shop(shop_id) {
+            Some(shop) => {
+                if let Some(error) = &shop.broken {
+                    return Err(error.clone());
+                }
+                let head = shop.log.head.lock().await;
+                Ok((head.last_position, head.hash))
+            }
+            None => Ok((0, log::genesis_hash(shop_id))),
+        }
     }
 }

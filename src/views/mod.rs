@@ -99,6 +99,31 @@ impl Views {
     pub fn checkpoint(&self) -> u64 {
         self.shop.checkpoint()
     }
+
+    /// Every view's state in one canonical encoding, for a snapshot.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(&(
+            self.shop.projection(),
+            self.timelines.projection(),
+            self.ledger.projection(),
+            self.analytics.projection(),
+            self.customers.projection(),
+        ))
+    }
+
+    /// Views from [`Views::encode`]'s bytes, as folded up to `checkpoint`; `None` when the
+    /// bytes do not decode.
+    pub fn decode(bytes: &[u8], checkpoint: u64) -> Option<Views> {
+        let (shop, timelines, ledger, analytics, customers): (ShopView, Timelines, Ledger, Analytics, Customers) =
+            postcard::from_bytes(bytes).ok()?;
+        Some(Views {
+            shop: Runner::resume(shop, checkpoint),
+            timelines: Runner::resume(timelines, checkpoint),
+            ledger: Runner::resume(ledger, checkpoint),
+            analytics: Runner::resume(analytics, checkpoint),
+            customers: Runner::resume(customers, checkpoint),
+        })
+    }
 }
 
 /// One line about an event, for people.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use emporium::engine::{Accepted, CommandError, Engine, EngineConfig, ManualClock, Positions, Request};
-use emporium::log::Envelope;
+use emporium::log::{Envelope, Hash};
 use emporium::store::{AppendBatch, EventStore, MemoryStore, RejectionRecord, SledStore, StoreError, VerifyReport};
 use emporium::{CommandId, OrderStatus, Rejection, ShopId, Shortage, State, demo};
 use rust_decimal::dec;
@@ -250,8 +250,11 @@ impl EventStore for TestStore {
     async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
         self.inner.rejections(shop).await
     }
-    async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
-        self.inner.verify(shop).await
+    async fn verify_after(&self, shop: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
+        self.inner.verify_after(shop, after, anchor).await
+    }
+    async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError> {
+        self.inner.head(shop).await
     }
 }
 
