@@ -28,6 +28,7 @@ pub mod limits;
 pub mod log;
 pub mod money;
 pub mod rejection;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod views;

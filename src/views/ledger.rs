@@ -183,6 +183,38 @@ impl Ledger {
         self.refunds
     }
 
+    /// Checks the books against themselves and against the shop's `state` at the same
+    /// position; returns the first broken rule. Every entry balances (checked as it is
+    /// posted), the trial balance sums to zero, Inventory equals the sum of the SKUs'
+    /// inventory values, Cash equals payments less refunds (in the ledger and in the orders),
+    /// and customer deposits are never overdrawn.
+    pub fn check(&self, state: &crate::state::State) -> Result<(), String> {
+        let trial: Decimal = self.balances.values().copied().sum();
+        if !trial.is_zero() {
+            return Err(format!("the trial balance sums to {trial}"));
+        }
+        let stock_value: Decimal = state.products().map(|p| p.stock.value).sum();
+        if self.balance(Account::Inventory) != stock_value {
+            return Err(format!("Inventory is {}, the SKUs hold {stock_value}", self.balance(Account::Inventory)));
+        }
+        let cash = self.balance(Account::Cash);
+        if cash != self.payments - self.refunds {
+            return Err(format!("Cash is {cash}, payments less refunds {}", self.payments - self.refunds));
+        }
+        let (paid, refunded): (Decimal, Decimal) =
+            state.orders().fold((Decimal::ZERO, Decimal::ZERO), |(p, r), o| (p + o.paid(), r + o.refunded));
+        if cash != paid - refunded {
+            return Err(format!("Cash is {cash}, the orders were paid {paid} and refunded {refunded}"));
+        }
+        if self.balance(Account::CustomerDeposits) > Decimal::ZERO {
+            return Err(format!("customer deposits overdrawn: {}", self.balance(Account::CustomerDeposits)));
+        }
+        if let Some(entry) = self.journal.iter().find(|e| !e.postings.iter().map(|(_, a)| *a).sum::<Decimal>().is_zero()) {
+            return Err(format!("the entry at {} does not balance", entry.position));
+        }
+        Ok(())
+    }
+
     fn post(&mut self, envelope: &Envelope, memo: String, entry: Entry) {
         if entry.0.is_empty() {
             return;

@@ -200,6 +200,15 @@ fn concrete(state: &State, op: &Op) -> Command {
 /// Asserts the invariants after each accepted command and that each rejected one changed
 /// nothing; returns the log and the final state.
 fn run(ops: &[(Op, u64)]) -> Result<(Vec<Event>, State), TestCaseError> {
+    run_observed(ops, |_, _, _| Ok(()))
+}
+
+/// [`run`], calling `observe` with the state, the events and the time after each accepted
+/// command.
+fn run_observed(
+    ops: &[(Op, u64)],
+    mut observe: impl FnMut(&State, &[Event], Timestamp) -> Result<(), TestCaseError>,
+) -> Result<(Vec<Event>, State), TestCaseError> {
     let mut state = State::new();
     let mut log: Vec<Event> = Vec::new();
     let mut now = DAY_START;
@@ -215,8 +224,9 @@ fn run(ops: &[(Op, u64)]) -> Result<(Vec<Event>, State), TestCaseError> {
         let before = state.clone();
         match state.execute(now, &command) {
             Ok(events) => {
-                log.extend(events);
                 state.check_invariants();
+                observe(&state, &events, now)?;
+                log.extend(events);
             }
             Err(rejection) => {
                 prop_assert_eq!(&state, &before, "rejected {:?} ({}) changed the state", command, rejection);
@@ -241,6 +251,48 @@ proptest! {
             replayed.apply(event);
         }
         prop_assert_eq!(&replayed, &state);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The books hold after every event: entries balance, the trial balance is zero,
+    /// Inventory is the SKUs' value, Cash is payments less refunds, deposits are never
+    /// overdrawn; and the shop view folded from envelopes is the domain state.
+    #[test]
+    fn the_ledger_balances_after_every_event(ops in ops()) {
+        use emporium::log::{Envelope, stream_of};
+        use emporium::views::{Ledger, ShopView};
+        use emporium_projections::{Projection, Runner};
+
+        let mut ledger = Runner::new(Ledger::new());
+        let mut shop = Runner::new(ShopView::new());
+        let mut position = 0u64;
+        run_observed(&ops, |state, events, now| {
+            for event in events {
+                position += 1;
+                let envelope = Envelope {
+                    position,
+                    stream: stream_of(event),
+                    stream_version: 0,
+                    recorded_at: now,
+                    command_id: emporium::CommandId::generated("prop", position),
+                    fingerprint: [0; 16],
+                    correlation_id: "prop".to_owned(),
+                    actor: "prop".to_owned(),
+                    event: event.clone(),
+                };
+                ledger.apply(&envelope).map_err(|gap| TestCaseError::fail(gap.to_string()))?;
+                shop.apply(&envelope).map_err(|gap| TestCaseError::fail(gap.to_string()))?;
+                if let Err(broken) = ledger.projection().check(shop.projection().state()) {
+                    return Err(TestCaseError::fail(format!("after {} at {position}: {broken}", event.kind())));
+                }
+            }
+            prop_assert_eq!(shop.projection().state(), state);
+            Ok(())
+        })?;
+        prop_assert!(ledger.projection().name() == "ledger");
     }
 }
 
