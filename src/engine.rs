@@ -260,6 +260,7 @@ pub struct Engine {
     shops: RwLock<HashMap<ShopId, ShopEntry>>,
     writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+    recovered_from: std::sync::Mutex<HashMap<ShopId, Option<u64>>>,
 }
 
 impl Engine {
@@ -279,6 +280,7 @@ impl Engine {
             shops: RwLock::new(HashMap::new()),
             writers: std::sync::Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
+            recovered_from: std::sync::Mutex::new(HashMap::new()),
         };
         for shop in store.shops().await? {
             engine.start(&shop).await?;
@@ -289,6 +291,10 @@ impl Engine {
     async fn start(&self, shop: &ShopId) -> Result<(), OpenError> {
         let entry = match Core::recover(self.store.as_ref(), shop, &self.config, self.clock.now()).await {
             Ok(core) => {
+                self.recovered_from
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(shop.clone(), core.resumed_from);
                 let (sender, receiver) = mpsc::channel(self.config.queue_commands_max);
                 let last_snapshot = core.last_position;
                 let writer = Writer {
@@ -384,6 +390,12 @@ impl Engine {
             shop: shop.clone(),
             reason: "the shop's writer stopped".to_owned(),
         })
+    }
+
+    /// The position of the engine snapshot a shop's state was recovered from when the
+    /// engine opened it; `None` when it replayed its whole log (or is unknown).
+    pub fn recovered_from(&self, shop: &ShopId) -> Option<u64> {
+        self.recovered_from.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(shop).copied().flatten()
     }
 
     /// The store the engine writes to.
@@ -485,6 +497,8 @@ struct Core {
     idempotency: Idempotency,
     last_position: u64,
     last_recorded_at: Timestamp,
+    /// The snapshot position this core was recovered from.
+    resumed_from: Option<u64>,
 }
 
 /// Events read per page while recovering.
@@ -519,6 +533,7 @@ impl Core {
             idempotency,
             last_position: position,
             last_recorded_at,
+            resumed_from: Some(position),
         }
     }
 
@@ -570,6 +585,7 @@ impl Core {
                     idempotency: Idempotency::default(),
                     last_position: 0,
                     last_recorded_at: Timestamp(0),
+                    resumed_from: None,
                 };
                 (core, report.events)
             }

@@ -159,8 +159,10 @@ pub fn generate_day(config: &DayConfig) -> Vec<(Timestamp, Command)> {
                 lines: parcel.clone(),
             };
             push(shipped_at, ship, &mut timed);
-            let delivery =
-                Command::ConfirmDelivery { order_id: order_id.as_str().into(), shipment_id: shipment_id.as_str().into() };
+            let delivery = Command::ConfirmDelivery {
+                order_id: order_id.as_str().into(),
+                shipment_id: shipment_id.as_str().into(),
+            };
             push(shipped_at + DAY_MS + rng.below(2 * DAY_MS), delivery, &mut timed);
             shipped_at += 2 * 60 * MINUTE_MS;
         }
@@ -199,7 +201,11 @@ pub fn generate_day(config: &DayConfig) -> Vec<(Timestamp, Command)> {
 /// engine): it emits them with a zero amount, and [`price`] fills them in against the state
 /// just before they are executed.
 fn pay_marker(order_id: &str) -> Command {
-    Command::Pay { order_id: order_id.into(), payment_id: format!("PAY-{order_id}").as_str().into(), amount: Decimal::ZERO }
+    Command::Pay {
+        order_id: order_id.into(),
+        payment_id: format!("PAY-{order_id}").as_str().into(),
+        amount: Decimal::ZERO,
+    }
 }
 
 fn refund_marker(order_id: &str, refund_id: &str, return_id: Option<&str>) -> Command {
@@ -222,8 +228,12 @@ pub fn price(state: &crate::state::State, command: Command) -> Command {
         }
         Command::Refund { order_id, refund_id, amount, return_id } if amount.is_zero() => {
             let amount = state.order(&order_id).map_or(Decimal::ONE, |order| match &return_id {
-                Some(_) => order.lines.first().map_or(Decimal::ONE, |l| crate::money::share(l.net_amount, 1, l.quantity)),
-                None => crate::money::normalize((order.refundable() / Decimal::TEN).round_dp(2)).max(Decimal::new(1, 2)),
+                Some(_) => {
+                    order.lines.first().map_or(Decimal::ONE, |l| crate::money::share(l.net_amount, 1, l.quantity))
+                }
+                None => {
+                    crate::money::normalize((order.refundable() / Decimal::TEN).round_dp(2)).max(Decimal::new(1, 2))
+                }
             });
             Command::Refund { order_id, refund_id, amount, return_id }
         }

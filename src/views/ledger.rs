@@ -209,7 +209,9 @@ impl Ledger {
         if self.balance(Account::CustomerDeposits) > Decimal::ZERO {
             return Err(format!("customer deposits overdrawn: {}", self.balance(Account::CustomerDeposits)));
         }
-        if let Some(entry) = self.journal.iter().find(|e| !e.postings.iter().map(|(_, a)| *a).sum::<Decimal>().is_zero()) {
+        if let Some(entry) =
+            self.journal.iter().find(|e| !e.postings.iter().map(|(_, a)| *a).sum::<Decimal>().is_zero())
+        {
             return Err(format!("the entry at {} does not balance", entry.position));
         }
         Ok(())

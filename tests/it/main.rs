@@ -7,3 +7,4 @@ mod properties;
 mod rejections;
 mod shop_day;
 mod support;
+mod views;

@@ -1,0 +1,300 @@
+//! The read side: views with exact values, determinism across rebuilds, as-of queries,
+//! and snapshots that fail.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use emporium::engine::{
+    CommandError, ENGINE_SNAPSHOT_SCHEMA, Engine, EngineConfig, ManualClock, Request, SnapshotConfig,
+};
+use emporium::log::Envelope;
+use emporium::sim::{self, DayConfig};
+use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore};
+use emporium::views::{Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
+use emporium::{Command, OrderId, ShopId, State, Timestamp, demo};
+use emporium_projections::AsOf;
+use emporium_snapshots::{Snapshot, SnapshotStore};
+use rust_decimal::{Decimal, dec};
+
+use crate::support::temp_dir;
+
+/// Runs commands in order through the engine at their times, pricing generated payments
+/// and refunds against the state first. Returns (accepted, rejected).
+async fn drive(engine: &Engine, shop: &ShopId, clock: &ManualClock, commands: Vec<(Timestamp, Command)>) -> (u64, u64) {
+    let (mut accepted, mut rejected) = (0, 0);
+    for (at, command) in commands {
+        clock.set(at);
+        let command = match command {
+            Command::Pay { .. } | Command::Refund { .. } => {
+                engine.read(shop, move |state: &State| sim::price(state, command)).await.expect("served")
+            }
+            other => other,
+        };
+        match engine.execute(shop, Request::new("tester", command)).await {
+            Ok(_) => accepted += 1,
+            Err(CommandError::Rejected(_)) => rejected += 1,
+            Err(other) => panic!("the engine failed: {other}"),
+        }
+    }
+    (accepted, rejected)
+}
+
+async fn all_events(store: &dyn EventStore, shop: &ShopId) -> Vec<Envelope> {
+    let mut events = Vec::new();
+    loop {
+        let page = store.read_from(shop, events.len() as u64, 65_536).await.expect("readable");
+        if page.is_empty() {
+            return events;
+        }
+        events.extend(page);
+    }
+}
+
+fn rebuilt(events: &[Envelope], as_of: AsOf) -> Views {
+    let mut views = Views::new();
+    views.catch_up(events, as_of).expect("gap-free");
+    views
+}
+
+async fn open(store: Arc<dyn EventStore>, clock: Arc<ManualClock>, snapshots: Option<SnapshotConfig>) -> Engine {
+    let config = EngineConfig { snapshots, ..EngineConfig::default() };
+    let engine = Engine::open(store, clock, config).await.expect("opens");
+    engine.create_shop(&ShopId::main()).await.expect("created");
+    engine
+}
+
+#[tokio::test]
+async fn the_views_of_the_shop_day_hold_the_expected_figures() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock.clone(), None).await;
+    let shop = ShopId::main();
+    assert_eq!(drive(&engine, &shop, &clock, demo::shop_day()).await, (21, 0));
+    let last = store.last_position(&shop).await.expect("readable");
+    assert_eq!(engine.views_reach(&shop, last, Duration::from_secs(10)).await, Ok(last));
+
+    engine
+        .views(&shop, |views| {
+            let tea = views.shop.projection().stock(&"TEA-001".into(), SLOW_MOVER_DAYS_DEFAULT).expect("listed");
+            assert_eq!((tea.on_hand, tea.reserved, tea.available, tea.shortfall), (149, 1, 148, 0));
+            assert_eq!((tea.inventory_value, tea.unit_cost), (dec!(7931.77), Some(dec!(53.2334))));
+            // 3 units paid within the last 7 days: 148 available cover 148 * 7 / 3 days.
+            assert_eq!((tea.low_stock, tea.days_of_cover, tea.slow_mover), (false, Some(dec!(345.3)), false));
+            // The teapot last sold at minute 36; the view's time is 2.8 days later.
+            let pot = |days| views.shop.projection().stock(&"POT-003".into(), days).expect("listed");
+            assert_eq!((pot(2).available, pot(2).low_stock, pot(2).slow_mover), (9, false, true));
+            assert!(!pot(3).slow_mover && !pot(SLOW_MOVER_DAYS_DEFAULT).slow_mover);
+
+            let ledger = views.ledger.projection();
+            let expected = [
+                (Account::Cash, dec!(660.50)),
+                (Account::Inventory, dec!(9324.02)),
+                (Account::AccountsPayable, dec!(-9439.00)),
+                (Account::CustomerDeposits, dec!(-396.00)),
+                (Account::SalesRevenue, dec!(-438.00)),
+                (Account::ShippingRevenue, dec!(0)),
+                (Account::Discounts, dec!(0)),
+                (Account::SalesReturns, dec!(173.50)),
+                (Account::CostOfGoodsSold, dec!(90.28)),
+                (Account::Shrinkage, dec!(24.70)),
+            ];
+            assert_eq!(ledger.trial_balance(), expected);
+            assert_eq!(ledger.check(views.shop.projection().state()), Ok(()));
+            assert_eq!(
+                ledger.journal().len(),
+                11,
+                "4 receipts, a stocktake, 2 payments, 2 parcels, a return, a refund"
+            );
+
+            let day = views.analytics.projection().summary(
+                demo::DAY_START,
+                Timestamp(demo::DAY_START.0 + 96 * HOUR_MS),
+                LATE_SHIPMENT_MS_DEFAULT,
+            );
+            assert_eq!((day.gmv, day.net_sales, day.orders, day.units), (dec!(834.00), dec!(660.50), 2, 8));
+            assert_eq!(day.average_order_value, Some(dec!(417.00)));
+            assert_eq!(
+                (day.refund_rate, day.return_rate, day.repurchase_rate),
+                (Some(dec!(0.5)), Some(dec!(0.3333)), Some(dec!(0)))
+            );
+            let top: Vec<(&str, u64)> = day.top_by_units.iter().map(|(s, u)| (s.as_str(), *u)).collect();
+            assert_eq!(top, [("CUP-002", 4), ("TEA-001", 3), ("POT-003", 1)]);
+            assert_eq!((day.ship_time_p50_ms, day.late_shipments), (Some(85 * 60_000), 0));
+            let hours = views.analytics.projection().series(
+                emporium::views::Bucket::Hour,
+                demo::DAY_START,
+                Timestamp(demo::DAY_START.0 + 3 * HOUR_MS),
+                LATE_SHIPMENT_MS_DEFAULT,
+                100,
+            );
+            assert_eq!(hours.iter().map(|h| h.orders).collect::<Vec<_>>(), [2, 0, 0]);
+
+            let buyer = views.customers.projection().customer(&"C-88".into()).expect("known");
+            assert_eq!(
+                (buyer.orders, buyer.paid_orders, buyer.total_spent, buyer.repeat_buyer()),
+                (1, 1, dec!(264.50), false)
+            );
+            let timeline = views.timelines.projection().order(&OrderId::from("A-1001")).expect("known");
+            let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    "order_placed",
+                    "order_paid",
+                    "shipment_dispatched",
+                    "shipment_dispatched",
+                    "shipment_delivered",
+                    "shipment_delivered",
+                    "return_requested",
+                    "return_received",
+                    "refund_issued"
+                ]
+            );
+            assert_eq!(timeline[1].summary, "paid 438.00 (PAY-1)");
+            assert!(timeline.iter().all(|e| e.actor == "tester"));
+        })
+        .expect("served");
+}
+
+#[tokio::test]
+async fn a_generated_day_rebuilds_identically_from_zero_from_a_snapshot_and_live() {
+    let dir = temp_dir();
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let snapshots = SnapshotConfig { dir: dir.path().to_path_buf(), every_events: 100_000, keep: 2 };
+    let engine = open(store.clone(), clock.clone(), Some(snapshots)).await;
+    let shop = ShopId::main();
+    let day = sim::generate_day(&DayConfig::new(100_000, 11, demo::DAY_START));
+    let (accepted, rejected) = drive(&engine, &shop, &clock, day).await;
+    assert!(accepted > 300_000 && rejected > 0, "accepted {accepted}, rejected {rejected}");
+    let events = all_events(store.as_ref(), &shop).await;
+    let last = events.len() as u64;
+    let kinds: std::collections::BTreeSet<&str> = events.iter().map(|e| e.event.kind()).collect();
+    for kind in ["order_expired", "order_cancelled", "shipment_dispatched", "return_received", "refund_issued"] {
+        assert!(kinds.contains(kind), "the day has no {kind}");
+    }
+
+    let zero = rebuilt(&events, AsOf::End);
+    assert_eq!(zero.ledger.projection().check(zero.shop.projection().state()), Ok(()));
+    let live_state = engine.read(&shop, State::clone).await.expect("served");
+    assert_eq!(zero.shop.projection().state(), &live_state);
+
+    assert_eq!(engine.views_reach(&shop, last, Duration::from_secs(60)).await, Ok(last));
+    let live = engine.views(&shop, |views| views.hashes()).expect("served");
+    assert_eq!(live, zero.hashes(), "live catch-up");
+
+    let view_snapshots = SnapshotStore::open(&dir.path().join("main").join("views"), 2).expect("opens");
+    let loaded = view_snapshots.load_newest(emporium::engine::VIEWS_SNAPSHOT_SCHEMA).expect("readable");
+    let snapshot = loaded.snapshot.expect("the follower took snapshots");
+    assert!(snapshot.position >= 100_000 && snapshot.position < last, "a snapshot with a tail after it");
+    let mut resumed = Views::decode(&snapshot.state, snapshot.position).expect("decodes");
+    resumed.catch_up(&events[snapshot.position as usize..], AsOf::End).expect("gap-free");
+    assert_eq!(resumed.hashes(), zero.hashes(), "snapshot and tail");
+}
+
+#[tokio::test]
+async fn a_view_as_of_a_position_or_time_is_the_view_of_the_log_cut_there() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock.clone(), None).await;
+    let shop = ShopId::main();
+    drive(&engine, &shop, &clock, sim::generate_day(&DayConfig::new(2_000, 5, demo::DAY_START))).await;
+    let events = all_events(store.as_ref(), &shop).await;
+    let last = events.len() as u64;
+    for position in [1, 100, last / 3, last / 2, last - 1, last] {
+        let as_of = rebuilt(&events, AsOf::Position(position));
+        let cut_store = MemoryStore::new();
+        let cut = events[..position as usize].to_vec();
+        cut_store
+            .append(&shop, AppendBatch { expected_last: 0, events: cut, rejections: vec![] })
+            .await
+            .expect("appended");
+        let from_cut = rebuilt(&all_events(&cut_store, &shop).await, AsOf::End);
+        assert_eq!(as_of.checkpoint(), position);
+        assert_eq!(as_of.hashes(), from_cut.hashes(), "as of position {position}");
+
+        let at = events[position as usize - 1].recorded_at;
+        let through = events.iter().take_while(|e| e.recorded_at <= at).count();
+        let by_time = rebuilt(&events, AsOf::TimeMs(at.0));
+        assert_eq!(by_time.hashes(), rebuilt(&events[..through], AsOf::End).hashes(), "as of time {at}");
+    }
+}
+
+fn snapshot_files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    SnapshotStore::open(&dir.join("main").join("engine"), 3).expect("opens").list().expect("listed")
+}
+
+#[tokio::test]
+async fn a_truncated_a_flipped_and_an_old_snapshot_are_each_passed_over() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let snapshots = SnapshotConfig { dir: dir.path().join("snapshots"), every_events: 2_000, keep: 3 };
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let shop = ShopId::main();
+    {
+        let store = Arc::new(SledStore::open(&data).expect("opens"));
+        let engine = open(store, clock.clone(), Some(snapshots.clone())).await;
+        drive(&engine, &shop, &clock, sim::generate_day(&DayConfig::new(2_000, 7, demo::DAY_START))).await;
+        engine.close().await;
+    }
+    let files = snapshot_files(&snapshots.dir);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let reopen = || async {
+        let store = Arc::new(SledStore::open(&data).expect("reopens"));
+        let expected = {
+            let mut state = State::new();
+            for envelope in all_events(store.as_ref(), &shop).await {
+                state.apply(&envelope.event);
+            }
+            state
+        };
+        let engine = open(store.clone(), clock.clone(), Some(snapshots.clone())).await;
+        let state = engine.read(&shop, State::clone).await.expect("served");
+        assert_eq!(state, expected, "recovered state");
+        let from = engine.recovered_from(&shop);
+        engine.close().await;
+        from
+    };
+    assert_eq!(reopen().await, Some(files[2].1), "the newest snapshot when all are sound");
+
+    let newest = std::fs::read(&files[2].0).expect("readable");
+    std::fs::write(&files[2].0, &newest[..newest.len() / 2]).expect("truncated");
+    assert_eq!(reopen().await, Some(files[1].1), "a truncated snapshot is passed over");
+
+    let mut middle = std::fs::read(&files[1].0).expect("readable");
+    let flip_at = middle.len() / 2;
+    middle[flip_at] ^= 0x01;
+    std::fs::write(&files[1].0, middle).expect("flipped");
+    assert_eq!(reopen().await, Some(files[0].1), "a bit-flipped snapshot is passed over");
+
+    let old = SnapshotStore::open(&snapshots.dir.join("main").join("engine"), 3).expect("opens");
+    let oldest = std::fs::read(&files[0].0).expect("readable");
+    old.save(&Snapshot { position: files[0].1, schema_version: ENGINE_SNAPSHOT_SCHEMA - 1, state: oldest })
+        .expect("saved");
+    assert_eq!(reopen().await, None, "a snapshot of an older schema is ignored and the log replayed");
+}
+
+#[test]
+fn refunds_and_cash_reconcile_in_a_generated_day() {
+    let mut state = State::new();
+    let day = sim::generate_day(&DayConfig::new(3_000, 3, demo::DAY_START));
+    let (mut paid, mut refunded) = (Decimal::ZERO, Decimal::ZERO);
+    for (at, command) in day {
+        let command = sim::price(&state, command);
+        if let Ok(events) = state.execute(at, &command) {
+            for event in events {
+                match event {
+                    emporium::Event::OrderPaid { amount, .. } => paid += amount,
+                    emporium::Event::RefundIssued { amount, .. } => refunded += amount,
+                    _ => {}
+                }
+            }
+        }
+    }
+    state.check_invariants();
+    let orders_paid: Decimal = state.orders().map(|o| o.paid()).sum();
+    let orders_refunded: Decimal = state.orders().map(|o| o.refunded).sum();
+    assert_eq!((orders_paid, orders_refunded), (paid, refunded));
+    assert!(refunded > Decimal::ZERO && paid > refunded);
+}
