@@ -24,6 +24,7 @@ pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod ids;
+pub mod layout;
 pub mod limits;
 pub mod log;
 pub mod money;

@@ -5,10 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request};
+use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request, SnapshotConfig};
 use emporium::ids::{CommandId, ShopId};
+use emporium::layout;
 use emporium::store::{EventStore, SledStore, StoreError};
+use emporium::views::Views;
 use emporium::{State, demo};
+use emporium_projections::AsOf;
+use emporium_snapshots::SnapshotStore;
 
 #[derive(Parser)]
 #[command(name = "emporium", version, about = "An event-sourced order and inventory engine for online shops")]
@@ -32,6 +36,32 @@ enum Action {
         /// The data directory.
         #[arg(long, default_value = "./emporium-data")]
         data: PathBuf,
+    },
+    /// Rebuild every view of every shop from zero and print each one's state hash; with
+    /// `--check`, also compare them with the snapshotted views (and, without `--as-of`, with
+    /// the live views an engine builds), exiting non-zero on any difference.
+    Replay {
+        /// The data directory.
+        #[arg(long, default_value = "./emporium-data")]
+        data: PathBuf,
+        /// Build as of a log position (a number) or a time (RFC 3339, e.g. 2026-11-11T12:00:00Z).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Compare with the snapshotted and live views.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print the full history of one order as a timeline.
+    Audit {
+        /// The data directory.
+        #[arg(long, default_value = "./emporium-data")]
+        data: PathBuf,
+        /// The shop.
+        #[arg(long, default_value = "main")]
+        shop: String,
+        /// The order.
+        #[arg(long)]
+        order: String,
     },
     /// Durability drill: run the engine on sled under load and print every acknowledged
     /// command as `ack <command id> <first position> <last position>`. Used by the crash
@@ -69,6 +99,8 @@ fn main() -> ExitCode {
     let outcome = match action {
         Action::Demo { data } => runtime.block_on(run_demo(data)),
         Action::Verify { data } => runtime.block_on(verify(data)),
+        Action::Replay { data, as_of, check } => runtime.block_on(replay(data, as_of, check)),
+        Action::Audit { data, shop, order } => runtime.block_on(audit(data, shop, order)),
         Action::Drill { data, tag, tasks, commands, seconds } => {
             runtime.block_on(drill(data, tag, tasks, commands, seconds))
         }
@@ -83,7 +115,12 @@ fn main() -> ExitCode {
 }
 
 fn open_store(data: &std::path::Path) -> Result<Arc<SledStore>, String> {
-    SledStore::open(data).map(Arc::new).map_err(|e| format!("cannot open the store in {}: {e}", data.display()))
+    let log = layout::log_dir(data);
+    SledStore::open(&log).map(Arc::new).map_err(|e| format!("cannot open the store in {}: {e}", log.display()))
+}
+
+fn engine_config(data: &std::path::Path) -> EngineConfig {
+    EngineConfig { snapshots: Some(SnapshotConfig::new(layout::snapshot_dir(data))), ..EngineConfig::default() }
 }
 
 async fn run_demo(data: PathBuf) -> Result<(), String> {
@@ -92,7 +129,7 @@ async fn run_demo(data: PathBuf) -> Result<(), String> {
     let clock = Arc::new(ManualClock::new(demo::DAY_START));
     // The day spans three days of engine time: remember its command ids for 30 days so that
     // running it again is answered from the log.
-    let config = EngineConfig { idempotency_window_ms: 30 * 24 * 60 * 60 * 1000, ..EngineConfig::default() };
+    let config = EngineConfig { idempotency_window_ms: 30 * 24 * 60 * 60 * 1000, ..engine_config(&data) };
     let engine = Engine::open(store, clock.clone(), config).await.map_err(|e| e.to_string())?;
     let shop = ShopId::main();
     engine.create_shop(&shop).await.map_err(|e| e.to_string())?;
@@ -188,7 +225,7 @@ async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, second
 
     let store = open_store(&data)?;
     let engine = Arc::new(
-        Engine::open(store, Arc::new(emporium::engine::SystemClock), EngineConfig::default())
+        Engine::open(store, Arc::new(emporium::engine::SystemClock), engine_config(&data))
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -258,6 +295,127 @@ async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, second
     }
     for handle in handles {
         handle.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// `--as-of`: a position, or an RFC 3339 time.
+fn parse_as_of(text: Option<&str>) -> Result<AsOf, String> {
+    let Some(text) = text else { return Ok(AsOf::End) };
+    if let Ok(position) = text.parse::<u64>() {
+        return Ok(AsOf::Position(position));
+    }
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("--as-of takes a log position or an RFC 3339 time, not {text:?}: {e}"))?;
+    let ms = time.duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_millis();
+    Ok(AsOf::TimeMs(u64::try_from(ms).unwrap_or(u64::MAX)))
+}
+
+/// Builds every view of `shop` from the log as of `as_of`, page by page.
+async fn rebuild(store: &dyn EventStore, shop: &ShopId, views: &mut Views, as_of: AsOf) -> Result<(), String> {
+    loop {
+        let page = store.read_from(shop, views.checkpoint(), 65_536).await.map_err(|e| e.to_string())?;
+        if page.is_empty() || views.catch_up(&page, as_of).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+    }
+}
+
+fn print_hashes(label: &str, views: &Views) {
+    println!("  {label} (as of position {}):", views.checkpoint());
+    for (name, hash) in views.hashes() {
+        println!("    {name:<10} {hash}");
+    }
+}
+
+async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(), String> {
+    let as_of = parse_as_of(as_of.as_deref())?;
+    let store = open_store(&data)?;
+    let mut differences = Vec::new();
+    let mut rebuilt: Vec<(ShopId, Views)> = Vec::new();
+    for shop in store.shops().await.map_err(|e| e.to_string())? {
+        let started = std::time::Instant::now();
+        let mut views = Views::new();
+        rebuild(store.as_ref(), &shop, &mut views, as_of).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "shop {shop}: rebuilt {} events from zero in {:.3} s ({:.0} events/s)",
+            views.checkpoint(),
+            seconds,
+            views.checkpoint() as f64 / seconds.max(1e-9)
+        );
+        print_hashes("from zero", &views);
+        if let Err(broken) = views.ledger.projection().check(views.shop.projection().state()) {
+            differences.push(format!("shop {shop}: the ledger does not hold: {broken}"));
+        }
+        if check {
+            let snapshots = SnapshotStore::open(&layout::snapshot_dir(&data).join(shop.as_str()).join("views"), 3)
+                .map_err(|e| e.to_string())?;
+            let loaded = snapshots
+                .load_newest_at_most(emporium::engine::VIEWS_SNAPSHOT_SCHEMA, views.checkpoint())
+                .map_err(|e| e.to_string())?;
+            for skipped in &loaded.skipped {
+                println!("  warning: snapshot {} skipped: {}", skipped.path.display(), skipped.reason);
+            }
+            match loaded.snapshot.and_then(|s| Views::decode(&s.state, s.position).map(|v| (s.position, v))) {
+                Some((position, mut resumed)) => {
+                    rebuild(store.as_ref(), &shop, &mut resumed, as_of).await?;
+                    print_hashes(&format!("from the snapshot at {position} and the tail"), &resumed);
+                    if resumed.hashes() != views.hashes() {
+                        differences.push(format!("shop {shop}: the snapshotted views differ"));
+                    }
+                }
+                None => println!("  no usable view snapshot to compare"),
+            }
+        }
+        rebuilt.push((shop, views));
+    }
+    if check && as_of == AsOf::End {
+        let clock = Arc::new(emporium::engine::SystemClock);
+        let engine = Engine::open(store.clone(), clock, engine_config(&data)).await.map_err(|e| e.to_string())?;
+        for (shop, views) in &rebuilt {
+            let reached = engine.views_reach(shop, views.checkpoint(), std::time::Duration::from_secs(600)).await;
+            let live = engine.views(shop, |live| (live.checkpoint(), live.hashes())).map_err(|e| e.to_string())?;
+            println!("shop {shop}: live views reached {}", reached.map_err(|e| e.to_string())?);
+            if live.1 != views.hashes() {
+                differences.push(format!("shop {shop}: the live views differ (at position {})", live.0));
+            }
+        }
+        engine.close().await;
+    }
+    if differences.is_empty() {
+        println!("{}", if check { "every build agrees" } else { "rebuilt" });
+        Ok(())
+    } else {
+        Err(differences.join("; "))
+    }
+}
+
+async fn audit(data: PathBuf, shop: String, order: String) -> Result<(), String> {
+    let shop = ShopId::new(&shop)?;
+    let order_id = emporium::OrderId::from(order.as_str());
+    order_id.check().map_err(|e| e.to_string())?;
+    let store = open_store(&data)?;
+    let mut events =
+        store.read_stream(&shop, &format!("order-{order_id}"), 0, 10_000).await.map_err(|e| e.to_string())?;
+    let Some(first) = events.first() else { return Err(format!("shop {shop} has no order {order_id}")) };
+    if let emporium::Event::OrderPlaced { reservation_id: Some(hold), .. } = &first.event {
+        let mut held =
+            store.read_stream(&shop, &format!("reservation-{hold}"), 0, 100).await.map_err(|e| e.to_string())?;
+        held.append(&mut events);
+        events = held;
+    }
+    println!("order {order_id} in shop {shop}: {} events", events.len());
+    for envelope in &events {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(envelope.recorded_at.0);
+        println!(
+            "{:>8}  {}  {:<10} {:<28} {}",
+            envelope.position,
+            humantime::format_rfc3339_millis(at),
+            envelope.actor,
+            envelope.command_id,
+            emporium::views::describe(&envelope.event)
+        );
     }
     Ok(())
 }

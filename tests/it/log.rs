@@ -177,7 +177,8 @@ async fn a_corrupt_shop_is_refused_naming_the_position_and_the_others_are_served
 #[tokio::test]
 async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
     let dir = temp_dir();
-    write_shop_log(dir.path(), 10, 2).await;
+    let log = emporium::layout::log_dir(dir.path());
+    write_shop_log(&log, 10, 2).await;
     let verify = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
             .args(["verify", "--data"])
@@ -189,9 +190,9 @@ async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
     assert!(String::from_utf8_lossy(&clean.stdout).contains("shop main: 22 events, chain intact"));
 
-    let records = raw_records(dir.path());
+    let records = raw_records(&log);
     let (position, key, start, _) = records[9].clone();
-    flip_byte(dir.path(), &key, start + 10);
+    flip_byte(&log, &key, start + 10);
     let broken = verify();
     assert!(!broken.status.success());
     let stderr = String::from_utf8_lossy(&broken.stderr);
