@@ -296,7 +296,8 @@ impl Engine {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(shop.clone(), core.resumed_from);
                 let (sender, receiver) = mpsc::channel(self.config.queue_commands_max);
-                let last_snapshot = core.last_position;
+                // Ahead of the snapshot it started from (or of nothing), a shop snapshots at close.
+                let last_snapshot = core.resumed_from.unwrap_or(0);
                 let writer = Writer {
                     shop: shop.clone(),
                     store: self.store.clone(),
@@ -661,7 +662,11 @@ impl Writer {
                 Some(job) => job,
                 None => match tokio::time::timeout(tick, receiver.recv()).await {
                     Ok(Some(job)) => job,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Closing: a snapshot of where the shop stands makes the next start short.
+                        self.snapshot(1).await;
+                        break;
+                    }
                     Err(_) => {
                         self.commit(Vec::new()).await;
                         continue;
@@ -765,14 +770,15 @@ impl Writer {
         for p in pending {
             let _ = p.reply.send(p.answer);
         }
-        self.maybe_snapshot().await;
+        let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
+        self.snapshot(every).await;
     }
 
-    /// Writes an engine snapshot when enough events passed since the last one. A failed
-    /// snapshot is only a slower next start: it is logged, never fatal.
-    async fn maybe_snapshot(&mut self) {
+    /// Writes an engine snapshot when at least `min_events` events passed since the last
+    /// one. A failed snapshot is only a slower next start: it is logged, never fatal.
+    async fn snapshot(&mut self, min_events: u64) {
         let (Some(core), Some(config)) = (self.core.as_ref(), self.config.snapshots.as_ref()) else { return };
-        if core.last_position < self.last_snapshot + config.every_events.max(1) {
+        if core.last_position < self.last_snapshot.saturating_add(min_events) {
             return;
         }
         let position = core.last_position;
@@ -811,7 +817,8 @@ struct Follower {
 const FOLLOW_PAGE_EVENTS: usize = 4096;
 
 impl Follower {
-    /// Starts from the newest usable view snapshot, or from nothing.
+    /// A follower with empty views; [`Follower::run`] first restores the newest usable view
+    /// snapshot, so opening the engine never waits for the views.
     async fn start(shop: &ShopId, store: Arc<dyn EventStore>, config: &EngineConfig) -> Result<Follower, OpenError> {
         let snapshots = match &config.snapshots {
             Some(c) => {
@@ -820,40 +827,62 @@ impl Follower {
             }
             None => None,
         };
-        let mut views = Views::new();
-        if let Some((snapshot_store, _)) = &snapshots {
-            let last = store.last_position(shop).await?;
-            match snapshot_store.load_newest_at_most(VIEWS_SNAPSHOT_SCHEMA, last) {
-                Ok(loaded) => {
-                    for skipped in &loaded.skipped {
-                        tracing::warn!(shop = %shop, path = %skipped.path.display(), reason = %skipped.reason, "view snapshot skipped");
-                    }
-                    if let Some(snapshot) = loaded.snapshot {
-                        match Views::decode(&snapshot.state, snapshot.position) {
-                            Some(restored) => views = restored,
-                            None => {
-                                tracing::warn!(shop = %shop, position = snapshot.position, "view snapshot does not decode; rebuilding")
-                            }
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(shop = %shop, %error, "view snapshots unreadable; rebuilding"),
-            }
-        }
-        let at = views.checkpoint();
         Ok(Follower {
             shop: shop.clone(),
             store,
-            views: Arc::new(RwLock::new(views)),
-            checkpoint: watch::channel(at).0,
+            views: Arc::new(RwLock::new(Views::new())),
+            checkpoint: watch::channel(0).0,
             snapshots,
-            last_snapshot: at,
+            last_snapshot: 0,
         })
     }
 
+    /// Replaces the empty views with the newest usable view snapshot, if any.
+    async fn restore(&mut self) {
+        let Some((snapshot_store, _)) = &self.snapshots else { return };
+        let shop = &self.shop;
+        let last = match self.store.last_position(shop).await {
+            Ok(last) => last,
+            Err(error) => {
+                tracing::warn!(shop = %shop, %error, "view snapshots not read; rebuilding");
+                return;
+            }
+        };
+        let snapshot_store = snapshot_store.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || snapshot_store.load_newest_at_most(VIEWS_SNAPSHOT_SCHEMA, last))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|loaded| loaded.map_err(|e| e.to_string()));
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(shop = %shop, %error, "view snapshots unreadable; rebuilding");
+                return;
+            }
+        };
+        for skipped in &loaded.skipped {
+            tracing::warn!(shop = %shop, path = %skipped.path.display(), reason = %skipped.reason, "view snapshot skipped");
+        }
+        let Some(snapshot) = loaded.snapshot else { return };
+        match Views::decode(&snapshot.state, snapshot.position) {
+            Some(restored) => {
+                *self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner) = restored;
+                self.last_snapshot = snapshot.position;
+                self.checkpoint.send_replace(snapshot.position);
+            }
+            None => {
+                tracing::warn!(shop = %shop, position = snapshot.position, "view snapshot does not decode; rebuilding")
+            }
+        }
+    }
+
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.restore().await;
         loop {
             if *shutdown.borrow() {
+                let checkpoint = *self.checkpoint.borrow();
+                self.snapshot(checkpoint, 1).await;
                 return;
             }
             let at = *self.checkpoint.borrow();
@@ -878,7 +907,8 @@ impl Follower {
             match folded {
                 Ok(checkpoint) => {
                     self.checkpoint.send_replace(checkpoint);
-                    self.maybe_snapshot(checkpoint).await;
+                    let every = self.snapshots.as_ref().map_or(u64::MAX, |(_, every)| *every);
+                    self.snapshot(checkpoint, every).await;
                 }
                 Err(gap) => {
                     tracing::error!(shop = %self.shop, %gap, "views stopped following the log");
@@ -888,9 +918,10 @@ impl Follower {
         }
     }
 
-    async fn maybe_snapshot(&mut self, checkpoint: u64) {
-        let Some((snapshots, every)) = &self.snapshots else { return };
-        if checkpoint < self.last_snapshot + every {
+    /// Writes a view snapshot when at least `min_events` events were folded since the last.
+    async fn snapshot(&mut self, checkpoint: u64, min_events: u64) {
+        let Some((snapshots, _)) = &self.snapshots else { return };
+        if checkpoint < self.last_snapshot.saturating_add(min_events) {
             return;
         }
         let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode();

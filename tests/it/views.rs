@@ -256,23 +256,39 @@ async fn a_truncated_a_flipped_and_an_old_snapshot_are_each_passed_over() {
         engine.close().await;
         from
     };
-    assert_eq!(reopen().await, Some(files[2].1), "the newest snapshot when all are sound");
-
-    let newest = std::fs::read(&files[2].0).expect("readable");
-    std::fs::write(&files[2].0, &newest[..newest.len() / 2]).expect("truncated");
+    // Closing snapshots the end of the log, so the newest file is at the last position.
+    let last = {
+        let store = SledStore::open(&data).expect("opens");
+        store.last_position(&shop).await.expect("readable")
+    };
+    assert_eq!(files[2].1, last, "the engine snapshotted the end of the log when it closed");
+    assert_eq!(reopen().await, Some(last), "the newest snapshot when all are sound");
+    // Every reopen that started from an older snapshot writes the end one again at close.
+    let truncate = |path: &Path| {
+        let bytes = std::fs::read(path).expect("readable");
+        std::fs::write(path, &bytes[..bytes.len() / 2]).expect("truncated");
+    };
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).expect("readable");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(path, bytes).expect("flipped");
+    };
+    truncate(&files[2].0);
     assert_eq!(reopen().await, Some(files[1].1), "a truncated snapshot is passed over");
+    assert_eq!(snapshot_files(&snapshots.dir), files, "and rewritten at close");
+    flip(&files[2].0);
+    flip(&files[1].0);
+    assert_eq!(reopen().await, Some(files[0].1), "bit-flipped snapshots are passed over");
 
-    let mut middle = std::fs::read(&files[1].0).expect("readable");
-    let flip_at = middle.len() / 2;
-    middle[flip_at] ^= 0x01;
-    std::fs::write(&files[1].0, middle).expect("flipped");
-    assert_eq!(reopen().await, Some(files[0].1), "a bit-flipped snapshot is passed over");
-
-    let old = SnapshotStore::open(&snapshots.dir.join("main").join("engine"), 3).expect("opens");
-    let oldest = std::fs::read(&files[0].0).expect("readable");
-    old.save(&Snapshot { position: files[0].1, schema_version: ENGINE_SNAPSHOT_SCHEMA - 1, state: oldest })
-        .expect("saved");
-    assert_eq!(reopen().await, None, "a snapshot of an older schema is ignored and the log replayed");
+    let engine_snapshots = SnapshotStore::open(&snapshots.dir.join("main").join("engine"), 3).expect("opens");
+    for (path, position) in &files {
+        let bytes = std::fs::read(path).expect("readable");
+        let old = Snapshot { position: *position, schema_version: ENGINE_SNAPSHOT_SCHEMA - 1, state: bytes };
+        engine_snapshots.save(&old).expect("saved");
+    }
+    assert_eq!(reopen().await, None, "snapshots of an older schema are ignored and the log replayed");
+    assert_eq!(reopen().await, Some(last), "which the engine snapshotted again at close");
 }
 
 #[test]

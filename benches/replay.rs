@@ -1,0 +1,141 @@
+//! Replay and start-up on a log of more than a million events.
+//!
+//! Run: `cargo bench --bench replay`. The setup writes a generated day of 300,000 orders
+//! (about 1.07 million events) to a sled store in a temporary directory, then measures:
+//! - `replay/state`: folding every event into the domain state (events/s);
+//! - `replay/views`: folding every event into all five views (events/s);
+//! - `open/full_replay`: `Engine::open` with no snapshot: verify and replay the whole log;
+//! - `open/from_snapshot`: `Engine::open` from the engine snapshot taken at the end of the
+//!   log: verify and replay only what follows it (nothing, here).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use emporium::engine::{Engine, EngineConfig, ManualClock, SnapshotConfig};
+use emporium::log::{Envelope, fingerprint, stream_of};
+use emporium::sim::{self, DayConfig};
+use emporium::store::{AppendBatch, EventStore, SledStore};
+use emporium::views::Views;
+use emporium::{CommandId, ShopId, State, demo};
+use emporium_projections::AsOf;
+
+const ORDERS: u64 = 300_000;
+const APPEND_BATCH_EVENTS: usize = 8192;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime")
+}
+
+/// Decides a generated day directly (no engine) and appends its events in large batches.
+async fn write_log(store: &SledStore, shop: &ShopId) -> Vec<Envelope> {
+    let mut state = State::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut envelopes = Vec::new();
+    for (index, (at, command)) in
+        sim::generate_day(&DayConfig::new(ORDERS, 42, demo::DAY_START)).into_iter().enumerate()
+    {
+        let command = sim::price(&state, command);
+        let Ok(events) = state.execute(at, &command) else { continue };
+        let command_id = CommandId::generated("bench", index as u64);
+        for event in events {
+            let stream = stream_of(&event);
+            let version = versions.entry(stream.clone()).or_insert(0);
+            *version += 1;
+            envelopes.push(Envelope {
+                position: envelopes.len() as u64 + 1,
+                stream,
+                stream_version: *version,
+                recorded_at: at,
+                command_id: command_id.clone(),
+                fingerprint: fingerprint(&command),
+                correlation_id: command_id.as_str().to_owned(),
+                actor: "bench".to_owned(),
+                event,
+            });
+        }
+    }
+    for batch in envelopes.chunks(APPEND_BATCH_EVENTS) {
+        let expected_last = batch[0].position - 1;
+        let batch = AppendBatch { expected_last, events: batch.to_vec(), rejections: Vec::new() };
+        store.append(shop, batch).await.expect("appended");
+    }
+    envelopes
+}
+
+fn config(data: &Path, snapshots: bool) -> EngineConfig {
+    let snapshots = snapshots.then(|| SnapshotConfig::new(emporium::layout::snapshot_dir(data)));
+    EngineConfig { snapshots, ..EngineConfig::default() }
+}
+
+/// A restart just after the generated day: the clock shows the time of its last event, so
+/// the commands of its last 24 hours are within the idempotency window, as they would be.
+fn restart_clock(envelopes: &[Envelope]) -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(envelopes.last().map_or(demo::DAY_START, |e| e.recorded_at)))
+}
+
+/// Opens the engine on the log in `data`, returns how long `Engine::open` took, and closes it.
+async fn open_once(data: &Path, snapshots: bool, clock: Arc<ManualClock>) -> Duration {
+    let store = Arc::new(SledStore::open(&emporium::layout::log_dir(data)).expect("opens"));
+    let started = Instant::now();
+    let engine = Engine::open(store, clock, config(data, snapshots)).await.expect("opens");
+    let took = started.elapsed();
+    assert_eq!(engine.recovered_from(&ShopId::main()).is_some(), snapshots, "started as intended");
+    engine.close().await;
+    took
+}
+
+fn replay(c: &mut Criterion) {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let shop = ShopId::main();
+    let envelopes = runtime.block_on(async {
+        let store = SledStore::open(&emporium::layout::log_dir(dir.path())).expect("opens");
+        write_log(&store, &shop).await
+    });
+    let events = envelopes.len() as u64;
+    assert!(events >= 1_000_000, "{events} events");
+    eprintln!("log of {events} events written");
+    // One full start with snapshots on: it replays everything and snapshots the end at close.
+    runtime.block_on(async {
+        let store = Arc::new(SledStore::open(&emporium::layout::log_dir(dir.path())).expect("opens"));
+        Engine::open(store, restart_clock(&envelopes), config(dir.path(), true)).await.expect("opens").close().await;
+    });
+
+    let mut group = c.benchmark_group("replay");
+    group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(events));
+    group.bench_function("state", |b| {
+        b.iter(|| {
+            let mut state = State::new();
+            for envelope in &envelopes {
+                state.apply(&envelope.event);
+            }
+            state
+        })
+    });
+    group.bench_function("views", |b| {
+        b.iter(|| {
+            let mut views = Views::new();
+            views.catch_up(&envelopes, AsOf::End).expect("gap-free");
+            views.checkpoint()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("open");
+    group.sample_size(10).measurement_time(Duration::from_secs(30));
+    for (name, snapshots) in [("full_replay", false), ("from_snapshot", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let clock = || restart_clock(&envelopes);
+                (0..iterations).map(|_| runtime.block_on(open_once(dir.path(), snapshots, clock()))).sum()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, replay);
+criterion_main!(benches);
