@@ -86,6 +86,22 @@ enum Action {
     },
 }
 
+/// Writes a line to standard output; a closed pipe or full disk is an error, never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(|e| format!("cannot write to standard output: {e}"))
+    }};
+}
+
+/// [`out!`] without the newline.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*).map_err(|e| format!("cannot write to standard output: {e}"))
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; RUST_LOG sets the level (warnings by default).
@@ -153,14 +169,14 @@ async fn run_demo(data: PathBuf) -> Result<(), String> {
         }
     }
     let last = engine.store().last_position(&shop).await.map_err(|e| e.to_string())?;
-    println!(
+    let report = engine.read(&shop, report).await.map_err(|e| e.to_string())?;
+    // Closed before printing, so a reader that stops early cannot cut the close short.
+    engine.close().await;
+    out!(
         "Shop day in {}: {accepted} commands executed, {replayed} answered from the log; log ends at {last}",
         data.display()
-    );
-    let report = engine.read(&shop, report).await.map_err(|e| e.to_string())?;
-    print!("{report}");
-    engine.close().await;
-    Ok(())
+    )?;
+    out_raw!("{report}")
 }
 
 fn report(state: &State) -> String {
@@ -212,9 +228,9 @@ async fn verify(data: PathBuf) -> Result<(), String> {
     let mut failed = Vec::new();
     for shop in store.shops().await.map_err(|e| e.to_string())? {
         match store.verify(&shop).await {
-            Ok(report) => println!("shop {shop}: {} events, chain intact, head {}", report.events, hex(&report.head)),
+            Ok(report) => out!("shop {shop}: {} events, chain intact, head {}", report.events, hex(&report.head))?,
             Err(StoreError::Corrupt { corruption, .. }) => {
-                println!("shop {shop}: FAILED at position {}: {}", corruption.position, corruption.reason);
+                out!("shop {shop}: FAILED at position {}: {}", corruption.position, corruption.reason)?;
                 failed.push(format!("shop {shop} at position {}", corruption.position));
             }
             Err(error) => return Err(format!("shop {shop}: {error}")),
@@ -289,7 +305,7 @@ async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, second
                     match receipt {
                         Ok(receipt) => {
                             let (first, last) = receipt.positions.map_or((0, 0), |p| (p.first, p.last));
-                            println!("ack {} {first} {last}", receipt.command_id);
+                            out!("ack {} {first} {last}", receipt.command_id)?;
                         }
                         Err(error) => return Err(error.to_string()),
                     }
@@ -326,11 +342,12 @@ async fn rebuild(store: &dyn EventStore, shop: &ShopId, views: &mut Views, as_of
     }
 }
 
-fn print_hashes(label: &str, views: &Views) {
-    println!("  {label} (as of position {}):", views.checkpoint());
+fn print_hashes(label: &str, views: &Views) -> Result<(), String> {
+    out!("  {label} (as of position {}):", views.checkpoint())?;
     for (name, hash) in views.hashes() {
-        println!("    {name:<10} {hash}");
+        out!("    {name:<10} {hash}")?;
     }
+    Ok(())
 }
 
 async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(), String> {
@@ -343,13 +360,13 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
         let mut views = Views::new();
         rebuild(store.as_ref(), &shop, &mut views, as_of).await?;
         let seconds = started.elapsed().as_secs_f64();
-        println!(
+        out!(
             "shop {shop}: rebuilt {} events from zero in {:.3} s ({:.0} events/s)",
             views.checkpoint(),
             seconds,
             views.checkpoint() as f64 / seconds.max(1e-9)
-        );
-        print_hashes("from zero", &views);
+        )?;
+        print_hashes("from zero", &views)?;
         if let Err(broken) = views.ledger.projection().check(views.shop.projection().state()) {
             differences.push(format!("shop {shop}: the ledger does not hold: {broken}"));
         }
@@ -360,17 +377,17 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
                 .load_newest_at_most(emporium::engine::VIEWS_SNAPSHOT_SCHEMA, views.checkpoint())
                 .map_err(|e| e.to_string())?;
             for skipped in &loaded.skipped {
-                println!("  warning: snapshot {} skipped: {}", skipped.path.display(), skipped.reason);
+                out!("  warning: snapshot {} skipped: {}", skipped.path.display(), skipped.reason)?;
             }
             match loaded.snapshot.and_then(|s| Views::decode(&s.state, s.position).map(|v| (s.position, v))) {
                 Some((position, mut resumed)) => {
                     rebuild(store.as_ref(), &shop, &mut resumed, as_of).await?;
-                    print_hashes(&format!("from the snapshot at {position} and the tail"), &resumed);
+                    print_hashes(&format!("from the snapshot at {position} and the tail"), &resumed)?;
                     if resumed.hashes() != views.hashes() {
                         differences.push(format!("shop {shop}: the snapshotted views differ"));
                     }
                 }
-                None => println!("  no usable view snapshot to compare"),
+                None => out!("  no usable view snapshot to compare")?,
             }
         }
         rebuilt.push((shop, views));
@@ -381,7 +398,7 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
         for (shop, views) in &rebuilt {
             let reached = engine.views_reach(shop, views.checkpoint(), std::time::Duration::from_secs(600)).await;
             let live = engine.views(shop, |live| (live.checkpoint(), live.hashes())).map_err(|e| e.to_string())?;
-            println!("shop {shop}: live views reached {}", reached.map_err(|e| e.to_string())?);
+            out!("shop {shop}: live views reached {}", reached.map_err(|e| e.to_string())?)?;
             if live.1 != views.hashes() {
                 differences.push(format!("shop {shop}: the live views differ (at position {})", live.0));
             }
@@ -389,7 +406,7 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
         engine.close().await;
     }
     if differences.is_empty() {
-        println!("{}", if check { "every build agrees" } else { "rebuilt" });
+        out!("{}", if check { "every build agrees" } else { "rebuilt" })?;
         Ok(())
     } else {
         Err(differences.join("; "))
@@ -410,17 +427,17 @@ async fn audit(data: PathBuf, shop: String, order: String) -> Result<(), String>
         held.append(&mut events);
         events = held;
     }
-    println!("order {order_id} in shop {shop}: {} events", events.len());
+    out!("order {order_id} in shop {shop}: {} events", events.len())?;
     for envelope in &events {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(envelope.recorded_at.0);
-        println!(
+        out!(
             "{:>8}  {}  {:<10} {:<28} {}",
             envelope.position,
             humantime::format_rfc3339_millis(at),
             envelope.actor,
             envelope.command_id,
             emporium::views::describe(&envelope.event)
-        );
+        )?;
     }
     Ok(())
 }

@@ -357,3 +357,21 @@ fn replay_and_audit_from_the_command_line() {
     let (ok, _, err) = emporium(&["audit", "--order", "A-9999"], dir.path());
     assert!(!ok && err.contains("has no order A-9999"), "{err}");
 }
+
+/// A reader that goes away (`emporium replay | head -1`) gets an error, never a panic.
+#[test]
+fn a_closed_standard_output_is_an_error_not_a_panic() {
+    let dir = temp_dir();
+    assert!(emporium(&["demo"], dir.path()).0);
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
+        .args(["replay", "--data"])
+        .arg(dir.path())
+        .stdout(writer)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("cannot write to standard output") && !stderr.contains("panicked"), "{stderr}");
+}
