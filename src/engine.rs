@@ -113,10 +113,10 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`] or of the remembered command ids changes, so older snapshots are ignored.
-pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 1;
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 2;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
-pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 1;
+pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 2;
 
 /// How the engine batches, queues and remembers.
 #[derive(Clone, Debug)]
@@ -569,9 +569,9 @@ impl Core {
         config: &EngineConfig,
         now: Timestamp,
     ) -> Result<Core, StoreError> {
-        let Some(state) = State::with_policy(config.policy) else {
+        if !config.policy.is_valid() {
             return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
-        };
+        }
         let resumed = match &config.snapshots {
             Some(snapshots) => Core::from_snapshot(store, shop, snapshots).await,
             None => None,
@@ -581,7 +581,7 @@ impl Core {
             None => {
                 let report = store.verify(shop).await?;
                 let core = Core {
-                    state,
+                    state: State::new(),
                     stream_versions: HashMap::new(),
                     idempotency: Idempotency::default(),
                     last_position: 0,
@@ -591,6 +591,8 @@ impl Core {
                 (core, report.events)
             }
         };
+        // The policy in force is the engine's, however the state was rebuilt.
+        core.state.set_policy(config.policy);
         let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
         loop {
             let page = store.read_from(shop, core.last_position, RECOVERY_PAGE_EVENTS).await?;
@@ -634,6 +636,10 @@ impl Core {
         Ok(core)
     }
 }
+
+/// Most ticks before one batch; each records at most `EXPIRIES_PER_TICK_MAX` expiries, and
+/// the next batch records the rest.
+const TICKS_PER_BATCH_MAX: usize = 16;
 
 /// An answer waiting for its batch to be durable.
 struct Pending {
@@ -731,7 +737,7 @@ impl Writer {
 
         // The tick: expiries due now are recorded before anything else is decided.
         let mut ticks = 0;
-        while core.state.due(now, 1).next().is_some() && ticks < 16 {
+        while core.state.due(now, 1).next().is_some() && ticks < TICKS_PER_BATCH_MAX {
             ticks += 1;
             let command_id = CommandId::generated("expire", core.last_position + batch.events.len() as u64 + 1);
             let request = Request::new("engine", Command::ExpireDue).with_id(command_id);

@@ -382,6 +382,9 @@ impl Policy {
 /// The state of one shop.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// A setting, not a fact: never part of a snapshot or a state hash. Whoever restores a
+    /// state sets the policy in force.
+    #[serde(skip)]
     policy: Policy,
     products: BTreeMap<Sku, Product>,
     reservations: BTreeMap<ReservationId, Reservation>,
@@ -398,6 +401,12 @@ impl State {
     /// An empty shop with `policy`, or `None` when the policy is out of bounds.
     pub fn with_policy(policy: Policy) -> Option<State> {
         policy.is_valid().then(|| State { policy, ..State::default() })
+    }
+
+    /// Puts `policy` in force. Precondition: it is within bounds ([`Policy::is_valid`]).
+    pub(crate) fn set_policy(&mut self, policy: Policy) {
+        assert!(policy.is_valid(), "policy out of bounds: {policy:?}");
+        self.policy = policy;
     }
 
     /// The shop's policy.

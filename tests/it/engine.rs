@@ -320,3 +320,25 @@ async fn a_full_queue_answers_overloaded_at_once_and_loses_nothing_queued() {
     let listed = engine.read(&shop, |s: &State| s.products().map(|p| p.sku.to_string()).collect::<Vec<_>>()).await;
     assert_eq!(listed, Ok(vec!["S1".to_owned(), "S2".to_owned()]));
 }
+
+#[tokio::test]
+async fn an_idle_shop_records_expiries_by_itself() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let config = EngineConfig { tick_interval_ms: 5, ..EngineConfig::default() };
+    let engine = Engine::open(store.clone(), clock.clone(), config).await.expect("opens");
+    let shop = ShopId::main();
+    engine.create_shop(&shop).await.expect("created");
+    for command in [list("S1", dec!(5.00)), receive("S1", 10, dec!(2.00)), place("O-1", &[("S1", 4)])] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    clock.advance_ms(30 * MINUTE_MS);
+    // No command arrives: the writer's own tick must record the expiry.
+    let reached = store.wait_for(&shop, 3, Duration::from_secs(30)).await.expect("waited");
+    assert_eq!(reached, 4);
+    let expired = store.read_from(&shop, 3, 1).await.expect("readable");
+    assert_eq!(
+        expired.iter().map(|e| (e.event.kind(), e.actor.as_str())).collect::<Vec<_>>(),
+        [("order_expired", "engine")]
+    );
+}

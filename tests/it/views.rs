@@ -375,3 +375,29 @@ fn a_closed_standard_output_is_an_error_not_a_panic() {
     assert!(!output.status.success());
     assert!(stderr.contains("cannot write to standard output") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_policy_in_force_is_the_engines_also_after_a_snapshot() {
+    use emporium::Policy;
+    let dir = temp_dir();
+    let snapshots = SnapshotConfig { dir: dir.path().join("snapshots"), every_events: 1_000, keep: 2 };
+    let store: Arc<dyn EventStore> = Arc::new(SledStore::open(&dir.path().join("log")).expect("opens"));
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let shop = ShopId::main();
+    let engine = open(store.clone(), clock.clone(), Some(snapshots.clone())).await;
+    assert_eq!(drive(&engine, &shop, &clock, demo::shop_day()).await, (21, 0));
+    engine.close().await;
+
+    let five_minutes = Policy { payment_ttl_ms: 5 * 60_000, ..Policy::default() };
+    let config = EngineConfig { snapshots: Some(snapshots), policy: five_minutes, ..EngineConfig::default() };
+    let engine = Engine::open(store, clock.clone(), config).await.expect("reopens");
+    assert!(engine.recovered_from(&shop).is_some(), "started from the snapshot taken at close");
+    let order = crate::support::place("O-NEW", &[("TEA-001", 1)]);
+    engine.execute(&shop, Request::new("tester", order)).await.expect("accepted");
+    let due = engine
+        .read(&shop, |state: &State| state.order(&"O-NEW".into()).map(|o| (o.placed_at, o.payment_due_by)))
+        .await
+        .expect("served")
+        .expect("placed");
+    assert_eq!(due.1.0 - due.0.0, 5 * 60_000, "the reopened engine's payment time limit applies");
+}
