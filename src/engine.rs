@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Command;
+use crate::event::Event;
 use crate::ids::{CommandId, ShopId, Timestamp};
+use crate::metrics::Histogram;
 use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::rejection::Rejection;
 use crate::state::{Policy, State};
@@ -198,6 +200,8 @@ pub struct Accepted {
     pub positions: Option<Positions>,
     /// Whether this answer repeats an earlier execution of the same id.
     pub replayed: bool,
+    /// The events it recorded, at `positions`; empty when `replayed` (they are in the log).
+    pub events: Vec<Event>,
 }
 
 /// Why a command was not accepted.
@@ -248,8 +252,33 @@ enum Job {
 }
 
 enum ShopEntry {
-    Serving { sender: mpsc::Sender<Job>, views: Arc<RwLock<Views>>, views_at: watch::Receiver<u64> },
+    Serving {
+        sender: mpsc::Sender<Job>,
+        views: Arc<RwLock<Views>>,
+        views_at: watch::Receiver<u64>,
+        log_position: Arc<AtomicU64>,
+    },
     Refused(String),
+}
+
+/// What the engine counts while it runs.
+#[derive(Debug)]
+pub struct EngineStats {
+    /// Commands per group commit (expiries recorded by the tick included).
+    pub batch_commands: Histogram,
+    /// Events appended per group commit.
+    pub batch_events: Histogram,
+}
+
+/// Where one shop stands, for monitoring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShopProgress {
+    /// The shop.
+    pub shop: ShopId,
+    /// The last position its writer made durable (or recovered to).
+    pub log_position: u64,
+    /// The last position its views folded.
+    pub views_position: u64,
 }
 
 /// The engine. Cheap to share behind an `Arc`.
@@ -258,6 +287,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     shops: RwLock<HashMap<ShopId, ShopEntry>>,
+    stats: Arc<EngineStats>,
     writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     recovered_from: std::sync::Mutex<HashMap<ShopId, Option<u64>>>,
@@ -278,6 +308,10 @@ impl Engine {
             clock,
             config,
             shops: RwLock::new(HashMap::new()),
+            stats: Arc::new(EngineStats {
+                batch_commands: Histogram::new(crate::metrics::BATCH_BOUNDS),
+                batch_events: Histogram::new(crate::metrics::EVENT_BATCH_BOUNDS),
+            }),
             writers: std::sync::Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
             recovered_from: std::sync::Mutex::new(HashMap::new()),
@@ -298,7 +332,10 @@ impl Engine {
                 let (sender, receiver) = mpsc::channel(self.config.queue_commands_max);
                 // Ahead of the snapshot it started from (or of nothing), a shop snapshots at close.
                 let last_snapshot = core.resumed_from.unwrap_or(0);
+                let log_position = Arc::new(AtomicU64::new(core.last_position));
                 let writer = Writer {
+                    stats: self.stats.clone(),
+                    log_position: log_position.clone(),
                     shop: shop.clone(),
                     store: self.store.clone(),
                     clock: self.clock.clone(),
@@ -312,7 +349,7 @@ impl Engine {
                 let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 writers.push(tokio::spawn(writer.run(receiver)));
                 writers.push(tokio::spawn(follower.run(self.shutdown.subscribe())));
-                ShopEntry::Serving { sender, views, views_at }
+                ShopEntry::Serving { sender, views, views_at, log_position }
             }
             Err(StoreError::Corrupt { corruption, .. }) => ShopEntry::Refused(corruption.to_string()),
             Err(error) => return Err(error.into()),
@@ -399,6 +436,29 @@ impl Engine {
         self.recovered_from.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(shop).copied().flatten()
     }
 
+    /// What the engine counted so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Where every served shop stands, sorted by shop.
+    pub fn progress(&self) -> Vec<ShopProgress> {
+        let shops = self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut progress: Vec<ShopProgress> = shops
+            .iter()
+            .filter_map(|(shop, entry)| match entry {
+                ShopEntry::Serving { views_at, log_position, .. } => Some(ShopProgress {
+                    shop: shop.clone(),
+                    log_position: log_position.load(Ordering::Acquire),
+                    views_position: *views_at.borrow(),
+                }),
+                ShopEntry::Refused(_) => None,
+            })
+            .collect();
+        progress.sort_by(|a, b| a.shop.cmp(&b.shop));
+        progress
+    }
+
     /// The store the engine writes to.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
@@ -432,7 +492,7 @@ impl Engine {
     }
 
     /// Stops taking commands, lets every writer finish what is queued, and waits for them.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         self.shutdown.send_replace(true);
         self.shops.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
@@ -649,6 +709,9 @@ struct Pending {
 
 struct Writer {
     shop: ShopId,
+    stats: Arc<EngineStats>,
+    /// Published after every durable batch.
+    log_position: Arc<AtomicU64>,
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
@@ -757,11 +820,14 @@ impl Writer {
             pending.push(Pending { reply, answer });
         }
 
+        self.stats.batch_commands.record((pending.len() + ticks) as f64);
+        self.stats.batch_events.record(batch.events.len() as f64);
         if !batch.events.is_empty() || !batch.rejections.is_empty() {
             let expected = core.last_position;
             match self.store.append(&self.shop, batch).await {
                 Ok(last) => {
                     assert_eq!(last, expected, "the store ends where the batch does");
+                    self.log_position.store(last, Ordering::Release);
                 }
                 Err(error) => {
                     let reason = format!("storage failed, the batch was not written: {error}");
@@ -955,7 +1021,9 @@ fn decide_one(
             return Err(CommandError::IdempotencyConflict { command_id });
         }
         return match &known.outcome {
-            Outcome::Accepted(positions) => Ok(Accepted { command_id, positions: *positions, replayed: true }),
+            Outcome::Accepted(positions) => {
+                Ok(Accepted { command_id, positions: *positions, replayed: true, events: Vec::new() })
+            }
             Outcome::Rejected(rejection) => Err(CommandError::Rejected(rejection.clone())),
         };
     }
@@ -963,7 +1031,7 @@ fn decide_one(
         Ok(events) => {
             let correlation_id = request.correlation_id.unwrap_or_else(|| command_id.as_str().to_owned());
             let first = core.last_position + 1;
-            for event in events {
+            for event in events.iter().cloned() {
                 core.last_position += 1;
                 let stream = stream_of(&event);
                 let version = core.stream_versions.entry(stream.clone()).or_insert(0);
@@ -984,7 +1052,7 @@ fn decide_one(
             let positions = (core.last_position >= first).then_some(Positions { first, last: core.last_position });
             let known = Known { fingerprint, outcome: Outcome::Accepted(positions) };
             core.idempotency.remember(now, command_id.clone(), known);
-            Ok(Accepted { command_id, positions, replayed: false })
+            Ok(Accepted { command_id, positions, replayed: false, events })
         }
         Err(rejection) => {
             batch.rejections.push(RejectionRecord {

@@ -9,6 +9,7 @@ use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request,
 use emporium::ids::{CommandId, ShopId};
 use emporium::layout;
 use emporium::store::{EventStore, SledStore, StoreError};
+use emporium::service::{self, App, ServiceConfig, Tokens};
 use emporium::views::Views;
 use emporium::{State, demo};
 use emporium_projections::AsOf;
@@ -23,6 +24,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Action {
+    /// Serve the HTTP/JSON API on the data directory until SIGTERM or Ctrl-C, then finish
+    /// and sync the requests in flight and exit 0. Creates the shop `main` if it is missing.
+    Serve {
+        /// The data directory.
+        #[arg(long, default_value = "./emporium-data")]
+        data: PathBuf,
+        /// The address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// A file of bearer tokens, one `role name token` per line (roles: admin, operator,
+        /// auditor). Without it, tokens come from EMPORIUM_TOKENS (`role:name:token,...`); with
+        /// neither, there is no authentication and only a loopback address is allowed.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
     /// Run the scripted shop day through the engine on sled and print stock and orders
     /// (the default). Running it again on the same data answers every command from the log.
     Demo {
@@ -118,6 +134,7 @@ fn main() -> ExitCode {
     };
     let action = cli.command.unwrap_or(Action::Demo { data: PathBuf::from("./emporium-data") });
     let outcome = match action {
+        Action::Serve { data, listen, tokens } => runtime.block_on(serve(data, listen, tokens)),
         Action::Demo { data } => runtime.block_on(run_demo(data)),
         Action::Verify { data } => runtime.block_on(verify(data)),
         Action::Replay { data, as_of, check } => runtime.block_on(replay(data, as_of, check)),
@@ -133,6 +150,74 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The tokens from `--tokens`, else from EMPORIUM_TOKENS, else none.
+fn load_tokens(file: Option<&std::path::Path>) -> Result<Tokens, String> {
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        return Tokens::parse_file(&text).map_err(|e| format!("{}: {e}", file.display()));
+    }
+    match std::env::var("EMPORIUM_TOKENS") {
+        Ok(text) => Tokens::parse_env(&text).map_err(|e| format!("EMPORIUM_TOKENS: {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(Tokens::none()),
+        Err(error) => Err(format!("EMPORIUM_TOKENS: {error}")),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn serve(data: PathBuf, listen: String, tokens: Option<PathBuf>) -> Result<(), String> {
+    let address: std::net::SocketAddr =
+        listen.parse().map_err(|e| format!("--listen takes an address such as 127.0.0.1:8080, not {listen:?}: {e}"))?;
+    let tokens = load_tokens(tokens.as_deref())?;
+    if tokens.is_empty() && !address.ip().is_loopback() {
+        return Err(format!(
+            "no tokens are configured, so the server only listens on a loopback address, not {address}; \
+             give --tokens FILE or EMPORIUM_TOKENS"
+        ));
+    }
+    let store = open_store(&data)?;
+    let engine = Engine::open(store, Arc::new(emporium::engine::SystemClock), engine_config(&data))
+        .await
+        .map_err(|e| e.to_string())?;
+    let engine = Arc::new(engine);
+    engine.create_shop(&ShopId::main()).await.map_err(|e| e.to_string())?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    if tokens.is_empty() {
+        eprintln!("warning: no tokens configured: no authentication, serving on loopback only");
+    }
+    out!("emporium listening on http://{bound} (data in {})", data.display())?;
+    let app = App::new(engine.clone(), tokens, ServiceConfig::default());
+    let served = service::serve(listener, app, stop_signal()).await;
+    tracing::info!("stopping: requests in flight are answered; closing the engine");
+    engine.close().await;
+    served.map_err(|e| format!("the server failed: {e}"))?;
+    out!("emporium stopped; every acknowledged command is durable")
 }
 
 fn open_store(data: &std::path::Path) -> Result<Arc<SledStore>, String> {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use emporium::engine::{Accepted, CommandError, Engine, EngineConfig, ManualClock, Positions, Request};
 use emporium::log::{Envelope, Hash};
 use emporium::store::{AppendBatch, EventStore, MemoryStore, RejectionRecord, SledStore, StoreError, VerifyReport};
-use emporium::{CommandId, OrderStatus, Rejection, ShopId, Shortage, State, demo};
+use emporium::{CommandId, Event, OrderStatus, Rejection, ShopId, Shortage, State, demo};
 use rust_decimal::dec;
 
 use crate::support::*;
@@ -74,12 +74,18 @@ async fn known_command_ids_answer_as_before_also_after_a_restart() {
     let (first_listing, first_rejection) = {
         let engine = open(Arc::new(SledStore::open(dir.path()).expect("opens")), clock.clone()).await;
         let listed = engine.execute(&shop, listing.clone()).await;
+        let listed_events = match &listed {
+            Ok(accepted) => accepted.events.clone(),
+            Err(error) => panic!("listing refused: {error}"),
+        };
+        assert!(matches!(listed_events.as_slice(), [Event::ProductListed { .. }]));
         assert_eq!(
             listed,
             Ok(Accepted {
                 command_id: id("list-1"),
                 positions: Some(Positions { first: 1, last: 1 }),
-                replayed: false
+                replayed: false,
+                events: listed_events,
             })
         );
         engine.execute(&shop, stock.clone()).await.expect("accepted");
@@ -94,6 +100,8 @@ async fn known_command_ids_answer_as_before_also_after_a_restart() {
     let store = Arc::new(SledStore::open(dir.path()).expect("reopens"));
     let engine = open(store.clone(), clock.clone()).await;
     let again = engine.execute(&shop, listing.clone()).await.expect("accepted before");
+    assert!(again.events.is_empty(), "a replayed answer leaves the events in the log");
+    let first_listing = first_listing.map(|accepted| Accepted { events: Vec::new(), ..accepted });
     assert_eq!(Ok(Accepted { replayed: false, ..again.clone() }), first_listing);
     assert!(again.replayed);
     assert_eq!(engine.execute(&shop, too_many.clone()).await, first_rejection);

@@ -1,0 +1,144 @@
+//! Errors as the service answers them: `{"error": {"code", "message", "details"}}`.
+//!
+//! Statuses: 400 malformed or invalid request, 401 missing or bad token, 403 role not
+//! allowed, 404 unknown shop, order, SKU, shipment, return or reservation, 409 refused by
+//! the current state or an idempotency conflict, 413 body too large, 503 (with
+//! `Retry-After`) when a shop's queue is full. Only a failure of the server itself is
+//! another 5xx.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::engine::CommandError;
+use crate::rejection::Rejection;
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable snake_case code.
+    pub code: &'static str,
+    /// A sentence for a person.
+    pub message: String,
+    /// Machine-readable particulars; an object.
+    pub details: Value,
+}
+
+/// The error body, for the API description.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorFields,
+}
+
+/// The fields of an error.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorFields {
+    /// A stable snake_case code such as `insufficient_stock`.
+    pub code: String,
+    /// A sentence for a person.
+    pub message: String,
+    /// Particulars: the field, the SKU, the amounts.
+    pub details: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error without details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), details: json!({}) }
+    }
+
+    /// The same error with details.
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    /// 400 for a request the service cannot read.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"code": self.code, "message": self.message, "details": self.details}})
+    }
+
+    /// A refusal by the shop's rules.
+    pub fn from_rejection(rejection: &Rejection) -> ApiError {
+        let status = match rejection {
+            Rejection::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+            Rejection::UnknownSku { .. }
+            | Rejection::UnknownReservation { .. }
+            | Rejection::UnknownOrder { .. }
+            | Rejection::UnknownShipment { .. }
+            | Rejection::UnknownReturn { .. } => StatusCode::NOT_FOUND,
+            _ => StatusCode::CONFLICT,
+        };
+        // The rejection serializes as {"Variant": {fields}}: its fields are the details.
+        let details = match serde_json::to_value(rejection) {
+            Ok(Value::Object(map)) => map.into_iter().next().map_or(json!({}), |(_, fields)| fields),
+            _ => json!({}),
+        };
+        ApiError { status, code: rejection.code(), message: sentence(&rejection.to_string()), details }
+    }
+}
+
+/// Starts a message with a capital letter and ends it with a full stop.
+pub fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if !out.ends_with('.') {
+        out.push('.');
+    }
+    out
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> ApiError {
+        match &error {
+            CommandError::Rejected(rejection) => ApiError::from_rejection(rejection),
+            CommandError::IdempotencyConflict { command_id } => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!("The idempotency key {command_id} was used for a different request."),
+            )
+            .with_details(json!({"command_id": command_id.as_str()})),
+            CommandError::InvalidRequest(reason) => ApiError::bad_request("invalid_request", sentence(reason)),
+            CommandError::UnknownShop(shop) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_shop", format!("There is no shop {shop}."))
+                    .with_details(json!({"shop": shop.as_str()}))
+            }
+            CommandError::Overloaded(shop) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("Shop {shop} has too many commands waiting; retry shortly."),
+            ),
+            CommandError::Unavailable { shop, reason } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shop_unavailable",
+                format!("Shop {shop} cannot take commands: {reason}."),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,145 @@
+//! The log for other systems: pages of events, and a Server-Sent Events stream that follows
+//! the log. Each SSE event's `id` is its position, so a follower that reconnects with
+//! `Last-Event-ID` gets every later event exactly once, in order.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use super::error::ApiError;
+use super::queries::query;
+use super::wire::EventLine;
+use super::{Access, App, AppState, Params, shop_and_params};
+use crate::engine::CommandError;
+use crate::ids::ShopId;
+use crate::log::Envelope;
+
+/// Events read from the store at a time by a follower.
+const STREAM_PAGE_EVENTS: usize = 256;
+
+/// How long a follower waits for new events before checking for shutdown again.
+const STREAM_WAIT_MS: u64 = 15_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn known_shop(app: &App, headers: &HeaderMap, params: Params) -> Result<ShopId, ApiError> {
+    app.authorize(headers, Access::Read)?;
+    let (shop, _) = shop_and_params(params)?;
+    if !app.engine.shops().contains(&shop) {
+        return Err(CommandError::UnknownShop(shop).into());
+    }
+    Ok(shop)
+}
+
+fn storage(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", super::error::sentence(&error.to_string()))
+}
+
+/// `GET /events?after=N&limit=M`: up to M events after position N.
+pub async fn page(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let shop = known_shop(&app, &headers, params)?;
+    let PageQuery { after, limit } = query(&uri)?;
+    let max = app.config.page_events_max;
+    let limit = match limit {
+        None => 100.min(max),
+        Some(limit) if (1..=max).contains(&limit) => limit,
+        Some(limit) => {
+            return Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}.")));
+        }
+    };
+    let envelopes = app.engine.store().read_from(&shop, after, limit).await.map_err(storage)?;
+    let next_after = envelopes.last().map_or(after, |e| e.position);
+    let events: Vec<EventLine> = envelopes.iter().map(EventLine::from).collect();
+    Ok(axum::Json(json!({"events": events, "next_after": next_after})).into_response())
+}
+
+struct Follower {
+    app: Arc<App>,
+    shop: ShopId,
+    after: u64,
+    buffer: VecDeque<Envelope>,
+    stopping: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Follower {
+    /// The next event, waiting for one; `None` when the server stops or storage fails.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(envelope) = self.buffer.pop_front() {
+                assert_eq!(envelope.position, self.after + 1, "a follower sees every position once, in order");
+                self.after = envelope.position;
+                let data = serde_json::to_string(&EventLine::from(&envelope)).ok()?;
+                return Some(SseEvent::default().id(envelope.position.to_string()).data(data));
+            }
+            if *self.stopping.borrow() {
+                return None;
+            }
+            let store = self.app.engine.store().clone();
+            match store.read_from(&self.shop, self.after, STREAM_PAGE_EVENTS).await {
+                Ok(page) if !page.is_empty() => {
+                    self.buffer.extend(page);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(shop = %self.shop, %error, "an event stream stopped");
+                    return None;
+                }
+            }
+            tokio::select! {
+                _ = store.wait_for(&self.shop, self.after, Duration::from_millis(STREAM_WAIT_MS)) => {}
+                changed = self.stopping.changed() => if changed.is_err() { return None },
+            }
+        }
+    }
+}
+
+/// `GET /events/stream`: Server-Sent Events from `Last-Event-ID` (or `?after=N`) on.
+pub async fn stream(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let shop = known_shop(&app, &headers, params)?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct StreamQuery {
+        #[serde(default)]
+        after: u64,
+    }
+    let StreamQuery { after } = query(&uri)?;
+    let after = match headers.get("last-event-id") {
+        None => after,
+        Some(value) => value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a log position (a number).")
+        })?,
+    };
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", "Too many event streams are open; retry later.")
+    })?;
+    let follower = Follower {
+        stopping: app.stopping.subscribe(),
+        app,
+        shop,
+        after,
+        buffer: VecDeque::new(),
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(follower, |mut follower| async move {
+        follower.next().await.map(|event| (Ok::<_, Infallible>(event), follower))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}

@@ -1,0 +1,275 @@
+//! The HTTP/JSON service: the engine behind a storefront, an ERP or a dashboard.
+//!
+//! Guarantees, before the code:
+//! - **A success is durable.** A command is answered 200/201 only after the engine synced
+//!   its events; a retry with the same `Idempotency-Key` (or body `command_id`) gets the same
+//!   status and body, also after a restart, because a receipt is built from the log alone.
+//! - **A 4xx changes nothing.** Requests are parsed strictly (unknown fields, JSON numbers
+//!   for money, more than two decimal places and overlong ids are refused) before the engine
+//!   sees them, and a refusal by the shop's rules appends no event. The only 5xx answers are
+//!   503 (a full shop queue or a failed shop, with `Retry-After`) and failures of the server.
+//! - **Bounded.** Bodies are limited (1 MiB by default), batches to 1,000 commands, pages to
+//!   1,000 events, event streams to a fixed number of followers; the engine's queues are
+//!   bounded too.
+//! - **Shutdown.** When the shutdown future completes, the server stops accepting
+//!   connections, ends event streams, lets every request in flight finish (its command is
+//!   synced before it is answered), and returns; the caller then closes the engine.
+//!
+//! Codemap: [`wire`] (JSON bodies and money), [`error`] (the error shape and statuses),
+//! [`auth`] (tokens and roles), `commands` (command routes and batches), `queries` (reads),
+//! `feed` (events and Server-Sent Events), `openapi` (the API description, generated from
+//! the route table and the body types).
+
+pub mod auth;
+mod commands;
+pub mod error;
+mod feed;
+mod openapi;
+mod queries;
+pub mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, put};
+use tokio::sync::{Semaphore, watch};
+
+use crate::engine::Engine;
+use crate::ids::ShopId;
+use crate::metrics::{CounterFamily, Histogram, LATENCY_BOUNDS_S};
+
+pub use auth::{Access, Principal, Role, Tokens};
+pub use error::ApiError;
+
+/// Limits of the service.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// Most commands in one batch.
+    pub batch_commands_max: usize,
+    /// Most events in one page of `/events`.
+    pub page_events_max: usize,
+    /// Most concurrent `/events/stream` followers.
+    pub streams_max: usize,
+    /// How long a read of the views waits for them to reach the log's end.
+    pub views_wait_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> ServiceConfig {
+        ServiceConfig {
+            body_bytes_max: 1 << 20,
+            batch_commands_max: 1000,
+            page_events_max: 1000,
+            streams_max: 256,
+            views_wait_ms: 5000,
+        }
+    }
+}
+
+/// What the service counts.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Commands by kind and outcome.
+    pub commands: CounterFamily,
+    /// Time from a command request's arrival to its answer.
+    pub command_latency_s: Histogram,
+}
+
+/// The service's shared state.
+pub struct App {
+    engine: Arc<Engine>,
+    tokens: Tokens,
+    config: ServiceConfig,
+    metrics: Metrics,
+    streams: Arc<Semaphore>,
+    stopping: watch::Sender<bool>,
+}
+
+impl App {
+    /// A service over `engine`.
+    pub fn new(engine: Arc<Engine>, tokens: Tokens, config: ServiceConfig) -> Arc<App> {
+        assert!(config.body_bytes_max > 0 && config.batch_commands_max > 0 && config.page_events_max > 0);
+        Arc::new(App {
+            engine,
+            streams: Arc::new(Semaphore::new(config.streams_max)),
+            tokens,
+            config,
+            metrics: Metrics {
+                commands: CounterFamily::default(),
+                command_latency_s: Histogram::new(LATENCY_BOUNDS_S),
+            },
+            stopping: watch::channel(false).0,
+        })
+    }
+
+    /// The service's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<Principal, ApiError> {
+        self.tokens.authorize(headers, access)
+    }
+}
+
+type AppState = State<Arc<App>>;
+
+/// Path parameters, or why they could not be read.
+type Params = Result<Path<Vec<(String, String)>>, axum::extract::rejection::PathRejection>;
+
+/// The shop named by the path, and the other parameters.
+fn shop_and_params(params: Params) -> Result<(ShopId, Vec<(String, String)>), ApiError> {
+    let Path(mut params) = params.map_err(|e| ApiError::bad_request("invalid_path", error::sentence(&e.body_text())))?;
+    let index = params.iter().position(|(name, _)| name == "shop");
+    let Some(index) = index else { return Err(ApiError::bad_request("invalid_path", "The path names no shop.")) };
+    let (_, shop) = params.remove(index);
+    let shop = ShopId::new(&shop).map_err(|reason| {
+        ApiError::bad_request("invalid_shop", error::sentence(&format!("invalid shop id: {reason}")))
+    })?;
+    Ok((shop, params))
+}
+
+/// Reads a body of at most `limit` bytes: 413 above it.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("The request body is larger than {limit} bytes."),
+        )
+        .with_details(serde_json::json!({"limit_bytes": limit}))
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if declared.is_some_and(|length: u64| length > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+/// Builds the router: every route of the API.
+pub fn router(app: Arc<App>) -> Router {
+    let mut shop_routes: Router<Arc<App>> = Router::new();
+    for route in commands::ROUTES {
+        let handler = move |state: AppState, params: Params, headers: HeaderMap, body: Body| {
+            commands::single(state, route, params, headers, body)
+        };
+        let method_router: MethodRouter<Arc<App>> = match route.method {
+            commands::Verb::Post => axum::routing::post(handler),
+            commands::Verb::Delete => axum::routing::delete(handler),
+        };
+        shop_routes = shop_routes.route(route.path, method_router);
+    }
+    let shop_routes = shop_routes
+        .route("/commands", axum::routing::post(commands::batch))
+        .route("/orders/{order_id}", get(queries::order))
+        .route("/orders/{order_id}/history", get(queries::history))
+        .route("/stock", get(queries::stock_levels))
+        .route("/stock/{sku}", get(queries::stock))
+        .route("/ledger/trial-balance", get(queries::trial_balance))
+        .route("/ledger/journal", get(queries::journal))
+        .route("/analytics/summary", get(queries::summary))
+        .route("/analytics/series", get(queries::series))
+        .route("/customers/{customer_id}", get(queries::customer))
+        .route("/events", get(feed::page))
+        .route("/events/stream", get(feed::stream));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/shops", get(queries::shops))
+        .route("/v1/shops/{shop}", put(create_shop))
+        .nest("/v1/shops/{shop}", shop_routes)
+        .fallback(any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, ends the
+/// event streams and waits for the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stopping = app.stopping.clone();
+    let router = router(app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
+        .await
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("There is no route {method} {}.", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}.", uri.path()),
+    )
+}
+
+async fn create_shop(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.authorize(&headers, Access::Admin)?;
+    let (shop, _) = shop_and_params(params)?;
+    let existed = app.engine.shops().contains(&shop);
+    app.engine.create_shop(&shop).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", error::sentence(&e.to_string()))
+    })?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, axum::Json(serde_json::json!({"shop": shop.as_str()}))).into_response())
+}
+
+async fn metrics(State(app): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.authorize(&headers, Access::Read)?;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    out += "# HELP emporium_commands_total Commands answered, by kind and outcome.\n";
+    out += "# TYPE emporium_commands_total counter\n";
+    app.metrics.commands.render(&mut out, "emporium_commands_total", &["kind", "outcome"]);
+    out += "# HELP emporium_command_latency_seconds Time from a command request to its answer.\n";
+    out += "# TYPE emporium_command_latency_seconds histogram\n";
+    app.metrics.command_latency_s.render(&mut out, "emporium_command_latency_seconds", "");
+    let stats = app.engine.stats();
+    out += "# HELP emporium_group_commit_commands Commands per group commit.\n";
+    out += "# TYPE emporium_group_commit_commands histogram\n";
+    stats.batch_commands.render(&mut out, "emporium_group_commit_commands", "");
+    out += "# HELP emporium_group_commit_events Events per group commit.\n";
+    out += "# TYPE emporium_group_commit_events histogram\n";
+    stats.batch_events.render(&mut out, "emporium_group_commit_events", "");
+    let progress = app.engine.progress();
+    out += "# HELP emporium_log_position The last durable position of each shop's log.\n";
+    out += "# TYPE emporium_log_position gauge\n";
+    for shop in &progress {
+        let _ = writeln!(out, "emporium_log_position{{shop=\"{}\"}} {}", shop.shop, shop.log_position);
+    }
+    out += "# HELP emporium_projection_lag_events Events each shop's views are behind its log.\n";
+    out += "# TYPE emporium_projection_lag_events gauge\n";
+    for shop in &progress {
+        let lag = shop.log_position.saturating_sub(shop.views_position);
+        let _ = writeln!(out, "emporium_projection_lag_events{{shop=\"{}\"}} {lag}", shop.shop);
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
+}
+
+/// Records a command's outcome and latency.
+fn record(app: &App, kind: &str, outcome: &str, started: Instant) {
+    app.metrics.commands.increment(&[kind, outcome]);
+    app.metrics.command_latency_s.record(started.elapsed().as_secs_f64());
+}

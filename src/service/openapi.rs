@@ -1,0 +1,235 @@
+//! The API description, `GET /v1/openapi.json`, generated from the command route table and
+//! the body types: a route or a field added in code appears here without anyone writing it.
+
+use axum::response::{IntoResponse, Response};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+use super::commands::{ROUTES, Verb};
+use super::error::ErrorBody;
+use super::wire::{self, BatchBody, Receipt};
+
+/// A read route: path below the shop, summary, query parameters.
+struct ReadRoute {
+    path: &'static str,
+    summary: &'static str,
+    query: &'static [(&'static str, &'static str)],
+}
+
+const READS: &[ReadRoute] = &[
+    ReadRoute { path: "/orders/{order_id}", summary: "An order as the engine knows it now", query: &[] },
+    ReadRoute { path: "/orders/{order_id}/history", summary: "An order's history, oldest first", query: &[] },
+    ReadRoute { path: "/stock/{sku}", summary: "One SKU's stock level", query: &[] },
+    ReadRoute { path: "/stock", summary: "Every SKU's stock level", query: &[("low", "true: only low stock")] },
+    ReadRoute { path: "/ledger/trial-balance", summary: "Every account's balance; they sum to zero", query: &[] },
+    ReadRoute {
+        path: "/ledger/journal",
+        summary: "Journal entries after a position",
+        query: &[("after", "a log position"), ("limit", "1 to 1000, default 100")],
+    },
+    ReadRoute {
+        path: "/analytics/summary",
+        summary: "GMV, orders, rates and top sellers of a range",
+        query: &[("from", "ms since the epoch or RFC 3339"), ("to", "ms since the epoch or RFC 3339")],
+    },
+    ReadRoute {
+        path: "/analytics/series",
+        summary: "The summary per hour or day",
+        query: &[("bucket", "hour or day"), ("from", "start"), ("to", "end")],
+    },
+    ReadRoute { path: "/customers/{customer_id}", summary: "One buyer's record", query: &[] },
+    ReadRoute {
+        path: "/events",
+        summary: "A page of the shop log",
+        query: &[("after", "a log position"), ("limit", "1 to 1000, default 100")],
+    },
+    ReadRoute {
+        path: "/events/stream",
+        summary: "Server-Sent Events following the log; resume with Last-Event-ID",
+        query: &[("after", "a log position, when no Last-Event-ID is sent")],
+    },
+];
+
+fn body_schema(kind: &str, generator: &mut SchemaGenerator) -> Value {
+    fn of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+        generator.subschema_for::<T>().to_value()
+    }
+    match kind {
+        "list_product" => of::<wire::ListProductBody>(generator),
+        "change_price" => of::<wire::ChangePriceBody>(generator),
+        "delist_product" => of::<wire::DelistBody>(generator),
+        "relist_product" => of::<wire::RelistBody>(generator),
+        "receive_stock" => of::<wire::ReceiveStockBody>(generator),
+        "stocktake" => of::<wire::StocktakeBody>(generator),
+        "reserve_stock" => of::<wire::ReserveBody>(generator),
+        "release_reservation" => of::<wire::ReleaseBody>(generator),
+        "place_order" => of::<wire::PlaceOrderBody>(generator),
+        "pay" => of::<wire::PayBody>(generator),
+        "cancel" => of::<wire::CancelBody>(generator),
+        "ship" => of::<wire::ShipBody>(generator),
+        "confirm_delivery" => of::<wire::DeliveryBody>(generator),
+        "request_return" => of::<wire::ReturnBody>(generator),
+        "receive_return" => of::<wire::ReturnReceiptBody>(generator),
+        "refund" => of::<wire::RefundBody>(generator),
+        _ => json!({"type": "object"}),
+    }
+}
+
+/// The named schema `reference` points to, without the fields the path supplies.
+fn request_schema(reference: &Value, definitions: &Map<String, Value>, path_fields: &[String]) -> Value {
+    let name = reference.get("$ref").and_then(Value::as_str).and_then(|r| r.rsplit('/').next()).unwrap_or("");
+    let mut schema = definitions.get(name).cloned().unwrap_or_else(|| reference.clone());
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.retain(|field, _| !path_fields.contains(field));
+    }
+    if let Some(Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|field| !path_fields.iter().any(|p| field.as_str() == Some(p)));
+    }
+    schema
+}
+
+fn path_fields(path: &str) -> Vec<String> {
+    path.split('/').filter_map(|part| part.strip_prefix('{')?.strip_suffix('}')).map(str::to_owned).collect()
+}
+
+fn parameters(path: &str, query: &[(&str, &str)]) -> Vec<Value> {
+    let mut parameters: Vec<Value> = path_fields(path)
+        .into_iter()
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    for (name, description) in query {
+        parameters.push(json!({"name": name, "in": "query", "required": false, "description": description,
+            "schema": {"type": "string"}}));
+    }
+    parameters
+}
+
+fn errors() -> Value {
+    let error = json!({"description": "An error", "content": {"application/json": {"schema":
+        {"$ref": "#/components/schemas/ErrorBody"}}}});
+    let mut responses = Map::new();
+    for status in ["400", "401", "403", "404", "409", "413", "503"] {
+        responses.insert(status.to_owned(), error.clone());
+    }
+    Value::Object(responses)
+}
+
+/// The whole description.
+pub fn build() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let receipt = generator.subschema_for::<Receipt>().to_value();
+    generator.subschema_for::<ErrorBody>();
+    let batch = generator.subschema_for::<BatchBody>().to_value();
+    let mut bodies = Vec::new();
+    for route in ROUTES {
+        bodies.push(body_schema(route.kind, &mut generator));
+    }
+    let definitions = generator.take_definitions(true);
+    let mut paths = Map::new();
+    let prefix = "/v1/shops/{shop}";
+    for (route, reference) in ROUTES.iter().zip(bodies) {
+        let fields = path_fields(route.path);
+        let mut responses = errors();
+        let success = json!({"description": "The command's receipt: its positions, events and resource",
+            "content": {"application/json": {"schema": receipt}}});
+        if let Value::Object(map) = &mut responses {
+            map.insert("200".to_owned(), success.clone());
+            map.insert("201".to_owned(), success);
+        }
+        let mut parameters = parameters(&format!("{prefix}{}", route.path), &[]);
+        parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Makes a retry safe: the same key returns the same status and body",
+            "schema": {"type": "string", "maxLength": 128}}));
+        let mut operation = json!({
+            "operationId": route.kind,
+            "summary": route.summary,
+            "tags": ["commands"],
+            "parameters": parameters,
+            "responses": responses,
+            "security": [{"bearer": []}],
+        });
+        let body = request_schema(&reference, &definitions, &fields);
+        if let Value::Object(map) = &mut operation {
+            map.insert(
+                "requestBody".to_owned(),
+                json!({"required": route.method == Verb::Post, "content": {"application/json": {"schema": body}}}),
+            );
+        }
+        let method = match route.method {
+            Verb::Post => "post",
+            Verb::Delete => "delete",
+        };
+        paths.insert(format!("{prefix}{}", route.path), json!({ method: operation }));
+    }
+    paths.insert(
+        format!("{prefix}/commands"),
+        json!({"post": {"operationId": "batch", "summary": "Up to 1,000 commands, each answered on its own",
+            "tags": ["commands"], "parameters": parameters(prefix, &[]), "security": [{"bearer": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": batch}}},
+            "responses": errors()}}),
+    );
+    for read in READS {
+        let path = format!("{prefix}{}", read.path);
+        let mut responses = errors();
+        if let Value::Object(map) = &mut responses {
+            let content = if read.path.ends_with("/stream") { "text/event-stream" } else { "application/json" };
+            map.insert("200".to_owned(), json!({"description": read.summary, "content": {content: {}}}));
+        }
+        paths.insert(
+            path.clone(),
+            json!({"get": {"summary": read.summary, "tags": ["queries"], "parameters": parameters(&path, read.query),
+                "security": [{"bearer": []}], "responses": responses}}),
+        );
+    }
+    paths.insert("/v1/shops".to_owned(), json!({"get": {"summary": "Every shop", "tags": ["shops"],
+        "security": [{"bearer": []}], "responses": {"200": {"description": "The shops"}}}}));
+    paths.insert("/v1/shops/{shop}".to_owned(), json!({"put": {"summary": "Create a shop (admin)", "tags": ["shops"],
+        "parameters": parameters("/v1/shops/{shop}", &[]), "security": [{"bearer": []}],
+        "responses": {"200": {"description": "It existed"}, "201": {"description": "Created"}}}}));
+    paths.insert("/healthz".to_owned(), json!({"get": {"summary": "Liveness", "responses":
+        {"200": {"description": "ok"}}}}));
+    paths.insert("/metrics".to_owned(), json!({"get": {"summary": "Prometheus metrics",
+        "security": [{"bearer": []}], "responses": {"200": {"description": "text/plain metrics"}}}}));
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "emporium", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Orders, stock, shipments, returns and refunds of online shops. Money is a decimal \
+                string with at most 2 places; unknown fields are refused."},
+        "paths": paths,
+        "components": {"schemas": definitions,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    })
+}
+
+/// `GET /v1/openapi.json`.
+pub async fn document() -> Response {
+    axum::Json(build()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_route_is_described_with_its_body_less_the_path_fields() {
+        let document = build();
+        for route in ROUTES {
+            let path = format!("/v1/shops/{{shop}}{}", route.path);
+            let method = if route.method == Verb::Post { "post" } else { "delete" };
+            let operation = &document["paths"][&path][method];
+            assert_eq!(operation["operationId"], route.kind, "{path}");
+            let body = &operation["requestBody"]["content"]["application/json"]["schema"];
+            let properties = body["properties"].as_object().expect("an object body");
+            assert!(properties.contains_key("command_id"), "{path}");
+            for field in path_fields(route.path) {
+                assert!(!properties.contains_key(&field), "{path} still lists {field}");
+            }
+        }
+        let pay = &document["paths"]["/v1/shops/{shop}/orders/{order_id}/payments"]["post"];
+        let amount = &pay["requestBody"]["content"]["application/json"]["schema"]["properties"]["amount"];
+        let money = if amount["$ref"].is_null() { &amount["allOf"][0]["$ref"] } else { &amount["$ref"] };
+        assert_eq!(money, "#/components/schemas/Money", "{pay:#}");
+        assert_eq!(document["components"]["schemas"]["Money"]["type"], "string");
+    }
+}

@@ -1,0 +1,278 @@
+//! Reads. Orders come from the engine's own state, so they show every command answered so
+//! far; stock, the ledger, analytics, customers and histories come from the views, which a
+//! read first lets catch up with the log's end (for at most `views_wait_ms`). Every view
+//! answer says the position it is as of.
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, sentence};
+use super::{Access, App, AppState, Params, shop_and_params};
+use crate::ids::{CustomerId, OrderId, ShopId, Sku, Timestamp};
+use crate::views::{Bucket, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
+
+/// Most buckets in one series.
+pub const SERIES_BUCKETS_MAX: usize = 1000;
+
+/// Most journal entries in one page.
+pub const JOURNAL_PAGE_MAX: usize = 1000;
+
+pub(super) fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(query)| query)
+        .map_err(|e| ApiError::bad_request("invalid_query", sentence(&e.body_text())))
+}
+
+fn not_found(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, code, message)
+}
+
+fn storage(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&error.to_string()))
+}
+
+/// The caller may read; the shop and the other path parameters.
+fn reader(app: &App, headers: &HeaderMap, params: Params) -> Result<(ShopId, Vec<(String, String)>), ApiError> {
+    app.authorize(headers, Access::Read)?;
+    shop_and_params(params)
+}
+
+fn param<'p>(params: &'p [(String, String)], name: &str) -> &'p str {
+    params.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str())
+}
+
+/// Runs `read` on the shop's views once they reached the log's end as of now.
+async fn with_views<R>(app: &App, shop: &ShopId, read: impl FnOnce(&Views) -> R) -> Result<R, ApiError> {
+    let end = app.engine.store().last_position(shop).await;
+    let end = match end {
+        Ok(end) => end,
+        Err(_) if !app.engine.shops().contains(shop) => {
+            return Err(ApiError::from(crate::engine::CommandError::UnknownShop(shop.clone())));
+        }
+        Err(error) => return Err(storage(error)),
+    };
+    let wait = Duration::from_millis(app.config.views_wait_ms);
+    app.engine.views_reach(shop, end, wait).await?;
+    Ok(app.engine.views(shop, read)?)
+}
+
+/// `GET /v1/shops`.
+pub async fn shops(State(app): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.authorize(&headers, Access::Read)?;
+    let shops: Vec<String> = app.engine.shops().iter().map(|s| s.as_str().to_owned()).collect();
+    Ok(axum::Json(json!({ "shops": shops })).into_response())
+}
+
+/// `GET /orders/{order_id}`: the order as the engine knows it now.
+pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (shop, params) = reader(&app, &headers, params)?;
+    let order_id = OrderId::from(param(&params, "order_id"));
+    order_id.check().map_err(|r| ApiError::from_rejection(&r))?;
+    let id = order_id.clone();
+    let order = app
+        .engine
+        .read(&shop, move |state| {
+            state.order(&id).map(|order| {
+                let mut value = serde_json::to_value(order).unwrap_or(Value::Null);
+                if let Value::Object(fields) = &mut value {
+                    fields.insert("status".to_owned(), json!(order.status()));
+                    fields.insert("paid".to_owned(), json!(order.paid()));
+                    fields.insert("amount_due".to_owned(), json!(order.amount_due()));
+                    fields.insert("refundable".to_owned(), json!(order.refundable()));
+                    fields.insert("return_state".to_owned(), json!(order.return_state()));
+                    fields.insert("refund_state".to_owned(), json!(order.refund_state()));
+                }
+                value
+            })
+        })
+        .await?;
+    let order = order.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
+    Ok(axum::Json(order).into_response())
+}
+
+/// `GET /orders/{order_id}/history`: the order's timeline.
+pub async fn history(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (shop, params) = reader(&app, &headers, params)?;
+    let order_id = OrderId::from(param(&params, "order_id"));
+    order_id.check().map_err(|r| ApiError::from_rejection(&r))?;
+    let (at, history) = with_views(&app, &shop, |views| {
+        (views.checkpoint(), views.timelines.projection().order(&order_id).map(|h| json!(h)))
+    })
+    .await?;
+    let history = history.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
+    Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": at, "history": history})).into_response())
+}
+
+/// `GET /stock/{sku}`.
+pub async fn stock(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (shop, params) = reader(&app, &headers, params)?;
+    let sku = Sku::from(param(&params, "sku"));
+    sku.check().map_err(|r| ApiError::from_rejection(&r))?;
+    let (at, level) = with_views(&app, &shop, |views| {
+        (views.checkpoint(), views.shop.projection().stock(&sku, SLOW_MOVER_DAYS_DEFAULT))
+    })
+    .await?;
+    let level = level.ok_or_else(|| not_found("unknown_sku", format!("SKU {sku} is unknown.")))?;
+    Ok(axum::Json(json!({"as_of_position": at, "stock": level})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockQuery {
+    #[serde(default)]
+    low: Option<bool>,
+}
+
+/// `GET /stock?low=true`: every SKU's stock, or only the low ones.
+pub async fn stock_levels(
+    State(app): AppState,
+    params: Params,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (shop, _) = reader(&app, &headers, params)?;
+    let StockQuery { low } = query(&uri)?;
+    let (at, levels) = with_views(&app, &shop, |views| {
+        let levels = views.shop.projection().stock_levels(SLOW_MOVER_DAYS_DEFAULT);
+        let levels: Vec<_> = levels.into_iter().filter(|l| low.is_none_or(|low| l.low_stock == low)).collect();
+        (views.checkpoint(), levels)
+    })
+    .await?;
+    Ok(axum::Json(json!({"as_of_position": at, "stock": levels})).into_response())
+}
+
+/// `GET /ledger/trial-balance`.
+pub async fn trial_balance(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (shop, _) = reader(&app, &headers, params)?;
+    let (at, balances) =
+        with_views(&app, &shop, |views| (views.checkpoint(), views.ledger.projection().trial_balance())).await?;
+    let total: rust_decimal::Decimal = balances.iter().map(|(_, balance)| *balance).sum();
+    let accounts: Vec<Value> = balances
+        .iter()
+        .map(|(account, balance)| json!({"account": account, "name": account.name(), "balance": balance}))
+        .collect();
+    Ok(axum::Json(json!({"as_of_position": at, "accounts": accounts, "total": total})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(100.min(max)),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(limit) => Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}.")))
+            .map_err(|e| e.with_details(json!({"limit_max": max}))),
+    }
+}
+
+/// `GET /ledger/journal?after=N&limit=M`.
+pub async fn journal(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let (shop, _) = reader(&app, &headers, params)?;
+    let PageQuery { after, limit } = query(&uri)?;
+    let limit = page_limit(limit, JOURNAL_PAGE_MAX)?;
+    let (at, entries) =
+        with_views(&app, &shop, |views| (views.checkpoint(), views.ledger.projection().journal_after(after, limit).to_vec()))
+            .await?;
+    Ok(axum::Json(json!({"as_of_position": at, "entries": entries})).into_response())
+}
+
+/// A time in a query: milliseconds since the epoch or RFC 3339.
+fn time(text: Option<&str>, name: &str) -> Result<Option<Timestamp>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(Some(Timestamp(ms)));
+    }
+    let parsed = humantime::parse_rfc3339_weak(text).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    match parsed {
+        Some(since) => Ok(Some(Timestamp(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)))),
+        None => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{name} must be milliseconds since the epoch or an RFC 3339 time such as 2026-11-11T00:00:00Z."),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(default)]
+    bucket: Option<Bucket>,
+}
+
+fn range(query: &RangeQuery, now: Timestamp, span_ms: u64) -> Result<(Timestamp, Timestamp), ApiError> {
+    let to = time(query.to.as_deref(), "to")?.unwrap_or(Timestamp(now.0.saturating_add(1)));
+    let from = time(query.from.as_deref(), "from")?.unwrap_or(Timestamp(to.0.saturating_sub(span_ms)));
+    if from > to {
+        return Err(ApiError::bad_request("invalid_query", "from must not be after to."));
+    }
+    Ok((from, to))
+}
+
+/// `GET /analytics/summary?from=&to=`: every figure of the range (all time by default).
+pub async fn summary(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let (shop, _) = reader(&app, &headers, params)?;
+    let range_query: RangeQuery = query(&uri)?;
+    if range_query.bucket.is_some() {
+        return Err(ApiError::bad_request("invalid_query", "A summary takes from and to, not bucket."));
+    }
+    let (at, summary) = with_views(&app, &shop, |views| {
+        let now = views.shop.projection().now();
+        range(&range_query, now, now.0.saturating_add(1))
+            .map(|(from, to)| (views.checkpoint(), views.analytics.projection().summary(from, to, LATE_SHIPMENT_MS_DEFAULT)))
+    })
+    .await??;
+    Ok(axum::Json(json!({"as_of_position": at, "summary": summary})).into_response())
+}
+
+/// `GET /analytics/series?bucket=hour|day&from=&to=`: the last 24 buckets by default.
+pub async fn series(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let (shop, _) = reader(&app, &headers, params)?;
+    let range_query: RangeQuery = query(&uri)?;
+    let bucket = range_query.bucket.unwrap_or(Bucket::Hour);
+    let (at, series) = with_views(&app, &shop, |views| {
+        let now = views.shop.projection().now();
+        let (from, to) = range(&range_query, now, 24 * bucket.ms())?;
+        let buckets = (to.0 - from.0).div_ceil(bucket.ms());
+        if buckets > SERIES_BUCKETS_MAX as u64 {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("A series has at most {SERIES_BUCKETS_MAX} buckets; this range has {buckets}."),
+            ));
+        }
+        let analytics = views.analytics.projection();
+        Ok((views.checkpoint(), analytics.series(bucket, from, to, LATE_SHIPMENT_MS_DEFAULT, SERIES_BUCKETS_MAX)))
+    })
+    .await??;
+    Ok(axum::Json(json!({"as_of_position": at, "bucket": bucket, "series": series})).into_response())
+}
+
+/// `GET /customers/{customer_id}`.
+pub async fn customer(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (shop, params) = reader(&app, &headers, params)?;
+    let customer_id = CustomerId::from(param(&params, "customer_id"));
+    customer_id.check().map_err(|r| ApiError::from_rejection(&r))?;
+    let (at, stats) = with_views(&app, &shop, |views| {
+        let stats = views.customers.projection().customer(&customer_id).cloned();
+        (views.checkpoint(), stats.map(|s| (s.repeat_buyer(), s)))
+    })
+    .await?;
+    let (repeat, stats) =
+        stats.ok_or_else(|| not_found("unknown_customer", format!("Customer {customer_id} is unknown.")))?;
+    let body = json!({"as_of_position": at, "customer_id": customer_id.as_str(), "repeat_buyer": repeat, "stats": stats});
+    Ok(axum::Json(body).into_response())
+}
