@@ -22,8 +22,7 @@ pub struct Histogram {
 pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 
 /// Bounds for events per batch.
-pub const EVENT_BATCH_BOUNDS: &[f64] =
-    &[0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
+pub const EVENT_BATCH_BOUNDS: &[f64] = &[0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
 
 /// Bounds for latencies, in seconds.
 pub const LATENCY_BOUNDS_S: &[f64] =

@@ -86,7 +86,11 @@ fn object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// A command from a batch item or a route body with its path parameters filled in.
-fn parse_command(mut fields: Map<String, Value>, kind: &str, params: &[(String, String)]) -> Result<WireCommand, ApiError> {
+fn parse_command(
+    mut fields: Map<String, Value>,
+    kind: &str,
+    params: &[(String, String)],
+) -> Result<WireCommand, ApiError> {
     for (name, value) in params {
         if fields.contains_key(name) {
             return Err(invalid_body(format!("The field {name} comes from the path; leave it out of the body.")));
@@ -160,7 +164,12 @@ async fn run(
     id: Option<CommandId>,
 ) -> (StatusCode, Value, &'static str) {
     let created = command.creates();
-    let request = Request { command_id: id, correlation_id: None, actor: actor.to_owned(), command: command.clone().into_command() };
+    let request = Request {
+        command_id: id,
+        correlation_id: None,
+        actor: actor.to_owned(),
+        command: command.clone().into_command(),
+    };
     match app.engine.execute(shop, request).await {
         Ok(accepted) => {
             let replayed = accepted.replayed;
@@ -250,8 +259,8 @@ pub async fn batch(State(app): AppState, params: Params, headers: HeaderMap, bod
         ));
     }
     let bytes = read_body(&headers, body, app.config.body_bytes_max).await?;
-    let batch: BatchBody = serde_json::from_value(Value::Object(object(&bytes)?))
-        .map_err(|e| invalid_body(sentence(&e.to_string())))?;
+    let batch: BatchBody =
+        serde_json::from_value(Value::Object(object(&bytes)?)).map_err(|e| invalid_body(sentence(&e.to_string())))?;
     let max = app.config.batch_commands_max;
     if batch.commands.is_empty() || batch.commands.len() > max {
         return Err(ApiError::bad_request(

@@ -128,16 +128,14 @@ pub async fn stream(State(app): AppState, params: Params, headers: HeaderMap, ur
         })?,
     };
     let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", "Too many event streams are open; retry later.")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "Too many event streams are open; retry later.",
+        )
     })?;
-    let follower = Follower {
-        stopping: app.stopping.subscribe(),
-        app,
-        shop,
-        after,
-        buffer: VecDeque::new(),
-        _permit: permit,
-    };
+    let follower =
+        Follower { stopping: app.stopping.subscribe(), app, shop, after, buffer: VecDeque::new(), _permit: permit };
     let events = futures_util::stream::unfold(follower, |mut follower| async move {
         follower.next().await.map(|event| (Ok::<_, Infallible>(event), follower))
     });

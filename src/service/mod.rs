@@ -127,7 +127,8 @@ type Params = Result<Path<Vec<(String, String)>>, axum::extract::rejection::Path
 
 /// The shop named by the path, and the other parameters.
 fn shop_and_params(params: Params) -> Result<(ShopId, Vec<(String, String)>), ApiError> {
-    let Path(mut params) = params.map_err(|e| ApiError::bad_request("invalid_path", error::sentence(&e.body_text())))?;
+    let Path(mut params) =
+        params.map_err(|e| ApiError::bad_request("invalid_path", error::sentence(&e.body_text())))?;
     let index = params.iter().position(|(name, _)| name == "shop");
     let Some(index) = index else { return Err(ApiError::bad_request("invalid_path", "The path names no shop.")) };
     let (_, shop) = params.remove(index);

@@ -182,15 +182,27 @@ pub fn build() -> Value {
                 "security": [{"bearer": []}], "responses": responses}}),
         );
     }
-    paths.insert("/v1/shops".to_owned(), json!({"get": {"summary": "Every shop", "tags": ["shops"],
-        "security": [{"bearer": []}], "responses": {"200": {"description": "The shops"}}}}));
-    paths.insert("/v1/shops/{shop}".to_owned(), json!({"put": {"summary": "Create a shop (admin)", "tags": ["shops"],
+    paths.insert(
+        "/v1/shops".to_owned(),
+        json!({"get": {"summary": "Every shop", "tags": ["shops"],
+        "security": [{"bearer": []}], "responses": {"200": {"description": "The shops"}}}}),
+    );
+    paths.insert(
+        "/v1/shops/{shop}".to_owned(),
+        json!({"put": {"summary": "Create a shop (admin)", "tags": ["shops"],
         "parameters": parameters("/v1/shops/{shop}", &[]), "security": [{"bearer": []}],
-        "responses": {"200": {"description": "It existed"}, "201": {"description": "Created"}}}}));
-    paths.insert("/healthz".to_owned(), json!({"get": {"summary": "Liveness", "responses":
-        {"200": {"description": "ok"}}}}));
-    paths.insert("/metrics".to_owned(), json!({"get": {"summary": "Prometheus metrics",
-        "security": [{"bearer": []}], "responses": {"200": {"description": "text/plain metrics"}}}}));
+        "responses": {"200": {"description": "It existed"}, "201": {"description": "Created"}}}}),
+    );
+    paths.insert(
+        "/healthz".to_owned(),
+        json!({"get": {"summary": "Liveness", "responses":
+        {"200": {"description": "ok"}}}}),
+    );
+    paths.insert(
+        "/metrics".to_owned(),
+        json!({"get": {"summary": "Prometheus metrics",
+        "security": [{"bearer": []}], "responses": {"200": {"description": "text/plain metrics"}}}}),
+    );
     json!({
         "openapi": "3.0.3",
         "info": {"title": "emporium", "version": env!("CARGO_PKG_VERSION"),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, sentence};
 use super::{Access, App, AppState, Params, shop_and_params};
 use crate::ids::{CustomerId, OrderId, ShopId, Sku, Timestamp};
-use crate::views::{Bucket, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
+use crate::views::{Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
 
 /// Most buckets in one series.
 pub const SERIES_BUCKETS_MAX: usize = 1000;
@@ -173,8 +173,10 @@ fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
     match limit {
         None => Ok(100.min(max)),
         Some(limit) if (1..=max).contains(&limit) => Ok(limit),
-        Some(limit) => Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}.")))
-            .map_err(|e| e.with_details(json!({"limit_max": max}))),
+        Some(limit) => {
+            Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}.")))
+                .map_err(|e| e.with_details(json!({"limit_max": max})))
+        }
     }
 }
 
@@ -183,9 +185,10 @@ pub async fn journal(State(app): AppState, params: Params, headers: HeaderMap, u
     let (shop, _) = reader(&app, &headers, params)?;
     let PageQuery { after, limit } = query(&uri)?;
     let limit = page_limit(limit, JOURNAL_PAGE_MAX)?;
-    let (at, entries) =
-        with_views(&app, &shop, |views| (views.checkpoint(), views.ledger.projection().journal_after(after, limit).to_vec()))
-            .await?;
+    let (at, entries) = with_views(&app, &shop, |views| {
+        (views.checkpoint(), views.ledger.projection().journal_after(after, limit).to_vec())
+    })
+    .await?;
     Ok(axum::Json(json!({"as_of_position": at, "entries": entries})).into_response())
 }
 
@@ -214,8 +217,11 @@ struct RangeQuery {
     bucket: Option<Bucket>,
 }
 
+/// The range asked for; by default the `span_ms` up to the end of the current hour (figures
+/// are kept by the hour, so a range covers whole hours).
 fn range(query: &RangeQuery, now: Timestamp, span_ms: u64) -> Result<(Timestamp, Timestamp), ApiError> {
-    let to = time(query.to.as_deref(), "to")?.unwrap_or(Timestamp(now.0.saturating_add(1)));
+    let hour_end = (now.0 / HOUR_MS).saturating_add(1).saturating_mul(HOUR_MS);
+    let to = time(query.to.as_deref(), "to")?.unwrap_or(Timestamp(hour_end));
     let from = time(query.from.as_deref(), "from")?.unwrap_or(Timestamp(to.0.saturating_sub(span_ms)));
     if from > to {
         return Err(ApiError::bad_request("invalid_query", "from must not be after to."));
@@ -232,8 +238,9 @@ pub async fn summary(State(app): AppState, params: Params, headers: HeaderMap, u
     }
     let (at, summary) = with_views(&app, &shop, |views| {
         let now = views.shop.projection().now();
-        range(&range_query, now, now.0.saturating_add(1))
-            .map(|(from, to)| (views.checkpoint(), views.analytics.projection().summary(from, to, LATE_SHIPMENT_MS_DEFAULT)))
+        range(&range_query, now, u64::MAX).map(|(from, to)| {
+            (views.checkpoint(), views.analytics.projection().summary(from, to, LATE_SHIPMENT_MS_DEFAULT))
+        })
     })
     .await??;
     Ok(axum::Json(json!({"as_of_position": at, "summary": summary})).into_response())
@@ -273,6 +280,7 @@ pub async fn customer(State(app): AppState, params: Params, headers: HeaderMap) 
     .await?;
     let (repeat, stats) =
         stats.ok_or_else(|| not_found("unknown_customer", format!("Customer {customer_id} is unknown.")))?;
-    let body = json!({"as_of_position": at, "customer_id": customer_id.as_str(), "repeat_buyer": repeat, "stats": stats});
+    let body =
+        json!({"as_of_position": at, "customer_id": customer_id.as_str(), "repeat_buyer": repeat, "stats": stats});
     Ok(axum::Json(body).into_response())
 }

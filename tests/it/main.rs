@@ -2,9 +2,11 @@
 
 mod crash;
 mod engine;
+mod http;
 mod log;
 mod properties;
 mod rejections;
+mod service;
 mod shop_day;
 mod support;
 mod views;
