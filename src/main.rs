@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Action {
     /// Serve the HTTP/JSON API on the data directory until SIGTERM or Ctrl-C, then finish
-    /// and sync the requests in flight and exit 0. Creates the shop `main` if it is missing.
+    /// and sync the requests in flight and exit 0 (the default). Creates the shop `main` if
+    /// it is missing.
     Serve {
         /// The data directory.
         #[arg(long, default_value = "./emporium-data")]
@@ -39,8 +40,8 @@ enum Action {
         #[arg(long)]
         tokens: Option<PathBuf>,
     },
-    /// Run the scripted shop day through the engine on sled and print stock and orders
-    /// (the default). Running it again on the same data answers every command from the log.
+    /// Run the scripted shop day through the engine on sled and print stock and orders.
+    /// Running it again on the same data answers every command from the log.
     Demo {
         /// The data directory.
         #[arg(long, default_value = "./emporium-data")]
@@ -132,7 +133,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let action = cli.command.unwrap_or(Action::Demo { data: PathBuf::from("./emporium-data") });
+    let action = cli.command.unwrap_or(Action::Serve {
+        data: PathBuf::from("./emporium-data"),
+        listen: "127.0.0.1:8080".to_owned(),
+        tokens: None,
+    });
     let outcome = match action {
         Action::Serve { data, listen, tokens } => runtime.block_on(serve(data, listen, tokens)),
         Action::Demo { data } => runtime.block_on(run_demo(data)),
