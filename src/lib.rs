@@ -32,6 +32,7 @@ pub mod rejection;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod views;
 
 pub use command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
