@@ -365,11 +365,19 @@ fn parse_as_of(text: Option<&str>) -> Result<AsOf, String> {
     Ok(AsOf::TimeMs(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
-/// Builds every view of `shop` from the log as of `as_of`, page by page.
-async fn rebuild(store: &dyn EventStore, shop: &ShopId, views: &mut Views, as_of: AsOf) -> Result<(), String> {
+/// Builds every view of `shop` from the log as of `as_of`, page by page, moving `bar` along.
+async fn rebuild(
+    store: &dyn EventStore,
+    shop: &ShopId,
+    views: &mut Views,
+    as_of: AsOf,
+    bar: &ProgressBar,
+) -> Result<(), String> {
     loop {
         let page = store.read_from(shop, views.checkpoint(), 65_536).await.map_err(|e| e.to_string())?;
-        if page.is_empty() || views.catch_up(&page, as_of).map_err(|e| e.to_string())? {
+        let done = page.is_empty() || views.catch_up(&page, as_of).map_err(|e| e.to_string())?;
+        bar.set_position(views.checkpoint());
+        if done {
             return Ok(());
         }
     }
@@ -389,9 +397,12 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
     let mut differences = Vec::new();
     let mut rebuilt: Vec<(ShopId, Views)> = Vec::new();
     for shop in store.shops().await.map_err(|e| e.to_string())? {
+        let last = store.last_position(&shop).await.map_err(|e| e.to_string())?;
+        let bar = progress_bar(last, format!("replaying shop {shop}"));
         let started = std::time::Instant::now();
         let mut views = Views::new();
-        rebuild(store.as_ref(), &shop, &mut views, as_of).await?;
+        rebuild(store.as_ref(), &shop, &mut views, as_of, &bar).await?;
+        bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         out!(
             "shop {shop}: rebuilt {} events from zero in {:.3} s ({:.0} events/s)",
@@ -414,7 +425,10 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
             }
             match loaded.snapshot.and_then(|s| Views::decode(&s.state, s.position).map(|v| (s.position, v))) {
                 Some((position, mut resumed)) => {
-                    rebuild(store.as_ref(), &shop, &mut resumed, as_of).await?;
+                    let bar = progress_bar(last, format!("replaying shop {shop} from the snapshot at {position}"));
+                    bar.set_position(position);
+                    rebuild(store.as_ref(), &shop, &mut resumed, as_of, &bar).await?;
+                    bar.finish_and_clear();
                     print_hashes(&format!("from the snapshot at {position} and the tail"), &resumed)?;
                     if resumed.hashes() != views.hashes() {
                         differences.push(format!("shop {shop}: the snapshotted views differ"));
