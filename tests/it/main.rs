@@ -7,4 +7,5 @@ mod properties;
 mod rejections;
 mod shop_day;
 mod support;
+mod transfer;
 mod views;
