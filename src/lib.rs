@@ -34,6 +34,7 @@ pub mod service;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod views;
 
 pub use command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};

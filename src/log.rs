@@ -139,10 +139,9 @@ pub fn fingerprint<T: Serialize>(command: &T) -> Fingerprint {
     fingerprint
 }
 
-/// Appends the record of `envelope` to `out`, chained from `previous`; returns its hash.
-pub fn encode_record(envelope: &Envelope, previous: &Hash, out: &mut Vec<u8>) -> Result<Hash, postcard::Error> {
+fn header(envelope: &Envelope) -> Header {
     let kind = envelope.event.kind();
-    let header = Header {
+    Header {
         position: envelope.position,
         stream: envelope.stream.clone(),
         stream_version: envelope.stream_version,
@@ -153,7 +152,24 @@ pub fn encode_record(envelope: &Envelope, previous: &Hash, out: &mut Vec<u8>) ->
         fingerprint: envelope.fingerprint,
         correlation_id: envelope.correlation_id.clone(),
         actor: envelope.actor.clone(),
-    };
+    }
+}
+
+/// The length of the body [`encode_record`] writes for `envelope`, without writing it.
+///
+/// `encode_record` asserts that a body fits in [`RECORD_BODY_BYTES_MAX`]: events the engine
+/// decided always do (every field is bounded), so only an envelope built from outside input
+/// needs to be measured first.
+pub fn record_body_len(envelope: &Envelope) -> Result<usize, postcard::Error> {
+    use postcard::ser_flavors::Size;
+    let header_len = postcard::serialize_with_flavor(&header(envelope), Size::default())?;
+    let event_len = postcard::serialize_with_flavor(&envelope.event, Size::default())?;
+    Ok(1 + header_len + event_len)
+}
+
+/// Appends the record of `envelope` to `out`, chained from `previous`; returns its hash.
+pub fn encode_record(envelope: &Envelope, previous: &Hash, out: &mut Vec<u8>) -> Result<Hash, postcard::Error> {
+    let header = header(envelope);
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.push(RECORD_FORMAT_VERSION);
@@ -359,6 +375,8 @@ mod tests {
         for position in 1..=3 {
             hash = encode_record(&envelope(position), &hash, &mut bytes).expect("encodes");
         }
+        let body_len = record_body_len(&envelope(1)).expect("measured");
+        assert_eq!(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize, body_len);
         let (decoded, last) = decode_records(&bytes, 1, genesis, Check::Chain).expect("decodes");
         assert_eq!(decoded, (1..=3).map(envelope).collect::<Vec<_>>());
         assert_eq!(last, hash);

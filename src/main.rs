@@ -4,16 +4,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request, SnapshotConfig};
 use emporium::ids::{CommandId, ShopId};
 use emporium::layout;
 use emporium::service::{self, App, ServiceConfig, Tokens};
 use emporium::store::{EventStore, SledStore, StoreError};
+use emporium::transfer::{self, ExportError, Phase};
 use emporium::views::Views;
 use emporium::{State, demo};
 use emporium_projections::AsOf;
 use emporium_snapshots::SnapshotStore;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
 #[command(name = "emporium", version, about = "An event-sourced order and inventory engine for online shops")]
@@ -80,6 +82,28 @@ enum Action {
         #[arg(long)]
         order: String,
     },
+    /// Write every event of every shop as JSON Lines, each with its hash in the shop's chain:
+    /// a header line before each shop's events, an end line counting them all.
+    Export {
+        /// The format: JSON Lines.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// The data directory.
+        #[arg(long, default_value = "./emporium-data")]
+        data: PathBuf,
+        /// Where to write; standard output when not given.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Rebuild a fresh store from an export. The whole export is checked first (positions,
+    /// streams, the hash chain) and nothing is written unless every line passes.
+    Import {
+        /// The export to read.
+        file: PathBuf,
+        /// The data directory; its log must hold no events.
+        #[arg(long, default_value = "./emporium-data")]
+        data: PathBuf,
+    },
     /// Durability drill: run the engine on sled under load and print every acknowledged
     /// command as `ack <command id> <first position> <last position>`. Used by the crash
     /// test, which kills it at random moments; stops by itself after `--commands` or `--seconds`.
@@ -101,6 +125,13 @@ enum Action {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+}
+
+/// Formats of `emporium export`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// JSON Lines: one object per line.
+    Jsonl,
 }
 
 /// Writes a line to standard output; a closed pipe or full disk is an error, never a panic.
@@ -144,6 +175,8 @@ fn main() -> ExitCode {
         Action::Verify { data } => runtime.block_on(verify(data)),
         Action::Replay { data, as_of, check } => runtime.block_on(replay(data, as_of, check)),
         Action::Audit { data, shop, order } => runtime.block_on(audit(data, shop, order)),
+        Action::Export { format, data, output } => runtime.block_on(export(format, data, output)),
+        Action::Import { file, data } => runtime.block_on(import(file, data)),
         Action::Drill { data, tag, tasks, commands, seconds } => {
             runtime.block_on(drill(data, tag, tasks, commands, seconds))
         }
@@ -422,11 +455,19 @@ fn parse_as_of(text: Option<&str>) -> Result<AsOf, String> {
     Ok(AsOf::TimeMs(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
-/// Builds every view of `shop` from the log as of `as_of`, page by page.
-async fn rebuild(store: &dyn EventStore, shop: &ShopId, views: &mut Views, as_of: AsOf) -> Result<(), String> {
+/// Builds every view of `shop` from the log as of `as_of`, page by page, moving `bar` along.
+async fn rebuild(
+    store: &dyn EventStore,
+    shop: &ShopId,
+    views: &mut Views,
+    as_of: AsOf,
+    bar: &ProgressBar,
+) -> Result<(), String> {
     loop {
         let page = store.read_from(shop, views.checkpoint(), 65_536).await.map_err(|e| e.to_string())?;
-        if page.is_empty() || views.catch_up(&page, as_of).map_err(|e| e.to_string())? {
+        let done = page.is_empty() || views.catch_up(&page, as_of).map_err(|e| e.to_string())?;
+        bar.set_position(views.checkpoint());
+        if done {
             return Ok(());
         }
     }
@@ -446,9 +487,12 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
     let mut differences = Vec::new();
     let mut rebuilt: Vec<(ShopId, Views)> = Vec::new();
     for shop in store.shops().await.map_err(|e| e.to_string())? {
+        let last = store.last_position(&shop).await.map_err(|e| e.to_string())?;
+        let bar = progress_bar(last, format!("replaying shop {shop}"));
         let started = std::time::Instant::now();
         let mut views = Views::new();
-        rebuild(store.as_ref(), &shop, &mut views, as_of).await?;
+        rebuild(store.as_ref(), &shop, &mut views, as_of, &bar).await?;
+        bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         out!(
             "shop {shop}: rebuilt {} events from zero in {:.3} s ({:.0} events/s)",
@@ -471,7 +515,10 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
             }
             match loaded.snapshot.and_then(|s| Views::decode(&s.state, s.position).map(|v| (s.position, v))) {
                 Some((position, mut resumed)) => {
-                    rebuild(store.as_ref(), &shop, &mut resumed, as_of).await?;
+                    let bar = progress_bar(last, format!("replaying shop {shop} from the snapshot at {position}"));
+                    bar.set_position(position);
+                    rebuild(store.as_ref(), &shop, &mut resumed, as_of, &bar).await?;
+                    bar.finish_and_clear();
                     print_hashes(&format!("from the snapshot at {position} and the tail"), &resumed)?;
                     if resumed.hashes() != views.hashes() {
                         differences.push(format!("shop {shop}: the snapshotted views differ"));
@@ -501,6 +548,100 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
     } else {
         Err(differences.join("; "))
     }
+}
+
+/// A progress bar of `length` events on standard error. Hidden when standard error is not a
+/// terminal, so that nothing is drawn into a file or a pipe; cleared when dropped.
+fn progress_bar(length: u64, message: String) -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr())
+        .with_finish(indicatif::ProgressFinish::AndClear);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events, {per_sec}, {eta} left") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}
+
+/// Shows a transfer's progress on `bar`, restarting it for each shop.
+fn follow(bar: &ProgressBar) -> impl FnMut(transfer::Progress<'_>) + '_ {
+    move |progress| {
+        if progress.done == 0 {
+            let doing = match progress.phase {
+                Phase::Export => "exporting",
+                Phase::Check => "checking",
+                Phase::Write => "importing",
+            };
+            bar.reset();
+            bar.set_length(progress.total);
+            bar.set_message(format!("{doing} shop {}", progress.shop));
+        }
+        bar.set_position(progress.done);
+    }
+}
+
+async fn export(format: Format, data: PathBuf, output: Option<PathBuf>) -> Result<(), String> {
+    let Format::Jsonl = format;
+    if !data.exists() {
+        return Err(format!("no data directory at {}", data.display()));
+    }
+    let store = open_store(&data)?;
+    let bar = progress_bar(0, String::new());
+    let Some(path) = output else {
+        let exported = transfer::export(store.as_ref(), std::io::stdout().lock(), follow(&bar)).await;
+        bar.finish_and_clear();
+        return exported.map(drop).map_err(|e| match e {
+            ExportError::Write(e) => format!("cannot write to standard output: {e}"),
+            e => e.to_string(),
+        });
+    };
+    // Written next to the destination and renamed into place once complete and synced, so a
+    // failed export never leaves a partial file under the name asked for.
+    let name = path.file_name().ok_or_else(|| format!("--output {} does not name a file", path.display()))?;
+    let partial = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    let exported = async {
+        let mut file =
+            std::fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        let shops = transfer::export(store.as_ref(), &mut file, follow(&bar)).await.map_err(|e| match e {
+            ExportError::Write(e) => format!("cannot write {}: {e}", partial.display()),
+            e => e.to_string(),
+        })?;
+        file.sync_all().map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
+        std::fs::rename(&partial, &path)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), path.display()))?;
+        Ok::<_, String>(shops)
+    }
+    .await;
+    bar.finish_and_clear();
+    let shops = match exported {
+        Ok(shops) => shops,
+        Err(message) => {
+            // Best effort: the error that matters is the one being returned.
+            let _ = std::fs::remove_file(&partial);
+            return Err(message);
+        }
+    };
+    for shop in &shops {
+        out!("shop {}: {} events, head {}", shop.shop, shop.events, hex(&shop.head))?;
+    }
+    let events: u64 = shops.iter().map(|s| s.events).sum();
+    let count = if shops.len() == 1 { "1 shop".to_owned() } else { format!("{} shops", shops.len()) };
+    out!("exported {events} events of {count} to {}", path.display())
+}
+
+async fn import(file: PathBuf, data: PathBuf) -> Result<(), String> {
+    // Checked before the store is opened, so a mistyped name creates no data directory.
+    std::fs::File::open(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let store = open_store(&data)?;
+    let bar = progress_bar(0, String::new());
+    let imported = transfer::import_file(store.as_ref(), &file, follow(&bar)).await;
+    bar.finish_and_clear();
+    for shop in imported.map_err(|e| format!("{}: {e}", file.display()))? {
+        out!("shop {}: {} events imported, chain intact, head {}", shop.shop, shop.events, hex(&shop.head))?;
+    }
+    Ok(())
 }
 
 async fn audit(data: PathBuf, shop: String, order: String) -> Result<(), String> {

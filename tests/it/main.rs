@@ -9,4 +9,5 @@ mod rejections;
 mod service;
 mod shop_day;
 mod support;
+mod transfer;
 mod views;

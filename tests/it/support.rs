@@ -2,12 +2,15 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::Arc;
 
 use emporium::command::{Inspection, Line};
 use emporium::demo::DAY_START;
-use emporium::engine::{Accepted, CommandError, Engine, Request};
-use emporium::{Command, Condition, ShopId, Timestamp};
+use emporium::engine::{Accepted, CommandError, Engine, ManualClock, Request};
+use emporium::log::Envelope;
+use emporium::store::EventStore;
+use emporium::{Command, Condition, ShopId, State, Timestamp, sim};
 use rust_decimal::Decimal;
 
 pub const MINUTE_MS: u64 = 60_000;
@@ -134,4 +137,57 @@ pub async fn submit_all(
         }
     }
     answers.into_iter().map(|a| a.expect("every request answered")).collect()
+}
+
+/// Runs commands in order through the engine at their times, pricing generated payments
+/// and refunds against the state first. Returns (accepted, rejected).
+pub async fn drive(
+    engine: &Engine,
+    shop: &ShopId,
+    clock: &ManualClock,
+    commands: Vec<(Timestamp, Command)>,
+) -> (u64, u64) {
+    let (mut accepted, mut rejected) = (0, 0);
+    for (at, command) in commands {
+        clock.set(at);
+        let command = match command {
+            Command::Pay { .. } | Command::Refund { .. } => {
+                engine.read(shop, move |state: &State| sim::price(state, command)).await.expect("served")
+            }
+            other => other,
+        };
+        match engine.execute(shop, Request::new("tester", command)).await {
+            Ok(_) => accepted += 1,
+            Err(CommandError::Rejected(_)) => rejected += 1,
+            Err(other) => panic!("the engine failed: {other}"),
+        }
+    }
+    (accepted, rejected)
+}
+
+/// Runs the `emporium` binary with `args` and `--data <data>`: (success, stdout, stderr).
+pub fn emporium(args: &[&str], data: &Path) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every event of `shop`, read page by page.
+pub async fn all_events(store: &dyn EventStore, shop: &ShopId) -> Vec<Envelope> {
+    let mut events = Vec::new();
+    loop {
+        let page = store.read_from(shop, events.len() as u64, 65_536).await.expect("readable");
+        if page.is_empty() {
+            return events;
+        }
+        events.extend(page);
+    }
 }

@@ -5,51 +5,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emporium::engine::{
-    CommandError, ENGINE_SNAPSHOT_SCHEMA, Engine, EngineConfig, ManualClock, Request, SnapshotConfig,
-};
+use emporium::engine::{ENGINE_SNAPSHOT_SCHEMA, Engine, EngineConfig, ManualClock, Request, SnapshotConfig};
 use emporium::log::Envelope;
 use emporium::sim::{self, DayConfig};
 use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore};
 use emporium::views::{Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
-use emporium::{Command, OrderId, ShopId, State, Timestamp, demo};
+use emporium::{OrderId, ShopId, State, Timestamp, demo};
 use emporium_projections::AsOf;
 use emporium_snapshots::{Snapshot, SnapshotStore};
 use rust_decimal::{Decimal, dec};
 
-use crate::support::temp_dir;
-
-/// Runs commands in order through the engine at their times, pricing generated payments
-/// and refunds against the state first. Returns (accepted, rejected).
-async fn drive(engine: &Engine, shop: &ShopId, clock: &ManualClock, commands: Vec<(Timestamp, Command)>) -> (u64, u64) {
-    let (mut accepted, mut rejected) = (0, 0);
-    for (at, command) in commands {
-        clock.set(at);
-        let command = match command {
-            Command::Pay { .. } | Command::Refund { .. } => {
-                engine.read(shop, move |state: &State| sim::price(state, command)).await.expect("served")
-            }
-            other => other,
-        };
-        match engine.execute(shop, Request::new("tester", command)).await {
-            Ok(_) => accepted += 1,
-            Err(CommandError::Rejected(_)) => rejected += 1,
-            Err(other) => panic!("the engine failed: {other}"),
-        }
-    }
-    (accepted, rejected)
-}
-
-async fn all_events(store: &dyn EventStore, shop: &ShopId) -> Vec<Envelope> {
-    let mut events = Vec::new();
-    loop {
-        let page = store.read_from(shop, events.len() as u64, 65_536).await.expect("readable");
-        if page.is_empty() {
-            return events;
-        }
-        events.extend(page);
-    }
-}
+use crate::support::{all_events, drive, emporium, temp_dir};
 
 fn rebuilt(events: &[Envelope], as_of: AsOf) -> Views {
     let mut views = Views::new();
@@ -313,20 +279,6 @@ fn refunds_and_cash_reconcile_in_a_generated_day() {
     let orders_refunded: Decimal = state.orders().map(|o| o.refunded).sum();
     assert_eq!((orders_paid, orders_refunded), (paid, refunded));
     assert!(refunded > Decimal::ZERO && paid > refunded);
-}
-
-fn emporium(args: &[&str], data: &Path) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]
