@@ -350,3 +350,59 @@ async fn an_idle_shop_records_expiries_by_itself() {
         [("order_expired", "engine")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shop_queue_is_answered_503_with_retry_after_over_http() {
+    use emporium::service::{self, App, ServiceConfig, Tokens};
+
+    let store = Arc::new(TestStore::new(true));
+    let config = EngineConfig { queue_commands_max: 1, batch_commands_max: 1, ..EngineConfig::default() };
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = Arc::new(Engine::open(store.clone(), clock, config).await.expect("opens"));
+    let shop = ShopId::main();
+    engine.create_shop(&shop).await.expect("created");
+    let app = App::new(engine.clone(), Tokens::none(), ServiceConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let client = crate::http::Client { address: listener.local_addr().expect("address"), token: None };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    let post = |client: &crate::http::Client, sku: &str| {
+        let client = client.clone();
+        let body = serde_json::json!({"sku": sku, "title": "T", "category": "c", "price": "1.00", "weight_g": 1,
+            "low_stock_threshold": 0});
+        tokio::task::spawn_blocking(move || client.post("/v1/shops/main/products", &body))
+    };
+    // The first command is held inside the store's append; the queue (one place) fills next.
+    let first = post(&client, "Q-0");
+    store.entered.notified().await;
+    let others: Vec<_> = (1..=3).map(|n| post(&client, &format!("Q-{n}"))).collect();
+    // With one command in the writer and one place in the queue, two of the three are refused
+    // at once; the one that got the place waits for the gate.
+    while others.iter().filter(|other| other.is_finished()).count() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let (mut refused, mut waiting) = (0, Vec::new());
+    for other in others {
+        if !other.is_finished() {
+            waiting.push(other);
+            continue;
+        }
+        let response = other.await.expect("request ran");
+        assert_eq!(response.status, 503, "{}", String::from_utf8_lossy(&response.body));
+        assert_eq!(response.code(), "overloaded");
+        assert_eq!(response.header("retry-after"), Some("1"));
+        refused += 1;
+    }
+    assert_eq!((refused, waiting.len()), (2, 1));
+    store.gate.as_ref().expect("gated").add_permits(10);
+    assert_eq!(first.await.expect("ran").status, 201);
+    for other in waiting {
+        assert_eq!(other.await.expect("ran").status, 201);
+    }
+    assert_eq!(store.last_position(&shop).await.expect("position"), 2, "refused commands appended nothing");
+    let _ = stop.send(());
+    server.await.expect("server task").expect("served");
+    engine.close().await;
+}
