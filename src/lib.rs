@@ -26,6 +26,7 @@ pub mod event;
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod loadgen;
 pub mod log;
 pub mod metrics;
 pub mod money;

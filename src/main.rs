@@ -104,6 +104,30 @@ enum Action {
         #[arg(long, default_value = "./emporium-data")]
         data: PathBuf,
     },
+    /// Rehearse a promotion day: the `double11` scenario against an engine embedded on sled
+    /// (every order synced before it is acknowledged), then check that no SKU was oversold,
+    /// every accepted order holds its lines, the ledger balances and a replay from zero equals
+    /// the live state. Exits non-zero when a check fails.
+    Loadgen {
+        /// Orders to place.
+        #[arg(long, conflicts_with = "duration")]
+        orders: Option<u64>,
+        /// Seconds to place orders for, instead of a number of orders.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Concurrent submitters.
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+        /// The seed every order derives from.
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// Keep the store here (a fresh directory) instead of a temporary one.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Durability drill: run the engine on sled under load and print every acknowledged
     /// command as `ack <command id> <first position> <last position>`. Used by the crash
     /// test, which kills it at random moments; stops by itself after `--commands` or `--seconds`.
@@ -177,6 +201,9 @@ fn main() -> ExitCode {
         Action::Audit { data, shop, order } => runtime.block_on(audit(data, shop, order)),
         Action::Export { format, data, output } => runtime.block_on(export(format, data, output)),
         Action::Import { file, data } => runtime.block_on(import(file, data)),
+        Action::Loadgen { orders, duration, concurrency, seed, data, json } => {
+            runtime.block_on(loadgen(orders, duration, concurrency, seed, data, json))
+        }
         Action::Drill { data, tag, tasks, commands, seconds } => {
             runtime.block_on(drill(data, tag, tasks, commands, seconds))
         }
@@ -441,6 +468,123 @@ async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, second
         handle.await.map_err(|e| e.to_string())??;
     }
     Ok(())
+}
+
+async fn loadgen(
+    orders: Option<u64>,
+    duration: Option<u64>,
+    concurrency: usize,
+    seed: u64,
+    data: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> Result<(), String> {
+    use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop};
+
+    if concurrency == 0 || concurrency > 100_000 {
+        return Err("--concurrency takes 1 to 100000".to_owned());
+    }
+    let stop = match (orders, duration) {
+        (Some(orders), _) if orders == 0 || orders > loadgen::ORDERS_MAX => {
+            return Err(format!("--orders takes 1 to {}", loadgen::ORDERS_MAX));
+        }
+        (Some(orders), _) => Stop::Orders(orders),
+        (None, Some(seconds)) => Stop::Duration(std::time::Duration::from_secs(seconds.max(1))),
+        (None, None) => Stop::Orders(100_000),
+    };
+    let (data, temporary) = match data {
+        Some(data) => (data, false),
+        None => {
+            let name = format!("emporium-loadgen-{}-{seed}", std::process::id());
+            (std::env::temp_dir().join(name), true)
+        }
+    };
+    let store = open_store(&data)?;
+    if !store.shops().await.map_err(|e| e.to_string())?.is_empty() {
+        return Err(format!("{} already holds shops: a rehearsal needs a fresh data directory", data.display()));
+    }
+    // A promotion day of a million orders spans a day of engine time.
+    let clock = Arc::new(RunClock::new(demo::DAY_START, 86));
+    let engine = Arc::new(Engine::open(store, clock.clone(), engine_config(&data)).await.map_err(|e| e.to_string())?);
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let options = RunOptions { scenario: Scenario::double11(seed), stop, concurrency, answered: answered.clone() };
+    let bar = progress_bar(
+        match stop {
+            Stop::Orders(orders) => orders,
+            Stop::Duration(_) => 0,
+        },
+        "placing orders".to_owned(),
+    );
+    if let Ok(style) = ProgressStyle::with_template("[{bar:40}] {pos}/{len} orders, {msg}, {elapsed}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let ticker = {
+        let (bar, answered) = (bar.clone(), answered.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(500));
+            let started = std::time::Instant::now();
+            loop {
+                interval.tick().await;
+                let done = answered.load(std::sync::atomic::Ordering::Relaxed);
+                bar.set_position(done);
+                bar.set_message(format!("{:.0} orders/s", done as f64 / started.elapsed().as_secs_f64().max(1e-3)));
+            }
+        })
+    };
+    let shop = ShopId::new("double11")?;
+    let report = loadgen::run(engine.clone(), clock, shop, &options).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    engine.close().await;
+    drop(engine);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    let report = report?;
+    out!(
+        "orders: {} accepted, {} refused in {:.1} s: {:.0} orders/s ({:.0} accepted/s), {:.0} events/s",
+        report.accepted,
+        report.refused,
+        report.order_phase_s,
+        report.orders_per_s,
+        report.accepted_per_s,
+        report.events_per_s
+    )?;
+    out!(
+        "latency of placing an order: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        report.p50_ms,
+        report.p90_ms,
+        report.p99_ms,
+        report.p999_ms,
+        report.max_ms
+    )?;
+    let refusals: Vec<String> = report.refusals.iter().map(|(code, n)| format!("{code} {n}")).collect();
+    out!("refusals: {}", if refusals.is_empty() { "none".to_owned() } else { refusals.join(", ") })?;
+    out!(
+        "paid {}, expired {}, shipped and delivered {}, returned and refunded {} (tail {:.1} s); {} SKUs sold out",
+        report.paid,
+        report.expired,
+        report.shipped,
+        report.returned,
+        report.tail_s,
+        report.sold_out_skus
+    )?;
+    out!(
+        "checks: oversold SKUs {}, orders not holding their lines {}, trial balance {}, replay equals live state: {}",
+        report.oversold_skus,
+        report.mismatched_orders,
+        report.trial_balance,
+        report.replay_matches
+    )?;
+    out!("peak resident memory {:.0} MiB", report.peak_rss_mb)?;
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if report.checks_passed {
+        out!("every check passed")
+    } else {
+        Err(format!("checks failed: {}", report.failures.join("; ")))
+    }
 }
 
 /// `--as-of`: a position, or an RFC 3339 time.

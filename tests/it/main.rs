@@ -3,6 +3,7 @@
 mod crash;
 mod engine;
 mod http;
+mod loadgen;
 mod log;
 mod properties;
 mod rejections;
