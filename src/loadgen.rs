@@ -227,7 +227,8 @@ pub struct Report {
     pub returned: u64,
     /// SKUs that refused an order for lack of stock (sold out, or held by unpaid orders).
     pub sold_out_skus: u64,
-    /// SKUs that sold more than they received (must be 0).
+    /// SKUs whose paid orders took more units than they received, that shipped more than
+    /// they received and restocked, or that reserve more than they hold (must be 0).
     pub oversold_skus: u64,
     /// Accepted orders whose lines differ from their plan (must be 0).
     pub mismatched_orders: u64,
@@ -664,8 +665,11 @@ async fn check(
     let mut mismatched_orders = 0;
     for &n in accepted {
         let order = plan(scenario, zipf, n);
-        for (rank, units) in &order.lines {
-            *sold.entry(*rank).or_insert(0) += units;
+        // Unpaid orders expired and gave their units back; paid ones keep them.
+        if order.pays {
+            for (rank, units) in &order.lines {
+                *sold.entry(*rank).or_insert(0) += units;
+            }
         }
         let held: Option<Vec<(String, u64)>> = state
             .order(&order.order_id.as_str().into())
@@ -682,7 +686,10 @@ async fn check(
     for product in state.products() {
         let rank = product.sku.as_str().trim_start_matches("D11-").parse::<u64>().unwrap_or(u64::MAX);
         let sold_units = sold.get(&rank).copied().unwrap_or(0);
-        let oversold = sold_units > product.stock.received || product.stock.reserved > product.stock.on_hand;
+        let stock = &product.stock;
+        let oversold = sold_units > stock.received
+            || stock.shipped > stock.received.saturating_add(stock.restocked)
+            || stock.reserved > stock.on_hand;
         if oversold {
             oversold_skus += 1;
         }
