@@ -133,9 +133,8 @@ async fn receipt(app: &App, shop: &ShopId, command: &WireCommand, accepted: Acce
         None => Vec::new(),
         Some(positions) if accepted.replayed => {
             let count = usize::try_from(positions.last - positions.first + 1).unwrap_or(usize::MAX);
-            let envelopes = app.engine.store().read_from(shop, positions.first - 1, count).await.map_err(|e| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&e.to_string()))
-            })?;
+            let envelopes =
+                app.engine.store().read_from(shop, positions.first - 1, count).await.map_err(ApiError::storage)?;
             envelopes
                 .into_iter()
                 .filter(|e| e.command_id == accepted.command_id)

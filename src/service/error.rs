@@ -63,6 +63,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 503 for a store that failed underneath a request.
+    pub fn storage(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&error.to_string()))
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         json!({"error": {"code": self.code, "message": self.message, "details": self.details}})

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::error::ApiError;
-use super::queries::query;
+use super::queries::{PageQuery, page_limit, query};
 use super::wire::EventLine;
 use super::{Access, App, AppState, Params, shop_and_params};
 use crate::engine::CommandError;
@@ -29,15 +29,6 @@ const STREAM_PAGE_EVENTS: usize = 256;
 /// How long a follower waits for new events before checking for shutdown again.
 const STREAM_WAIT_MS: u64 = 15_000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PageQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
 fn known_shop(app: &App, headers: &HeaderMap, params: Params) -> Result<ShopId, ApiError> {
     app.authorize(headers, Access::Read)?;
     let (shop, _) = shop_and_params(params)?;
@@ -47,23 +38,12 @@ fn known_shop(app: &App, headers: &HeaderMap, params: Params) -> Result<ShopId, 
     Ok(shop)
 }
 
-fn storage(error: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", super::error::sentence(&error.to_string()))
-}
-
 /// `GET /events?after=N&limit=M`: up to M events after position N.
 pub async fn page(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
     let shop = known_shop(&app, &headers, params)?;
     let PageQuery { after, limit } = query(&uri)?;
-    let max = app.config.page_events_max;
-    let limit = match limit {
-        None => 100.min(max),
-        Some(limit) if (1..=max).contains(&limit) => limit,
-        Some(limit) => {
-            return Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}.")));
-        }
-    };
-    let envelopes = app.engine.store().read_from(&shop, after, limit).await.map_err(storage)?;
+    let limit = page_limit(limit, app.config.page_events_max)?;
+    let envelopes = app.engine.store().read_from(&shop, after, limit).await.map_err(ApiError::storage)?;
     let next_after = envelopes.last().map_or(after, |e| e.position);
     let events: Vec<EventLine> = envelopes.iter().map(EventLine::from).collect();
     Ok(axum::Json(json!({"events": events, "next_after": next_after})).into_response())

@@ -230,9 +230,7 @@ async fn create_shop(State(app): AppState, params: Params, headers: HeaderMap) -
     app.authorize(&headers, Access::Admin)?;
     let (shop, _) = shop_and_params(params)?;
     let existed = app.engine.shops().contains(&shop);
-    app.engine.create_shop(&shop).await.map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", error::sentence(&e.to_string()))
-    })?;
+    app.engine.create_shop(&shop).await.map_err(ApiError::storage)?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, axum::Json(serde_json::json!({"shop": shop.as_str()}))).into_response())
 }

@@ -33,10 +33,6 @@ fn not_found(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, code, message)
 }
 
-fn storage(error: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&error.to_string()))
-}
-
 /// The caller may read; the shop and the other path parameters.
 fn reader(app: &App, headers: &HeaderMap, params: Params) -> Result<(ShopId, Vec<(String, String)>), ApiError> {
     app.authorize(headers, Access::Read)?;
@@ -55,7 +51,7 @@ async fn with_views<R>(app: &App, shop: &ShopId, read: impl FnOnce(&Views) -> R)
         Err(_) if !app.engine.shops().contains(shop) => {
             return Err(ApiError::from(crate::engine::CommandError::UnknownShop(shop.clone())));
         }
-        Err(error) => return Err(storage(error)),
+        Err(error) => return Err(ApiError::storage(error)),
     };
     let wait = Duration::from_millis(app.config.views_wait_ms);
     app.engine.views_reach(shop, end, wait).await?;
@@ -160,22 +156,24 @@ pub async fn trial_balance(State(app): AppState, params: Params, headers: Header
     Ok(axum::Json(json!({"as_of_position": at, "accounts": accounts, "total": total})).into_response())
 }
 
+/// `?after=N&limit=M` of a paged read.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+pub(super) struct PageQuery {
     #[serde(default)]
-    after: u64,
+    pub(super) after: u64,
     #[serde(default)]
-    limit: Option<usize>,
+    pub(super) limit: Option<usize>,
 }
 
-fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+/// The page size asked for: 100 (or `max`, if smaller) by default, else 1 to `max`.
+pub(super) fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
     match limit {
         None => Ok(100.min(max)),
         Some(limit) if (1..=max).contains(&limit) => Ok(limit),
         Some(limit) => {
-            Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}.")))
-                .map_err(|e| e.with_details(json!({"limit_max": max})))
+            Err(ApiError::bad_request("invalid_query", format!("The limit must be 1 to {max}, not {limit}."))
+                .with_details(json!({"limit_max": max})))
         }
     }
 }
