@@ -820,8 +820,11 @@ impl Writer {
             pending.push(Pending { reply, answer });
         }
 
-        self.stats.batch_commands.record((pending.len() + ticks) as f64);
-        self.stats.batch_events.record(batch.events.len() as f64);
+        // An idle tick that found nothing due is not a group commit.
+        if pending.len() + ticks > 0 {
+            self.stats.batch_commands.record((pending.len() + ticks) as f64);
+            self.stats.batch_events.record(batch.events.len() as f64);
+        }
         if !batch.events.is_empty() || !batch.rejections.is_empty() {
             let expected = core.last_position;
             match self.store.append(&self.shop, batch).await {

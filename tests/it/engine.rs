@@ -349,6 +349,12 @@ async fn an_idle_shop_records_expiries_by_itself() {
         expired.iter().map(|e| (e.event.kind(), e.actor.as_str())).collect::<Vec<_>>(),
         [("order_expired", "engine")]
     );
+    // Idle ticks go on (every 5 ms) without counting as group commits: three commands and
+    // one expiry are four batches.
+    let after = store.wait_for(&shop, 4, Duration::from_millis(100)).await.expect("waited");
+    assert_eq!(after, 4, "nothing more was due");
+    assert_eq!(engine.stats().batch_commands.count(), 4);
+    assert_eq!(engine.stats().batch_events.count(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
