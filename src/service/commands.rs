@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, sentence};
-use super::wire::{BatchBody, PositionsBody, Receipt, ReceiptEvent, WireCommand};
+use super::wire::{BatchBody, PositionsBody, Receipt, ReceiptEvent, ResourceRef, WireCommand};
 use super::{Access, App, AppState, Params, read_body, record, shop_and_params};
 use crate::engine::{Accepted, CommandError, Request};
 use crate::ids::{CommandId, ShopId};
@@ -128,7 +128,7 @@ fn command_id(headers: &HeaderMap, body_id: Option<&str>) -> Result<Option<Comma
 }
 
 /// A receipt, from the engine's answer or, for a repeat, from the log.
-async fn receipt(app: &App, shop: &ShopId, command: &WireCommand, accepted: Accepted) -> Result<Receipt, ApiError> {
+async fn receipt(app: &App, shop: &ShopId, resource: ResourceRef, accepted: Accepted) -> Result<Receipt, ApiError> {
     let events: Vec<ReceiptEvent> = match accepted.positions {
         None => Vec::new(),
         Some(positions) if accepted.replayed => {
@@ -150,7 +150,7 @@ async fn receipt(app: &App, shop: &ShopId, command: &WireCommand, accepted: Acce
         command_id: accepted.command_id.as_str().to_owned(),
         positions: accepted.positions.map(|p| PositionsBody { first: p.first, last: p.last }),
         events,
-        resource: command.resource(),
+        resource,
     })
 }
 
@@ -162,17 +162,13 @@ async fn run(
     command: WireCommand,
     id: Option<CommandId>,
 ) -> (StatusCode, Value, &'static str) {
-    let created = command.creates();
-    let request = Request {
-        command_id: id,
-        correlation_id: None,
-        actor: actor.to_owned(),
-        command: command.clone().into_command(),
-    };
+    let (created, resource) = (command.creates(), command.resource());
+    let request =
+        Request { command_id: id, correlation_id: None, actor: actor.to_owned(), command: command.into_command() };
     match app.engine.execute(shop, request).await {
         Ok(accepted) => {
             let replayed = accepted.replayed;
-            match receipt(app, shop, &command, accepted).await {
+            match receipt(app, shop, resource, accepted).await {
                 Ok(receipt) => {
                     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
                     let body = serde_json::to_value(&receipt).unwrap_or_else(|e| json!({"error": e.to_string()}));
