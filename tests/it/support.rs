@@ -180,6 +180,21 @@ pub fn emporium(args: &[&str], data: &Path) -> (bool, String, String) {
     )
 }
 
+/// Runs `emporium` like [`emporium`] with its standard output a pipe whose reader is gone
+/// (`emporium ... | head -1`): (success, stderr).
+pub fn emporium_into_closed_pipe(args: &[&str], data: &Path) -> (bool, String) {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .stdout(writer)
+        .output()
+        .expect("runs");
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 /// Every event of `shop`, read page by page.
 pub async fn all_events(store: &dyn EventStore, shop: &ShopId) -> Vec<Envelope> {
     let mut events = Vec::new();

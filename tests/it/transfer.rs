@@ -13,7 +13,7 @@ use emporium::transfer::{self, BATCH_EVENTS, ImportError, Phase};
 use emporium::{ShopId, Timestamp, demo};
 use serde_json::Value;
 
-use crate::support::{all_events, drive, emporium, temp_dir};
+use crate::support::{all_events, drive, emporium, emporium_into_closed_pipe, temp_dir};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -343,15 +343,7 @@ fn export_import_and_verify_from_the_command_line() {
 fn an_export_to_a_closed_pipe_is_an_error_not_a_panic() {
     let dir = temp_dir();
     assert!(emporium(&["demo"], dir.path()).0);
-    let (reader, writer) = std::io::pipe().expect("a pipe");
-    drop(reader);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
-        .args(["export", "--format", "jsonl", "--data"])
-        .arg(dir.path())
-        .stdout(writer)
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = emporium_into_closed_pipe(&["export", "--format", "jsonl"], dir.path());
+    assert!(!ok);
     assert!(stderr.contains("cannot write to standard output") && !stderr.contains("panicked"), "{stderr}");
 }

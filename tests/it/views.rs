@@ -15,7 +15,7 @@ use emporium_projections::AsOf;
 use emporium_snapshots::{Snapshot, SnapshotStore};
 use rust_decimal::{Decimal, dec};
 
-use crate::support::{all_events, drive, emporium, temp_dir};
+use crate::support::{all_events, drive, emporium, emporium_into_closed_pipe, temp_dir};
 
 fn rebuilt(events: &[Envelope], as_of: AsOf) -> Views {
     let mut views = Views::new();
@@ -315,16 +315,8 @@ fn replay_and_audit_from_the_command_line() {
 fn a_closed_standard_output_is_an_error_not_a_panic() {
     let dir = temp_dir();
     assert!(emporium(&["demo"], dir.path()).0);
-    let (reader, writer) = std::io::pipe().expect("a pipe");
-    drop(reader);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
-        .args(["replay", "--data"])
-        .arg(dir.path())
-        .stdout(writer)
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = emporium_into_closed_pipe(&["replay"], dir.path());
+    assert!(!ok);
     assert!(stderr.contains("cannot write to standard output") && !stderr.contains("panicked"), "{stderr}");
 }
 
