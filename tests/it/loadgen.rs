@@ -10,15 +10,14 @@ use emporium::{ShopId, demo};
 
 use crate::support::temp_dir;
 
-async fn rehearse(orders: u64, concurrency: usize, seed: u64) -> loadgen::Report {
+async fn rehearse(stop: Stop, concurrency: usize, seed: u64) -> loadgen::Report {
     let dir = temp_dir();
     let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
     let clock = Arc::new(RunClock::new(demo::DAY_START, 86));
     let engine = Arc::new(Engine::open(store, clock.clone(), EngineConfig::default()).await.expect("opens"));
     // A small shop: few SKUs, so the hot ones sell out within a few thousand orders.
     let scenario = Scenario { skus: 200, hot_skus: 10, hot_stock: 60, ..Scenario::double11(seed) };
-    let options =
-        RunOptions { scenario, stop: Stop::Orders(orders), concurrency, answered: Arc::new(AtomicU64::new(0)) };
+    let options = RunOptions { scenario, stop, concurrency, answered: Arc::new(AtomicU64::new(0)) };
     let report = loadgen::run(engine.clone(), clock, ShopId::new("double11").expect("shop"), &options)
         .await
         .expect("the rehearsal runs");
@@ -28,7 +27,7 @@ async fn rehearse(orders: u64, concurrency: usize, seed: u64) -> loadgen::Report
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_rehearsal_in_process_passes_its_checks() {
-    let report = rehearse(3000, 64, 7).await;
+    let report = rehearse(Stop::Orders(3000), 64, 7).await;
     assert!(report.checks_passed, "{:?}", report.failures);
     assert_eq!(report.accepted + report.refused, 3000);
     assert_eq!((report.oversold_skus, report.mismatched_orders), (0, 0));
@@ -40,11 +39,19 @@ async fn a_seeded_rehearsal_in_process_passes_its_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_seed_rehearses_the_same_day() {
-    let first = rehearse(400, 1, 9).await;
-    let second = rehearse(400, 1, 9).await;
+    let first = rehearse(Stop::Orders(400), 1, 9).await;
+    let second = rehearse(Stop::Orders(400), 1, 9).await;
     assert!(first.checks_passed && second.checks_passed);
     let outcome = |r: &loadgen::Report| (r.accepted, r.refusals.clone(), r.paid, r.expired, r.returned);
     assert_eq!(outcome(&first), outcome(&second));
-    let other = rehearse(400, 1, 10).await;
+    let other = rehearse(Stop::Orders(400), 1, 10).await;
     assert_ne!(outcome(&first), outcome(&other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsal_by_duration_stops_placing_orders_when_the_time_is_up() {
+    let report = rehearse(Stop::Duration(std::time::Duration::from_millis(300)), 8, 3).await;
+    assert!(report.checks_passed, "{:?}", report.failures);
+    // It returns at all: without the deadline it would go on to 100,000,000 orders.
+    assert!(report.accepted + report.refused > 0);
 }
