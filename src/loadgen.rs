@@ -265,11 +265,37 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
 }
 
+/// Longest run the per-second timeline covers; later seconds share its last slot.
+const TIMELINE_SECONDS_MAX: usize = 24 * 60 * 60;
+
+/// Latencies per second of the order phase, shared by every submitter: one histogram per
+/// second in all (each is a few hundred KiB, so one per submitter per second would cost
+/// more memory than the engine).
+#[derive(Default)]
+struct Timeline {
+    seconds: std::sync::Mutex<Vec<Histogram<u64>>>,
+}
+
+impl Timeline {
+    fn record(&self, second: u64, latency_us: u64) {
+        let second = usize::try_from(second).unwrap_or(usize::MAX).min(TIMELINE_SECONDS_MAX - 1);
+        let mut seconds = self.seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while seconds.len() <= second {
+            seconds.push(latency_histogram());
+        }
+        seconds[second].saturating_record(latency_us);
+    }
+
+    /// Per second: orders answered and their p99 latency in milliseconds.
+    fn points(&self) -> Vec<(u64, f64)> {
+        let seconds = self.seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seconds.iter().map(|h| (h.len(), h.value_at_quantile(0.99) as f64 / 1000.0)).collect()
+    }
+}
+
 /// What one submitter saw.
 struct Tally {
     latency_us: Histogram<u64>,
-    /// Per second since the start: orders answered, and latencies.
-    seconds: Vec<(u64, Histogram<u64>)>,
     accepted: Vec<u64>,
     refused: BTreeMap<String, u64>,
     /// SKUs named by a refusal for lack of stock.
@@ -346,13 +372,13 @@ struct Shared {
     answered: Arc<AtomicU64>,
     stop: Stop,
     started: Instant,
+    timeline: Arc<Timeline>,
 }
 
 async fn submitter(shared: Shared) -> Tally {
-    let Shared { engine, shop, scenario, zipf, clock, next, answered, stop, started } = shared;
+    let Shared { engine, shop, scenario, zipf, clock, next, answered, stop, started, timeline } = shared;
     let mut tally = Tally {
         latency_us: latency_histogram(),
-        seconds: Vec::new(),
         accepted: Vec::new(),
         refused: BTreeMap::new(),
         short: std::collections::BTreeSet::new(),
@@ -382,14 +408,7 @@ async fn submitter(shared: Shared) -> Tally {
         answered.fetch_add(1, Ordering::Relaxed);
         let latency_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
         tally.latency_us.saturating_record(latency_us);
-        let second = started.elapsed().as_secs();
-        while tally.seconds.len() as u64 <= second {
-            let index = tally.seconds.len() as u64;
-            tally.seconds.push((index, latency_histogram()));
-        }
-        if let Some((_, histogram)) = tally.seconds.last_mut() {
-            histogram.saturating_record(latency_us);
-        }
+        timeline.record(started.elapsed().as_secs(), latency_us);
         match placed {
             Ok(accepted) => {
                 tally.events += accepted.events.len() as u64;
@@ -460,6 +479,7 @@ pub async fn run(
 
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
+    let timeline = Arc::new(Timeline::default());
     let tasks: Vec<_> = (0..options.concurrency)
         .map(|_| {
             tokio::spawn(submitter(Shared {
@@ -472,6 +492,7 @@ pub async fn run(
                 answered: options.answered.clone(),
                 stop: options.stop,
                 started,
+                timeline: timeline.clone(),
             }))
         })
         .collect();
@@ -482,17 +503,12 @@ pub async fn run(
     let order_phase_s = started.elapsed().as_secs_f64();
 
     let mut latency = latency_histogram();
-    let mut seconds: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
     let mut accepted: Vec<u64> = Vec::new();
     let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
     let (mut events, mut paid, mut failures) = (0, 0, Vec::new());
     let mut short = std::collections::BTreeSet::new();
     for tally in tallies {
         latency.add(&tally.latency_us).map_err(|e| e.to_string())?;
-        for (second, histogram) in tally.seconds {
-            let slot = seconds.entry(second).or_insert_with(latency_histogram);
-            slot.add(&histogram).map_err(|e| e.to_string())?;
-        }
         accepted.extend(tally.accepted);
         for (code, count) in tally.refused {
             *refusals.entry(code).or_insert(0) += count;
@@ -520,7 +536,7 @@ pub async fn run(
     let expired = state.orders().filter(|o| o.status() == crate::state::OrderStatus::Expired).count() as u64;
     let sold_out_skus = short.len() as u64;
     let ms = |us: u64| us as f64 / 1000.0;
-    let timeline = seconds.values().map(|h| (h.len(), ms(h.value_at_quantile(0.99)))).collect();
+    let timeline = timeline.points();
     let phase = order_phase_s.max(1e-9);
     Ok(Report {
         orders_per_s: answered as f64 / phase,
