@@ -103,9 +103,9 @@ pub struct SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// Snapshots in `dir` every 100,000 events, keeping 3.
+    /// Snapshots in `dir` every 1,000,000 events, keeping 3.
     pub fn new(dir: PathBuf) -> SnapshotConfig {
-        SnapshotConfig { dir, every_events: 100_000, keep: 3 }
+        SnapshotConfig { dir, every_events: 1_000_000, keep: 3 }
     }
 
     fn store(&self, shop: &ShopId, kind: &str) -> std::io::Result<SnapshotStore> {

@@ -79,6 +79,11 @@ fn stream_key(stream: &str, version: u64) -> Vec<u8> {
     key
 }
 
+/// sled's page cache. The log is written once and read back mostly at its end (the views
+/// follow it, recovery reads it once), so a small cache loses little; sled's default of
+/// 1 GiB would be most of a rehearsal's memory.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How long [`SledStore::open`] waits for the database's lock to be released.
 pub const LOCK_WAIT_MS: u64 = 2_000;
 
@@ -97,7 +102,7 @@ impl SledStore {
                 dir.display()
             )));
         }
-        let db = sled::Config::new().path(dir).open().map_err(io_error)?;
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(io_error)?;
         let syncer = Arc::new(Mutex::new(Syncer { dir: dir.to_path_buf(), synced_blobs: HashSet::new() }));
         let store = SledStore { db, dir: dir.to_path_buf(), syncer, shops: Mutex::new(BTreeMap::new()) };
         for name in store.db.tree_names() {
