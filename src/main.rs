@@ -105,10 +105,21 @@ enum Action {
         data: PathBuf,
     },
     /// Rehearse a promotion day: the `double11` scenario against an engine embedded on sled
-    /// (every order synced before it is acknowledged), then check that no SKU was oversold,
-    /// every accepted order holds its lines, the ledger balances and a replay from zero equals
-    /// the live state. Exits non-zero when a check fails.
+    /// (every order synced before it is acknowledged) or a running server, then check that no
+    /// SKU was oversold, every accepted order holds its lines, the ledger balances and a replay
+    /// from zero equals the live state. Exits non-zero when a check fails.
     Loadgen {
+        /// `inprocess`, or `http://HOST:PORT` of a running `emporium serve` (one keep-alive
+        /// connection per submitter, one order per request).
+        #[arg(long, default_value = "inprocess")]
+        target: String,
+        /// Over HTTP: a bearer token with the admin role, if the server asks for tokens
+        /// (else EMPORIUM_TOKEN, if set).
+        #[arg(long)]
+        token: Option<String>,
+        /// The shop to create and rehearse on; it must not hold events yet.
+        #[arg(long, default_value = "double11")]
+        shop: String,
         /// Orders to place.
         #[arg(long, conflicts_with = "duration")]
         orders: Option<u64>,
@@ -121,12 +132,15 @@ enum Action {
         /// The seed every order derives from.
         #[arg(long, default_value_t = 11)]
         seed: u64,
-        /// Keep the store here (a fresh directory) instead of a temporary one.
+        /// In-process: keep the store here (a fresh directory) instead of a temporary one.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Draw orders/s and p99 latency over time into this SVG file.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Durability drill: run the engine on sled under load and print every acknowledged
     /// command as `ack <command id> <first position> <last position>`. Used by the crash
@@ -201,8 +215,10 @@ fn main() -> ExitCode {
         Action::Audit { data, shop, order } => runtime.block_on(audit(data, shop, order)),
         Action::Export { format, data, output } => runtime.block_on(export(format, data, output)),
         Action::Import { file, data } => runtime.block_on(import(file, data)),
-        Action::Loadgen { orders, duration, concurrency, seed, data, json } => {
-            runtime.block_on(loadgen(orders, duration, concurrency, seed, data, json))
+        Action::Loadgen { target, token, shop, orders, duration, concurrency, seed, data, json, report } => {
+            let options =
+                LoadgenOptions { target, token, shop, orders, duration, concurrency, seed, data, json, report };
+            runtime.block_on(loadgen(options))
         }
         Action::Drill { data, tag, tasks, commands, seconds } => {
             runtime.block_on(drill(data, tag, tasks, commands, seconds))
@@ -470,15 +486,30 @@ async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, second
     Ok(())
 }
 
-async fn loadgen(
+/// What `emporium loadgen` was asked.
+struct LoadgenOptions {
+    target: String,
+    token: Option<String>,
+    shop: String,
     orders: Option<u64>,
     duration: Option<u64>,
     concurrency: usize,
     seed: u64,
     data: Option<PathBuf>,
     json: Option<PathBuf>,
-) -> Result<(), String> {
-    use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop};
+    report: Option<PathBuf>,
+}
+
+async fn loadgen(options: LoadgenOptions) -> Result<(), String> {
+    use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop, Target};
+
+    let LoadgenOptions { target, token, shop, orders, duration, concurrency, seed, data, json, report } = options;
+    let address = Target::parse_address(&target)?;
+    let shop = ShopId::new(&shop).map_err(|e| format!("--shop: {e}"))?;
+    if address.is_some() && data.is_some() {
+        return Err("--data keeps an in-process store; over HTTP the server keeps its own".to_owned());
+    }
+    let svg = report;
 
     if concurrency == 0 || concurrency > 100_000 {
         return Err("--concurrency takes 1 to 100000".to_owned());
@@ -491,20 +522,36 @@ async fn loadgen(
         (None, Some(seconds)) => Stop::Duration(std::time::Duration::from_secs(seconds.max(1))),
         (None, None) => Stop::Orders(100_000),
     };
-    let (data, temporary) = match data {
-        Some(data) => (data, false),
+    // In-process: an engine on a fresh store; a day of a million orders spans a day of engine time.
+    let mut in_process = None;
+    let (target, title) = match address {
+        Some(address) => {
+            let title = format!("emporium loadgen, double11 over HTTP to {address}, seed {seed}");
+            let token = token.or_else(|| std::env::var("EMPORIUM_TOKEN").ok());
+            (Target::Http { address, token }, title)
+        }
         None => {
-            let name = format!("emporium-loadgen-{}-{seed}", std::process::id());
-            (std::env::temp_dir().join(name), true)
+            let (data, temporary) = match data {
+                Some(data) => (data, false),
+                None => {
+                    let name = format!("emporium-loadgen-{}-{seed}", std::process::id());
+                    (std::env::temp_dir().join(name), true)
+                }
+            };
+            let store = open_store(&data)?;
+            if !store.shops().await.map_err(|e| e.to_string())?.is_empty() {
+                return Err(format!(
+                    "{} already holds shops: a rehearsal needs a fresh data directory",
+                    data.display()
+                ));
+            }
+            let clock = Arc::new(RunClock::new(demo::DAY_START, 86));
+            let engine =
+                Arc::new(Engine::open(store, clock.clone(), engine_config(&data)).await.map_err(|e| e.to_string())?);
+            in_process = Some((engine.clone(), data, temporary));
+            (Target::InProcess { engine, clock }, format!("emporium loadgen, double11 in-process, seed {seed}"))
         }
     };
-    let store = open_store(&data)?;
-    if !store.shops().await.map_err(|e| e.to_string())?.is_empty() {
-        return Err(format!("{} already holds shops: a rehearsal needs a fresh data directory", data.display()));
-    }
-    // A promotion day of a million orders spans a day of engine time.
-    let clock = Arc::new(RunClock::new(demo::DAY_START, 86));
-    let engine = Arc::new(Engine::open(store, clock.clone(), engine_config(&data)).await.map_err(|e| e.to_string())?);
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let options = RunOptions { scenario: Scenario::double11(seed), stop, concurrency, answered: answered.clone() };
     let bar = progress_bar(
@@ -530,14 +577,15 @@ async fn loadgen(
             }
         })
     };
-    let shop = ShopId::new("double11")?;
-    let report = loadgen::run(engine.clone(), clock, shop, &options).await;
+    let report = loadgen::run(target, shop, &options).await;
     ticker.abort();
     bar.finish_and_clear();
-    engine.close().await;
-    drop(engine);
-    if temporary {
-        let _ = std::fs::remove_dir_all(&data);
+    if let Some((engine, data, temporary)) = in_process {
+        engine.close().await;
+        drop(engine);
+        if temporary {
+            let _ = std::fs::remove_dir_all(&data);
+        }
     }
     let report = report?;
     out!(
@@ -579,6 +627,9 @@ async fn loadgen(
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = svg {
+        loadgen::draw(&report, &title, &path)?;
     }
     if report.checks_passed {
         out!("every check passed")

@@ -4,23 +4,27 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use emporium::engine::{Engine, EngineConfig};
-use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop};
+use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop, Target};
 use emporium::store::SledStore;
 use emporium::{ShopId, demo};
 
+use crate::http::{ADMIN, Server};
 use crate::support::temp_dir;
+
+/// A small shop: few SKUs, so the hot ones sell out within a few thousand orders.
+fn small(seed: u64) -> Scenario {
+    Scenario { skus: 200, hot_skus: 10, hot_stock: 60, ..Scenario::double11(seed) }
+}
 
 async fn rehearse(stop: Stop, concurrency: usize, seed: u64) -> loadgen::Report {
     let dir = temp_dir();
     let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
     let clock = Arc::new(RunClock::new(demo::DAY_START, 86));
     let engine = Arc::new(Engine::open(store, clock.clone(), EngineConfig::default()).await.expect("opens"));
-    // A small shop: few SKUs, so the hot ones sell out within a few thousand orders.
-    let scenario = Scenario { skus: 200, hot_skus: 10, hot_stock: 60, ..Scenario::double11(seed) };
-    let options = RunOptions { scenario, stop, concurrency, answered: Arc::new(AtomicU64::new(0)) };
-    let report = loadgen::run(engine.clone(), clock, ShopId::new("double11").expect("shop"), &options)
-        .await
-        .expect("the rehearsal runs");
+    let options = RunOptions { scenario: small(seed), stop, concurrency, answered: Arc::new(AtomicU64::new(0)) };
+    let target = Target::InProcess { engine: engine.clone(), clock };
+    let report =
+        loadgen::run(target, ShopId::new("double11").expect("shop"), &options).await.expect("the rehearsal runs");
     engine.close().await;
     report
 }
@@ -54,4 +58,33 @@ async fn a_rehearsal_by_duration_stops_placing_orders_when_the_time_is_up() {
     assert!(report.checks_passed, "{:?}", report.failures);
     // It returns at all: without the deadline it would go on to 100,000,000 orders.
     assert!(report.accepted + report.refused > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_rehearsal_over_http_passes_its_checks() {
+    let dir = temp_dir();
+    let server = Server::start(&dir.path().join("data"), true);
+    let target = Target::Http { address: server.address.to_string(), token: Some(ADMIN.to_owned()) };
+    let options = RunOptions {
+        scenario: small(7),
+        stop: Stop::Orders(1500),
+        concurrency: 16,
+        answered: Arc::new(AtomicU64::new(0)),
+    };
+    let report = loadgen::run(target.clone(), ShopId::new("double11").expect("shop"), &options)
+        .await
+        .expect("the rehearsal runs");
+    assert!(report.checks_passed, "{:?}", report.failures);
+    assert_eq!(report.accepted + report.refused, 1500);
+    assert_eq!((report.oversold_skus, report.mismatched_orders), (0, 0));
+    // The server's live stock and books equal a replay of its feed from zero.
+    assert!(report.trial_balance.is_zero() && report.replay_matches);
+    assert!(report.refusals.get("insufficient_stock").is_some_and(|n| *n > 0), "the hot SKUs sold out");
+    assert!(report.returned > 0 && report.paid == report.shipped, "{report:?}");
+
+    // A second rehearsal on a shop that already has events is refused before it sends an order.
+    let again = loadgen::run(target, ShopId::new("double11").expect("shop"), &options).await;
+    assert!(again.is_err_and(|e| e.contains("already has events")));
+    server.terminate();
+    assert!(server.wait().0, "the server stops cleanly");
 }

@@ -26,10 +26,17 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::command::{Command, Condition, Inspection, Line};
-use crate::engine::{Clock, CommandError, Engine, Request};
+use crate::engine::{Clock, Engine};
 use crate::ids::{CommandId, ShopId, Timestamp};
 use crate::sim::Rng;
 use crate::state::State;
+use crate::views::{SLOW_MOVER_DAYS_DEFAULT, Views};
+
+mod plot;
+mod target;
+
+pub use plot::draw;
+pub use target::{Answer, Link, Target};
 
 /// The scenario's shape.
 #[derive(Clone, Debug)]
@@ -305,46 +312,49 @@ struct Tally {
     failures: Vec<String>,
 }
 
-fn request(actor: &str, id: String, command: Command) -> Result<Request, String> {
-    let command_id = CommandId::new(&id).map_err(|e| format!("command id {id}: {e}"))?;
-    Ok(Request::new(actor, command).with_id(command_id))
-}
+/// Links opened at once for the setup and the tail; each sends its commands one by one.
+const SIDE_LINKS_MAX: usize = 256;
 
-/// Lists and stocks every SKU, in batches that share group commits.
-async fn setup(engine: &Engine, shop: &ShopId, scenario: &Scenario) -> Result<(), String> {
-    let mut commands = Vec::new();
-    for rank in 0..scenario.skus {
-        let sku = sku_of(rank);
-        commands.push((
-            format!("list-{sku}"),
-            Command::ListProduct {
-                sku: sku.as_str().into(),
-                title: format!("Double 11 product {rank}"),
-                category: format!("c{}", rank % 50),
-                price: price_of(rank),
-                weight_g: 100 + rank % 900,
-                low_stock_threshold: 10,
-            },
-        ));
-        let quantity = if rank < scenario.hot_skus { scenario.hot_stock } else { scenario.cold_stock };
-        commands.push((
-            format!("receive-{sku}"),
-            Command::ReceiveStock {
-                sku: sku.as_str().into(),
-                quantity,
-                unit_cost: (price_of(rank) * Decimal::new(4, 1)).round_dp(2),
-                supplier_ref: format!("PO-{rank}"),
-            },
-        ));
-    }
-    for chunk in commands.chunks(2048) {
-        let runs = chunk.iter().map(|(id, command)| async move {
-            let request = request("loadgen", id.clone(), command.clone())?;
-            engine.execute(shop, request).await.map(|_| ()).map_err(|e| format!("setup {id}: {e}"))
-        });
-        for result in futures_util::future::join_all(runs).await {
-            result?;
+/// Lists and stocks every SKU: each link lists a SKU, then receives its stock.
+async fn setup(target: &Target, shop: &ShopId, scenario: &Scenario, links: usize) -> Result<(), String> {
+    let next = AtomicU64::new(0);
+    let runs = (0..links.clamp(1, SIDE_LINKS_MAX)).map(|_| {
+        let next = &next;
+        async move {
+            let mut link = target.link().await?;
+            loop {
+                let rank = next.fetch_add(1, Ordering::Relaxed);
+                if rank >= scenario.skus {
+                    return Ok::<(), String>(());
+                }
+                let sku = sku_of(rank);
+                let list = Command::ListProduct {
+                    sku: sku.as_str().into(),
+                    title: format!("Double 11 product {rank}"),
+                    category: format!("c{}", rank % 50),
+                    price: price_of(rank),
+                    weight_g: 100 + rank % 900,
+                    low_stock_threshold: 10,
+                };
+                let quantity = if rank < scenario.hot_skus { scenario.hot_stock } else { scenario.cold_stock };
+                let receive = Command::ReceiveStock {
+                    sku: sku.as_str().into(),
+                    quantity,
+                    unit_cost: (price_of(rank) * Decimal::new(4, 1)).round_dp(2),
+                    supplier_ref: format!("PO-{rank}"),
+                };
+                for (id, command) in [(format!("list-{sku}"), list), (format!("receive-{sku}"), receive)] {
+                    match link.send(shop, &id, "loadgen", command).await {
+                        Ok(Answer::Accepted { .. }) => {}
+                        Ok(Answer::Refused { code, .. }) => return Err(format!("setup {id}: refused: {code}")),
+                        Err(error) => return Err(format!("setup {error}")),
+                    }
+                }
+            }
         }
+    });
+    for result in futures_util::future::join_all(runs).await {
+        result?;
     }
     Ok(())
 }
@@ -359,14 +369,13 @@ fn place_command(scenario_plan: &OrderPlan) -> Command {
     }
 }
 
-/// One submitter of the order phase: takes order numbers until the run stops.
 /// What every submitter shares.
 struct Shared {
-    engine: Arc<Engine>,
     shop: ShopId,
     scenario: Arc<Scenario>,
     zipf: Arc<Zipf>,
-    clock: Arc<RunClock>,
+    /// The engine's clock, in-process.
+    clock: Option<Arc<RunClock>>,
     /// The next order number to place.
     next: Arc<AtomicU64>,
     answered: Arc<AtomicU64>,
@@ -375,8 +384,10 @@ struct Shared {
     timeline: Arc<Timeline>,
 }
 
-async fn submitter(shared: Shared) -> Tally {
-    let Shared { engine, shop, scenario, zipf, clock, next, answered, stop, started, timeline } = shared;
+/// One submitter of the order phase: takes order numbers until the run stops, places each
+/// order and pays the ones the plan pays.
+async fn submitter(mut link: Link, shared: Arc<Shared>) -> Tally {
+    let Shared { shop, scenario, zipf, clock, next, answered, stop, started, timeline } = &*shared;
     let mut tally = Tally {
         latency_us: latency_histogram(),
         accepted: Vec::new(),
@@ -389,29 +400,25 @@ async fn submitter(shared: Shared) -> Tally {
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
         let more = match stop {
-            Stop::Orders(orders) => n < orders,
-            Stop::Duration(duration) => started.elapsed() < duration && n < ORDERS_MAX,
+            Stop::Orders(orders) => n < *orders,
+            Stop::Duration(duration) => started.elapsed() < *duration && n < ORDERS_MAX,
         };
         if !more {
             return tally;
         }
-        let order = plan(&scenario, &zipf, n);
-        clock.tick();
+        let order = plan(scenario, zipf, n);
+        if let Some(clock) = clock {
+            clock.tick();
+        }
         let sent = Instant::now();
-        let placed = match request("storefront", format!("place-{n}"), place_command(&order)) {
-            Ok(request) => engine.execute(&shop, request).await,
-            Err(error) => {
-                tally.failures.push(error);
-                return tally;
-            }
-        };
+        let placed = link.send(shop, &format!("place-{n}"), "storefront", place_command(&order)).await;
         answered.fetch_add(1, Ordering::Relaxed);
         let latency_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
         tally.latency_us.saturating_record(latency_us);
         timeline.record(started.elapsed().as_secs(), latency_us);
         match placed {
-            Ok(accepted) => {
-                tally.events += accepted.events.len() as u64;
+            Ok(Answer::Accepted { events }) => {
+                tally.events += events;
                 tally.accepted.push(n);
                 if order.pays {
                     let total: Decimal =
@@ -421,23 +428,21 @@ async fn submitter(shared: Shared) -> Tally {
                         payment_id: format!("PAY-{n}").as_str().into(),
                         amount: total,
                     };
-                    match request("payments", format!("pay-{n}"), pay) {
-                        Ok(request) => match engine.execute(&shop, request).await {
-                            Ok(accepted) => {
-                                tally.events += accepted.events.len() as u64;
-                                tally.paid += 1;
-                            }
-                            Err(error) => tally.failures.push(format!("paying {}: {error}", order.order_id)),
-                        },
-                        Err(error) => tally.failures.push(error),
+                    match link.send(shop, &format!("pay-{n}"), "payments", pay).await {
+                        Ok(Answer::Accepted { events }) => {
+                            tally.events += events;
+                            tally.paid += 1;
+                        }
+                        Ok(Answer::Refused { code, .. }) => {
+                            tally.failures.push(format!("paying {} was refused: {code}", order.order_id))
+                        }
+                        Err(error) => tally.failures.push(format!("paying {}: {error}", order.order_id)),
                     }
                 }
             }
-            Err(CommandError::Rejected(rejection)) => {
-                if let crate::rejection::Rejection::InsufficientStock { shortages } = &rejection {
-                    tally.short.extend(shortages.iter().map(|s| s.sku.as_str().to_owned()));
-                }
-                *tally.refused.entry(rejection.code().to_owned()).or_insert(0) += 1;
+            Ok(Answer::Refused { code, short_skus }) => {
+                tally.short.extend(short_skus);
+                *tally.refused.entry(code).or_insert(0) += 1;
             }
             Err(error) => {
                 tally.failures.push(format!("placing {}: {error}", order.order_id));
@@ -454,48 +459,46 @@ pub struct RunOptions {
     pub scenario: Scenario,
     /// When to stop placing orders.
     pub stop: Stop,
-    /// Concurrent submitters.
+    /// Concurrent submitters (and, over HTTP, connections).
     pub concurrency: usize,
     /// Counts orders answered, for a progress display.
     pub answered: Arc<AtomicU64>,
 }
 
-/// Runs the scenario against `engine` on `shop` (which must be new and empty), whose clock
-/// is `clock`. Returns the report; its `checks_passed` says whether every check held.
-pub async fn run(
-    engine: Arc<Engine>,
-    clock: Arc<RunClock>,
-    shop: ShopId,
-    options: &RunOptions,
-) -> Result<Report, String> {
+/// Runs the scenario against `target` on `shop`, which it creates and which must be new and
+/// empty. Returns the report; its `checks_passed` says whether every check held.
+///
+/// In-process, abandoned orders expire when the run moves the engine's clock past the
+/// payment time limit. Over HTTP the server keeps its own clock, so they stay awaiting
+/// payment until the server's limit passes; the report counts those that already expired.
+pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<Report, String> {
     assert!(options.concurrency > 0);
     let scenario = Arc::new(options.scenario.clone());
     let zipf = Arc::new(Zipf::new(scenario.skus, scenario.zipf_s));
-    engine.create_shop(&shop).await.map_err(|e| e.to_string())?;
-    if engine.store().last_position(&shop).await.map_err(|e| e.to_string())? != 0 {
-        return Err(format!("shop {shop} already has events: a run needs a fresh data directory"));
-    }
-    setup(&engine, &shop, &scenario).await?;
+    create_shop(&target, &shop).await?;
+    setup(&target, &shop, &scenario, options.concurrency).await?;
 
+    let mut links = Vec::with_capacity(options.concurrency);
+    for _ in 0..options.concurrency {
+        links.push(target.link().await?);
+    }
+    let clock = match &target {
+        Target::InProcess { clock, .. } => Some(clock.clone()),
+        Target::Http { .. } => None,
+    };
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let timeline = Arc::new(Timeline::default());
-    let tasks: Vec<_> = (0..options.concurrency)
-        .map(|_| {
-            tokio::spawn(submitter(Shared {
-                engine: engine.clone(),
-                shop: shop.clone(),
-                scenario: scenario.clone(),
-                zipf: zipf.clone(),
-                clock: clock.clone(),
-                next: next.clone(),
-                answered: options.answered.clone(),
-                stop: options.stop,
-                started,
-                timeline: timeline.clone(),
-            }))
-        })
-        .collect();
+    let shared = Arc::new(Shared {
+        shop: shop.clone(),
+        scenario: scenario.clone(),
+        zipf: zipf.clone(),
+        clock: clock.clone(),
+        next: Arc::new(AtomicU64::new(0)),
+        answered: options.answered.clone(),
+        stop: options.stop,
+        started,
+        timeline: Arc::new(Timeline::default()),
+    });
+    let tasks: Vec<_> = links.into_iter().map(|link| tokio::spawn(submitter(link, shared.clone()))).collect();
     let mut tallies = Vec::new();
     for task in tasks {
         tallies.push(task.await.map_err(|e| format!("a submitter failed: {e}"))?);
@@ -523,20 +526,22 @@ pub async fn run(
     let answered = accepted.len() as u64 + refused;
 
     // Abandoned orders pass their payment time limit; the engine's tick records it.
-    clock.jump_ms(crate::limits::PAYMENT_TTL_MS_MAX);
-    engine.tick(&shop).await.map_err(|e| e.to_string())?;
+    if let Target::InProcess { engine, clock } = &target {
+        clock.jump_ms(crate::limits::PAYMENT_TTL_MS_MAX);
+        engine.tick(&shop).await.map_err(|e| e.to_string())?;
+    }
 
     let tail_started = Instant::now();
-    let (shipped, returned) = tail(&engine, &shop, &scenario, &zipf, &accepted, options.concurrency).await?;
+    let (shipped, returned) = tail(&target, &shop, &scenario, &zipf, &accepted, options.concurrency).await?;
     let tail_s = tail_started.elapsed().as_secs_f64();
 
-    let state = engine.read(&shop, State::clone).await.map_err(|e| e.to_string())?;
-    let checks = check(&engine, &shop, &scenario, &zipf, &accepted, &state).await?;
+    let checks = match &target {
+        Target::InProcess { engine, .. } => check_engine(engine, &shop, &scenario, &zipf, &accepted).await?,
+        Target::Http { .. } => check_http(&target, &shop, &scenario, &zipf, &accepted).await?,
+    };
     failures.extend(checks.failures);
-    let expired = state.orders().filter(|o| o.status() == crate::state::OrderStatus::Expired).count() as u64;
     let sold_out_skus = short.len() as u64;
     let ms = |us: u64| us as f64 / 1000.0;
-    let timeline = timeline.points();
     let phase = order_phase_s.max(1e-9);
     Ok(Report {
         orders_per_s: answered as f64 / phase,
@@ -551,7 +556,7 @@ pub async fn run(
         refused,
         refusals,
         paid,
-        expired,
+        expired: checks.expired,
         shipped,
         returned,
         sold_out_skus,
@@ -564,13 +569,36 @@ pub async fn run(
         peak_rss_mb: peak_rss_mb(),
         order_phase_s,
         tail_s,
-        timeline,
+        timeline: shared.timeline.points(),
     })
+}
+
+/// Creates the shop; it must hold no events yet.
+async fn create_shop(target: &Target, shop: &ShopId) -> Result<(), String> {
+    let fresh = |last: u64| {
+        if last == 0 { Ok(()) } else { Err(format!("shop {shop} already has events: a run needs a new shop")) }
+    };
+    match target {
+        Target::InProcess { engine, .. } => {
+            engine.create_shop(shop).await.map_err(|e| e.to_string())?;
+            fresh(engine.store().last_position(shop).await.map_err(|e| e.to_string())?)
+        }
+        Target::Http { .. } => {
+            let mut link = target.link().await?;
+            let path = format!("/v1/shops/{shop}");
+            let (status, answer) = link.http(hyper::Method::PUT, &path, None, None).await?;
+            if !status.is_success() {
+                return Err(format!("PUT {path}: {status} {answer}"));
+            }
+            let page = link.get(&format!("/v1/shops/{shop}/events?limit=1")).await?;
+            fresh(page["next_after"].as_u64().unwrap_or(u64::MAX))
+        }
+    }
 }
 
 /// Ships and delivers every paid order; returns and refunds about 3% of them.
 async fn tail(
-    engine: &Engine,
+    target: &Target,
     shop: &ShopId,
     scenario: &Scenario,
     zipf: &Zipf,
@@ -579,71 +607,21 @@ async fn tail(
 ) -> Result<(u64, u64), String> {
     let shipped = AtomicU64::new(0);
     let returned = AtomicU64::new(0);
-    let per_task = accepted.len().div_ceil(concurrency.max(1)).max(1);
+    let per_task = accepted.len().div_ceil(concurrency.clamp(1, SIDE_LINKS_MAX)).max(1);
     let runs = accepted.chunks(per_task).map(|chunk| {
         let (shipped, returned) = (&shipped, &returned);
         async move {
+            let mut link = target.link().await?;
             for &n in chunk {
                 let order = plan(scenario, zipf, n);
                 if !order.pays {
                     continue;
                 }
-                let id = order.order_id.as_str();
-                let lines: Vec<Line> =
-                    order.lines.iter().map(|(rank, units)| Line::new(&sku_of(*rank), *units)).collect();
-                let mut steps = vec![
-                    (
-                        format!("ship-{n}"),
-                        Command::Ship {
-                            order_id: id.into(),
-                            shipment_id: "P1".into(),
-                            carrier: "SF Express".to_owned(),
-                            tracking_number: format!("SF{n}"),
-                            lines,
-                        },
-                    ),
-                    (
-                        format!("deliver-{n}"),
-                        Command::ConfirmDelivery { order_id: id.into(), shipment_id: "P1".into() },
-                    ),
-                ];
-                if order.returns {
-                    let (rank, units) = order.lines[0];
-                    let sku = sku_of(rank);
-                    steps.push((
-                        format!("return-{n}"),
-                        Command::RequestReturn {
-                            order_id: id.into(),
-                            return_id: "R1".into(),
-                            lines: vec![Line::new(&sku, units)],
-                            reason: "did not fit".to_owned(),
-                        },
-                    ));
-                    steps.push((
-                        format!("inspect-{n}"),
-                        Command::ReceiveReturn {
-                            order_id: id.into(),
-                            return_id: "R1".into(),
-                            inspections: vec![Inspection {
-                                sku: sku.as_str().into(),
-                                quantity: units,
-                                condition: Condition::Resellable,
-                            }],
-                        },
-                    ));
-                    steps.push((
-                        format!("refund-{n}"),
-                        Command::Refund {
-                            order_id: id.into(),
-                            refund_id: "RF1".into(),
-                            amount: price_of(rank) * Decimal::from(units),
-                            return_id: Some("R1".into()),
-                        },
-                    ));
-                }
-                for (step_id, command) in steps {
-                    let request = request("warehouse", step_id.clone(), command)?;
-                    engine.execute(shop, request).await.map_err(|e| format!("{step_id}: {e}"))?;
+                for (step_id, command) in tail_steps(n, &order) {
+                    match link.send(shop, &step_id, "warehouse", command).await? {
+                        Answer::Accepted { .. } => {}
+                        Answer::Refused { code, .. } => return Err(format!("{step_id} was refused: {code}")),
+                    }
                 }
                 shipped.fetch_add(1, Ordering::Relaxed);
                 if order.returns {
@@ -659,29 +637,85 @@ async fn tail(
     Ok((shipped.into_inner(), returned.into_inner()))
 }
 
+/// What happens to paid order `n` after the order phase, with each step's command id.
+fn tail_steps(n: u64, order: &OrderPlan) -> Vec<(String, Command)> {
+    let id = order.order_id.as_str();
+    let lines: Vec<Line> = order.lines.iter().map(|(rank, units)| Line::new(&sku_of(*rank), *units)).collect();
+    let mut steps = vec![
+        (
+            format!("ship-{n}"),
+            Command::Ship {
+                order_id: id.into(),
+                shipment_id: "P1".into(),
+                carrier: "SF Express".to_owned(),
+                tracking_number: format!("SF{n}"),
+                lines,
+            },
+        ),
+        (format!("deliver-{n}"), Command::ConfirmDelivery { order_id: id.into(), shipment_id: "P1".into() }),
+    ];
+    if order.returns {
+        let (rank, units) = order.lines[0];
+        let sku = sku_of(rank);
+        steps.push((
+            format!("return-{n}"),
+            Command::RequestReturn {
+                order_id: id.into(),
+                return_id: "R1".into(),
+                lines: vec![Line::new(&sku, units)],
+                reason: "did not fit".to_owned(),
+            },
+        ));
+        steps.push((
+            format!("inspect-{n}"),
+            Command::ReceiveReturn {
+                order_id: id.into(),
+                return_id: "R1".into(),
+                inspections: vec![Inspection {
+                    sku: sku.as_str().into(),
+                    quantity: units,
+                    condition: Condition::Resellable,
+                }],
+            },
+        ));
+        steps.push((
+            format!("refund-{n}"),
+            Command::Refund {
+                order_id: id.into(),
+                refund_id: "RF1".into(),
+                amount: price_of(rank) * Decimal::from(units),
+                return_id: Some("R1".into()),
+            },
+        ));
+    }
+    steps
+}
+
 struct Checks {
     oversold_skus: u64,
     mismatched_orders: u64,
     trial_balance: Decimal,
     replay_matches: bool,
+    expired: u64,
     failures: Vec<String>,
 }
 
-async fn check(
-    engine: &Engine,
-    shop: &ShopId,
+/// The checks on a shop's state: every accepted order holds exactly its planned lines, and
+/// no SKU sold, shipped or reserved more than it had. Returns (oversold SKUs, mismatched
+/// orders, expired orders).
+fn check_state(
     scenario: &Scenario,
     zipf: &Zipf,
     accepted: &[u64],
     state: &State,
-) -> Result<Checks, String> {
-    let mut failures = Vec::new();
+    failures: &mut Vec<String>,
+) -> (u64, u64, u64) {
     // Units each SKU sold by the plans of the accepted orders, against what it received.
     let mut sold: BTreeMap<u64, u64> = BTreeMap::new();
     let mut mismatched_orders = 0;
     for &n in accepted {
         let order = plan(scenario, zipf, n);
-        // Unpaid orders expired and gave their units back; paid ones keep them.
+        // Unpaid orders expired and gave their units back (or still hold them); paid ones keep them.
         if order.pays {
             for (rank, units) in &order.lines {
                 *sold.entry(*rank).or_insert(0) += units;
@@ -713,26 +747,43 @@ async fn check(
     if oversold_skus > 0 {
         failures.push(format!("{oversold_skus} SKUs sold more than they received"));
     }
+    let expired = state.orders().filter(|o| o.status() == crate::state::OrderStatus::Expired).count() as u64;
+    (oversold_skus, mismatched_orders, expired)
+}
+
+/// The books: the trial balance total, which must be zero, and the ledger agreeing with the
+/// state it was folded beside.
+fn check_books(views: &Views, failures: &mut Vec<String>) -> Decimal {
+    let ledger = views.ledger.projection();
+    let trial_balance: Decimal = ledger.trial_balance().iter().map(|(_, balance)| *balance).sum();
+    if !trial_balance.is_zero() {
+        failures.push(format!("the trial balance is {trial_balance}, not zero"));
+    }
+    if let Err(broken) = ledger.check(views.shop.projection().state()) {
+        failures.push(format!("the ledger does not hold: {broken}"));
+    }
+    trial_balance
+}
+
+/// The checks in-process: on the live state and views, and a replay of the log from zero
+/// into a new state that must equal the live one.
+async fn check_engine(
+    engine: &Engine,
+    shop: &ShopId,
+    scenario: &Scenario,
+    zipf: &Zipf,
+    accepted: &[u64],
+) -> Result<Checks, String> {
+    let mut failures = Vec::new();
+    let state = engine.read(shop, State::clone).await.map_err(|e| e.to_string())?;
+    let (oversold_skus, mismatched_orders, expired) = check_state(scenario, zipf, accepted, &state, &mut failures);
     // The books, as the live views hold them once they reached the log's end.
     let end = engine.store().last_position(shop).await.map_err(|e| e.to_string())?;
     let reached = engine.views_reach(shop, end, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
     if reached < end {
         failures.push(format!("the views reached {reached}, not the log's end {end}"));
     }
-    let (trial_balance, ledger_holds) = engine
-        .views(shop, |views| {
-            let ledger = views.ledger.projection();
-            let total: Decimal = ledger.trial_balance().iter().map(|(_, balance)| *balance).sum();
-            (total, ledger.check(views.shop.projection().state()))
-        })
-        .map_err(|e| e.to_string())?;
-    if !trial_balance.is_zero() {
-        failures.push(format!("the trial balance is {trial_balance}, not zero"));
-    }
-    if let Err(broken) = ledger_holds {
-        failures.push(format!("the ledger does not hold: {broken}"));
-    }
-    // A replay from zero.
+    let trial_balance = engine.views(shop, |views| check_books(views, &mut failures)).map_err(|e| e.to_string())?;
     let mut replayed = State::new();
     replayed.set_policy(*state.policy());
     let mut after = 0;
@@ -744,11 +795,116 @@ async fn check(
             replayed.apply(&envelope.event);
         }
     }
-    let replay_matches = replayed == *state;
+    let replay_matches = replayed == state;
     if !replay_matches {
         failures.push("a replay from zero differs from the live state".to_owned());
     }
-    Ok(Checks { oversold_skus, mismatched_orders, trial_balance, replay_matches, failures })
+    Ok(Checks { oversold_skus, mismatched_orders, trial_balance, replay_matches, expired, failures })
+}
+
+/// An event as the server's feed shows it; the fields a replay needs.
+#[derive(serde::Deserialize)]
+struct FeedLine {
+    position: u64,
+    stream: String,
+    stream_version: u64,
+    recorded_at: u64,
+    command_id: String,
+    correlation_id: String,
+    actor: String,
+    event: crate::event::Event,
+}
+
+/// Events read per page of the server's feed.
+const FEED_PAGE_EVENTS: u64 = 1000;
+
+/// How long the checks wait for the server's views to reach the end of its log.
+const VIEWS_WAIT_MS: u64 = 600_000;
+
+/// The checks over HTTP: the server's whole log, read through its feed and replayed from
+/// zero here into a state and views, passes the same checks, and the server's live stock
+/// levels and trial balance equal the replay's.
+async fn check_http(
+    target: &Target,
+    shop: &ShopId,
+    scenario: &Scenario,
+    zipf: &Zipf,
+    accepted: &[u64],
+) -> Result<Checks, String> {
+    let mut failures = Vec::new();
+    let mut link = target.link().await?;
+    let mut state = State::new();
+    let mut views = Views::new();
+    let mut after = 0;
+    loop {
+        let page = link.get(&format!("/v1/shops/{shop}/events?after={after}&limit={FEED_PAGE_EVENTS}")).await?;
+        let lines: Vec<FeedLine> =
+            serde_json::from_value(page["events"].clone()).map_err(|e| format!("the feed after {after}: {e}"))?;
+        let Some(last) = lines.last() else { break };
+        after = last.position;
+        let mut envelopes = Vec::with_capacity(lines.len());
+        for line in lines {
+            let command_id = CommandId::new(&line.command_id).map_err(|e| format!("the feed: {e}"))?;
+            state.apply(&line.event);
+            envelopes.push(crate::log::Envelope {
+                position: line.position,
+                stream: line.stream,
+                stream_version: line.stream_version,
+                recorded_at: Timestamp(line.recorded_at),
+                command_id,
+                fingerprint: [0; 16],
+                correlation_id: line.correlation_id,
+                actor: line.actor,
+                event: line.event,
+            });
+        }
+        views.catch_up(&envelopes, emporium_projections::AsOf::End).map_err(|gap| format!("the feed: {gap}"))?;
+    }
+    let (oversold_skus, mismatched_orders, expired) = check_state(scenario, zipf, accepted, &state, &mut failures);
+    let trial_balance = check_books(&views, &mut failures);
+    // The server's live views, once they folded the whole log, against the replay.
+    let deadline = Instant::now() + Duration::from_millis(VIEWS_WAIT_MS);
+    let mut waited = tokio::time::interval(Duration::from_millis(50));
+    let live_stock = loop {
+        waited.tick().await;
+        let stock = link.get(&format!("/v1/shops/{shop}/stock")).await?;
+        if stock["as_of_position"].as_u64() == Some(after) || Instant::now() > deadline {
+            break stock;
+        }
+    };
+    let live_books = link.get(&format!("/v1/shops/{shop}/ledger/trial-balance")).await?;
+    let replayed_stock = serde_json::to_value(views.shop.projection().stock_levels(SLOW_MOVER_DAYS_DEFAULT))
+        .map_err(|e| e.to_string())?;
+    let replayed_books: Vec<(String, Decimal)> = views
+        .ledger
+        .projection()
+        .trial_balance()
+        .iter()
+        .map(|(account, balance)| (account.name().to_owned(), *balance))
+        .collect();
+    let live_books: Vec<(String, Decimal)> = live_books["accounts"]
+        .as_array()
+        .map(|accounts| {
+            accounts
+                .iter()
+                .filter_map(|a| Some((a["name"].as_str()?.to_owned(), a["balance"].as_str()?.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut replay_matches = true;
+    if live_stock["as_of_position"].as_u64() != Some(after) {
+        failures
+            .push(format!("the server's views did not reach the log's end {after}: {}", live_stock["as_of_position"]));
+        replay_matches = false;
+    } else if live_stock["stock"] != replayed_stock {
+        failures.push("the server's stock levels differ from a replay of its log from zero".to_owned());
+        replay_matches = false;
+    }
+    if live_books != replayed_books {
+        failures.push("the server's trial balance differs from a replay of its log from zero".to_owned());
+        replay_matches = false;
+    }
+    Ok(Checks { oversold_skus, mismatched_orders, trial_balance, replay_matches, expired, failures })
 }
 
 #[cfg(test)]

@@ -1,0 +1,298 @@
+//! Where a rehearsal sends its commands: an engine in this process, or a running server.
+//!
+//! A [`Link`] is one submitter's way in: a handle on the engine, or one HTTP/1.1 keep-alive
+//! connection that carries one command per request (the way a storefront sends them).
+//! Either way a command comes back [`Answer::Accepted`], [`Answer::Refused`] by the shop's
+//! rules, or fails; only the first two are outcomes a rehearsal counts.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::command::{Command, Condition};
+use crate::engine::{CommandError, Engine, Request};
+use crate::ids::{CommandId, ShopId};
+use crate::rejection::Rejection;
+
+use super::RunClock;
+
+/// Where a rehearsal sends its commands.
+#[derive(Clone)]
+pub enum Target {
+    /// An engine in this process; the run moves its clock.
+    InProcess {
+        /// The engine.
+        engine: Arc<Engine>,
+        /// Its clock.
+        clock: Arc<RunClock>,
+    },
+    /// A running `emporium serve`; its clock is the server's.
+    Http {
+        /// `host:port`.
+        address: String,
+        /// A bearer token with the admin role, when the server asks for tokens.
+        token: Option<String>,
+    },
+}
+
+impl Target {
+    /// Parses `inprocess` or `http://host:port`; the engine is opened by the caller.
+    pub fn parse_address(text: &str) -> Result<Option<String>, String> {
+        if text == "inprocess" {
+            return Ok(None);
+        }
+        let Some(rest) = text.strip_prefix("http://") else {
+            return Err(format!("--target takes `inprocess` or `http://HOST:PORT`, not {text:?}"));
+        };
+        let address = rest.trim_end_matches('/');
+        let valid = !address.is_empty()
+            && !address.contains('/')
+            && address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(format!("--target http://HOST:PORT: {text:?} names no host and port"));
+        }
+        Ok(Some(address.to_owned()))
+    }
+
+    /// One way in for one submitter.
+    pub async fn link(&self) -> Result<Link, String> {
+        match self {
+            Target::InProcess { engine, .. } => Ok(Link::Engine(engine.clone())),
+            Target::Http { address, token } => {
+                let stream = tokio::net::TcpStream::connect(address.as_str())
+                    .await
+                    .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                stream.set_nodelay(true).map_err(|e| format!("{address}: {e}"))?;
+                let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("{address}: {e}"))?;
+                // The connection lives until its sender is dropped.
+                tokio::spawn(connection);
+                let authorization = token.as_ref().map(|t| format!("Bearer {t}"));
+                Ok(Link::Http { sender, host: address.clone(), authorization })
+            }
+        }
+    }
+}
+
+/// How the shop answered a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Accepted and durable; it recorded this many events (none when a retry repeated it).
+    Accepted {
+        /// Events recorded.
+        events: u64,
+    },
+    /// Refused by the shop's rules; nothing changed.
+    Refused {
+        /// The rejection's stable code.
+        code: String,
+        /// SKUs it named as short of stock.
+        short_skus: Vec<String>,
+    },
+}
+
+/// One submitter's way in.
+pub enum Link {
+    /// Straight to the engine.
+    Engine(Arc<Engine>),
+    /// One keep-alive HTTP/1.1 connection.
+    Http {
+        /// The connection.
+        sender: SendRequest<Full<Bytes>>,
+        /// The `Host` header.
+        host: String,
+        /// The `Authorization` header.
+        authorization: Option<String>,
+    },
+}
+
+/// Largest response a rehearsal reads, in bytes (a page of 1,000 events is well under).
+const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+impl Link {
+    /// Sends `command` with command id `id` as `actor`, and waits for its durable answer.
+    pub async fn send(&mut self, shop: &ShopId, id: &str, actor: &str, command: Command) -> Result<Answer, String> {
+        match self {
+            Link::Engine(engine) => {
+                let command_id = CommandId::new(id).map_err(|e| format!("command id {id}: {e}"))?;
+                let request = Request::new(actor, command).with_id(command_id);
+                match engine.execute(shop, request).await {
+                    Ok(accepted) => Ok(Answer::Accepted { events: accepted.events.len() as u64 }),
+                    Err(CommandError::Rejected(rejection)) => Ok(refused(&rejection)),
+                    Err(error) => Err(format!("{id}: {error}")),
+                }
+            }
+            Link::Http { .. } => {
+                let (path, body) = route(&command).ok_or_else(|| format!("{id}: no route for this command"))?;
+                let path = format!("/v1/shops/{shop}{path}");
+                let (status, answer) = self.http(Method::POST, &path, Some(id), Some(&body)).await?;
+                match status {
+                    StatusCode::OK | StatusCode::CREATED => {
+                        let events = answer["events"].as_array().map_or(0, |events| events.len() as u64);
+                        Ok(Answer::Accepted { events })
+                    }
+                    // Refused by the shop's rules; any other status is a failure of the run.
+                    StatusCode::CONFLICT => {
+                        let error = &answer["error"];
+                        let code = error["code"].as_str().unwrap_or("unknown").to_owned();
+                        let short_skus = error["details"]["shortages"]
+                            .as_array()
+                            .map(|shortages| {
+                                shortages.iter().filter_map(|s| s["sku"].as_str().map(str::to_owned)).collect()
+                            })
+                            .unwrap_or_default();
+                        Ok(Answer::Refused { code, short_skus })
+                    }
+                    status => Err(format!("{id}: {status} {answer}")),
+                }
+            }
+        }
+    }
+
+    /// An HTTP request on this connection: its status and JSON body. Only for HTTP links.
+    pub async fn http(
+        &mut self,
+        method: Method,
+        path: &str,
+        idempotency_key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), String> {
+        let Link::Http { sender, host, authorization } = self else {
+            return Err("an in-process target has no HTTP".to_owned());
+        };
+        let mut request = hyper::Request::builder().method(method).uri(path).header("host", host.as_str());
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization.as_str());
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let bytes = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?)
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(bytes)).map_err(|e| format!("{path}: {e}"))?;
+        sender.ready().await.map_err(|e| format!("{host}: the connection closed: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| format!("{path}: reading the answer: {e}"))?
+            .to_bytes();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| format!("{path}: {status} with a body that is not JSON: {e}"))?
+        };
+        Ok((status, value))
+    }
+
+    /// `GET path`, which must answer 200.
+    pub async fn get(&mut self, path: &str) -> Result<Value, String> {
+        match self.http(Method::GET, path, None, None).await? {
+            (StatusCode::OK, value) => Ok(value),
+            (status, value) => Err(format!("GET {path}: {status} {value}")),
+        }
+    }
+}
+
+fn refused(rejection: &Rejection) -> Answer {
+    let short_skus = match rejection {
+        Rejection::InsufficientStock { shortages } => shortages.iter().map(|s| s.sku.as_str().to_owned()).collect(),
+        _ => Vec::new(),
+    };
+    Answer::Refused { code: rejection.code().to_owned(), short_skus }
+}
+
+fn lines(lines: &[crate::command::Line]) -> Value {
+    lines.iter().map(|l| json!({"sku": l.sku.as_str(), "quantity": l.quantity})).collect()
+}
+
+/// The route and body of each command a rehearsal sends; `None` for the others.
+fn route(command: &Command) -> Option<(String, Value)> {
+    Some(match command {
+        Command::ListProduct { sku, title, category, price, weight_g, low_stock_threshold } => (
+            "/products".to_owned(),
+            json!({"sku": sku.as_str(), "title": title, "category": category, "price": price.to_string(),
+                   "weight_g": weight_g, "low_stock_threshold": low_stock_threshold}),
+        ),
+        Command::ReceiveStock { sku, quantity, unit_cost, supplier_ref } => (
+            format!("/products/{sku}/receipts"),
+            json!({"quantity": quantity, "unit_cost": unit_cost.to_string(), "supplier_ref": supplier_ref}),
+        ),
+        Command::PlaceOrder { order_id, customer_id, lines: order_lines, region, reservation_id: None } => (
+            "/orders".to_owned(),
+            json!({"order_id": order_id.as_str(), "customer_id": customer_id.as_str(),
+                   "lines": lines(order_lines), "region": region}),
+        ),
+        Command::Pay { order_id, payment_id, amount } => (
+            format!("/orders/{order_id}/payments"),
+            json!({"payment_id": payment_id.as_str(), "amount": amount.to_string()}),
+        ),
+        Command::Ship { order_id, shipment_id, carrier, tracking_number, lines: parcel } => (
+            format!("/orders/{order_id}/shipments"),
+            json!({"shipment_id": shipment_id.as_str(), "carrier": carrier,
+                   "tracking_number": tracking_number, "lines": lines(parcel)}),
+        ),
+        Command::ConfirmDelivery { order_id, shipment_id } => {
+            (format!("/orders/{order_id}/shipments/{shipment_id}/delivery"), json!({}))
+        }
+        Command::RequestReturn { order_id, return_id, lines: returned, reason } => (
+            format!("/orders/{order_id}/returns"),
+            json!({"return_id": return_id.as_str(), "lines": lines(returned), "reason": reason}),
+        ),
+        Command::ReceiveReturn { order_id, return_id, inspections } => {
+            let inspections: Value = inspections
+                .iter()
+                .map(|i| {
+                    let condition = match i.condition {
+                        Condition::Resellable => "resellable",
+                        Condition::Damaged => "damaged",
+                    };
+                    json!({"sku": i.sku.as_str(), "quantity": i.quantity, "condition": condition})
+                })
+                .collect();
+            (format!("/orders/{order_id}/returns/{return_id}/receipt"), json!({"inspections": inspections}))
+        }
+        Command::Refund { order_id, refund_id, amount, return_id } => (
+            format!("/orders/{order_id}/refunds"),
+            json!({"refund_id": refund_id.as_str(), "amount": amount.to_string(),
+                   "return_id": return_id.as_ref().map(|r| r.as_str())}),
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_inprocess_or_an_http_address() {
+        let check = |text: &str, expected: Result<Option<&str>, &str>| {
+            let parsed = Target::parse_address(text);
+            match (parsed, expected) {
+                (Ok(address), Ok(want)) => assert_eq!(address.as_deref(), want, "{text}"),
+                (Err(error), Err(part)) => assert!(error.contains(part), "{text}: {error}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        };
+        check("inprocess", Ok(None));
+        check("http://127.0.0.1:8080", Ok(Some("127.0.0.1:8080")));
+        check("http://localhost:80/", Ok(Some("localhost:80")));
+        check("https://127.0.0.1:8080", Err("inprocess"));
+        check("http://127.0.0.1", Err("no host and port"));
+        check("http://:80", Err("no host and port"));
+        check("http://h:80/v1", Err("no host and port"));
+        check("127.0.0.1:80", Err("inprocess"));
+    }
+}
