@@ -1,0 +1,108 @@
+//! Encoding and decoding log records, and the JSON a client sees, with no IO.
+//!
+//! Run: `cargo bench --bench codec`. The setup decides a generated day of 1,000 orders (about
+//! 5,200 events: listings, receipts, orders, payments, shipments, returns, refunds) and wraps
+//! its events in envelopes the way the engine does. Then it measures, over the whole batch:
+//! - `codec/encode`: `log::encode_record` of every envelope, chained from the shop's genesis
+//!   hash, into one reused buffer (framing, postcard, CRC32, BLAKE3);
+//! - `codec/decode_chain`: `log::decode_records` of those bytes verifying the hash chain, as
+//!   opening the engine does;
+//! - `codec/decode_checksum`: the same verifying checksums only, as every read does;
+//! - `codec/json`: `serde_json::to_vec` of each envelope's `EventLine`, as the feed sends it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use emporium::log::{self, Check, Envelope, fingerprint, stream_of};
+use emporium::service::wire::EventLine;
+use emporium::sim::{self, DayConfig};
+use emporium::{CommandId, ShopId, State, demo};
+
+const ORDERS: u64 = 1_000;
+
+/// Decides a generated day directly (no engine) and wraps its events as the engine would.
+fn envelopes() -> Vec<Envelope> {
+    let mut state = State::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut envelopes = Vec::new();
+    for (index, (at, command)) in
+        sim::generate_day(&DayConfig::new(ORDERS, 42, demo::DAY_START)).into_iter().enumerate()
+    {
+        let command = sim::price(&state, command);
+        let Ok(events) = state.execute(at, &command) else { continue };
+        let command_id = CommandId::generated("bench", index as u64);
+        for event in events {
+            let stream = stream_of(&event);
+            let version = versions.entry(stream.clone()).or_insert(0);
+            *version += 1;
+            envelopes.push(Envelope {
+                position: envelopes.len() as u64 + 1,
+                stream,
+                stream_version: *version,
+                recorded_at: at,
+                command_id: command_id.clone(),
+                fingerprint: fingerprint(&command),
+                correlation_id: command_id.as_str().to_owned(),
+                actor: "storefront".to_owned(),
+                event,
+            });
+        }
+    }
+    envelopes
+}
+
+fn encode_all(envelopes: &[Envelope], genesis: &log::Hash, out: &mut Vec<u8>) -> log::Hash {
+    out.clear();
+    let mut previous = *genesis;
+    for envelope in envelopes {
+        previous = log::encode_record(envelope, &previous, out).expect("encodes");
+    }
+    previous
+}
+
+fn codec(c: &mut Criterion) {
+    let envelopes = envelopes();
+    let events = envelopes.len() as u64;
+    let genesis = log::genesis_hash(&ShopId::main());
+    let mut bytes = Vec::new();
+    let head = encode_all(&envelopes, &genesis, &mut bytes);
+    let (decoded, decoded_head) = log::decode_records(&bytes, 1, genesis, Check::Chain).expect("intact");
+    assert!(decoded == envelopes && decoded_head == head, "records round-trip");
+    let json_bytes: usize = envelopes
+        .iter()
+        .map(|envelope| serde_json::to_vec(&EventLine::from(envelope)).expect("serialises").len())
+        .sum();
+    eprintln!(
+        "{events} events; records {} bytes ({} a record), JSON lines {json_bytes} bytes ({} an event)",
+        bytes.len(),
+        bytes.len() as u64 / events,
+        json_bytes as u64 / events
+    );
+
+    let mut group = c.benchmark_group("codec");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(events));
+    group.bench_function("encode", |b| {
+        let mut out = Vec::with_capacity(bytes.len());
+        b.iter(|| encode_all(&envelopes, &genesis, &mut out))
+    });
+    for (name, check) in [("decode_chain", Check::Chain), ("decode_checksum", Check::Checksum)] {
+        group.bench_function(name, |b| b.iter(|| log::decode_records(&bytes, 1, genesis, check).expect("intact")));
+    }
+    group.bench_function("json", |b| {
+        b.iter(|| {
+            envelopes
+                .iter()
+                .map(|envelope| serde_json::to_vec(&EventLine::from(envelope)).expect("serialises").len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);
