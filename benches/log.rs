@@ -61,7 +61,7 @@ fn append_by_batch_size(c: &mut Criterion) {
                 let started = Instant::now();
                 runtime.block_on(async {
                     for batch in batches {
-                        store.append(&shop, batch).await.expect("appended");
+                        store.append(&shop, &batch).await.expect("appended");
                     }
                 });
                 last += iterations * batch_events;

@@ -60,7 +60,7 @@ async fn write_log(store: &SledStore, shop: &ShopId) -> Vec<Envelope> {
     for batch in envelopes.chunks(APPEND_BATCH_EVENTS) {
         let expected_last = batch[0].position - 1;
         let batch = AppendBatch { expected_last, events: batch.to_vec(), rejections: Vec::new() };
-        store.append(shop, batch).await.expect("appended");
+        store.append(shop, &batch).await.expect("appended");
     }
     envelopes
 }

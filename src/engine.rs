@@ -21,6 +21,9 @@
 //!   passed (the tick), as commands of its own.
 //! - **Bounded.** Every queue has a limit: a full shop queue answers
 //!   [`CommandError::Overloaded`] at once.
+//! - **Views follow.** Each shop's follower folds the log into its views: the batches the
+//!   writer hands over once durable, and from the store whatever those miss. The writer
+//!   never waits for it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -330,6 +333,7 @@ impl Engine {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(shop.clone(), core.resumed_from);
                 let (sender, receiver) = mpsc::channel(self.config.queue_commands_max);
+                let (durable, handed) = mpsc::channel(HANDED_BATCHES_MAX);
                 // Ahead of the snapshot it started from (or of nothing), a shop snapshots at close.
                 let last_snapshot = core.resumed_from.unwrap_or(0);
                 let log_position = Arc::new(AtomicU64::new(core.last_position));
@@ -343,8 +347,9 @@ impl Engine {
                     core: Some(core),
                     generated: 0,
                     last_snapshot,
+                    durable,
                 };
-                let follower = Follower::start(shop, self.store.clone(), &self.config).await?;
+                let follower = Follower::start(shop, self.store.clone(), &self.config, handed).await?;
                 let (views, views_at) = (follower.views.clone(), follower.checkpoint.subscribe());
                 let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 writers.push(tokio::spawn(writer.run(receiver)));
@@ -720,7 +725,14 @@ struct Writer {
     generated: u64,
     /// The position of the last engine snapshot (or of recovery).
     last_snapshot: u64,
+    /// Durable batches for the views, so they need not read back and decode what was just
+    /// written. When the follower lags and this is full, a batch is not handed over and the
+    /// follower reads it from the store instead.
+    durable: mpsc::Sender<Arc<Vec<Envelope>>>,
 }
+
+/// Durable batches waiting for a shop's follower, at most.
+const HANDED_BATCHES_MAX: usize = 64;
 
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
@@ -827,10 +839,14 @@ impl Writer {
         }
         if !batch.events.is_empty() || !batch.rejections.is_empty() {
             let expected = core.last_position;
-            match self.store.append(&self.shop, batch).await {
+            match self.store.append(&self.shop, &batch).await {
                 Ok(last) => {
                     assert_eq!(last, expected, "the store ends where the batch does");
                     self.log_position.store(last, Ordering::Release);
+                    if !batch.events.is_empty() {
+                        // Full or closed: the follower reads this batch from the store.
+                        let _ = self.durable.try_send(Arc::new(batch.events));
+                    }
                 }
                 Err(error) => {
                     let reason = format!("storage failed, the batch was not written: {error}");
@@ -882,6 +898,12 @@ impl Writer {
 struct Follower {
     shop: ShopId,
     store: Arc<dyn EventStore>,
+    /// Durable batches from the writer, in log order; some may be missing (see `Writer::durable`).
+    handed: mpsc::Receiver<Arc<Vec<Envelope>>>,
+    /// A handed batch that starts after the checkpoint: the gap is read from the store first.
+    held: Option<Arc<Vec<Envelope>>>,
+    /// Whether the writer may still hand batches over.
+    handed_open: bool,
     views: Arc<RwLock<Views>>,
     checkpoint: watch::Sender<u64>,
     snapshots: Option<(SnapshotStore, u64)>,
@@ -894,7 +916,12 @@ const FOLLOW_PAGE_EVENTS: usize = 4096;
 impl Follower {
     /// A follower with empty views; [`Follower::run`] first restores the newest usable view
     /// snapshot, so opening the engine never waits for the views.
-    async fn start(shop: &ShopId, store: Arc<dyn EventStore>, config: &EngineConfig) -> Result<Follower, OpenError> {
+    async fn start(
+        shop: &ShopId,
+        store: Arc<dyn EventStore>,
+        config: &EngineConfig,
+        handed: mpsc::Receiver<Arc<Vec<Envelope>>>,
+    ) -> Result<Follower, OpenError> {
         let snapshots = match &config.snapshots {
             Some(c) => {
                 let snapshot_store = c.store(shop, "views").map_err(|e| StoreError::Io(e.to_string()))?;
@@ -905,6 +932,9 @@ impl Follower {
         Ok(Follower {
             shop: shop.clone(),
             store,
+            handed,
+            held: None,
+            handed_open: true,
             views: Arc::new(RwLock::new(Views::new())),
             checkpoint: watch::channel(0).0,
             snapshots,
@@ -961,23 +991,48 @@ impl Follower {
                 return;
             }
             let at = *self.checkpoint.borrow();
-            let page = match self.store.read_from(&self.shop, at, FOLLOW_PAGE_EVENTS).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::error!(shop = %self.shop, %error, "views stopped following the log");
-                    return;
-                }
+            // A handed batch that continues the views is folded as it is; one that starts
+            // later waits while the gap is read from the store; one already folded is dropped.
+            let handed = match self.held.take() {
+                Some(batch) => Some(batch),
+                None => self.handed.try_recv().ok(),
             };
-            if page.is_empty() {
-                tokio::select! {
-                    _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => {}
+            let handed = handed.filter(|batch| batch.last().is_some_and(|e| e.position > at));
+            let continues = |batch: &Vec<Envelope>| batch.first().is_some_and(|e| e.position <= at + 1);
+            let folded = match handed {
+                Some(batch) if continues(&batch) => {
+                    let start = batch.iter().position(|e| e.position == at + 1).unwrap_or(batch.len());
+                    self.fold(&batch[start..])
                 }
-                continue;
-            }
-            let folded = {
-                let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                views.catch_up(&page, emporium_projections::AsOf::End).map(|_| views.checkpoint())
+                later => {
+                    self.held = later;
+                    let page = match self.store.read_from(&self.shop, at, FOLLOW_PAGE_EVENTS).await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            tracing::error!(shop = %self.shop, %error, "views stopped following the log");
+                            return;
+                        }
+                    };
+                    if page.is_empty() {
+                        if self.held.is_none() {
+                            tokio::select! {
+                                batch = self.handed.recv(), if self.handed_open => match batch {
+                                    Some(batch) => self.held = Some(batch),
+                                    None => self.handed_open = false,
+                                },
+                                _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
+                                changed = shutdown.changed() => {
+                                    if changed.is_err() {
+                                        // The engine is gone without closing: nothing more comes.
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    self.fold(&page)
+                }
             };
             match folded {
                 Ok(checkpoint) => {
@@ -991,6 +1046,12 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Folds `envelopes`, which continue the views, and returns the new checkpoint.
+    fn fold(&self, envelopes: &[Envelope]) -> Result<u64, emporium_projections::Gap> {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        views.catch_up(envelopes, emporium_projections::AsOf::End).map(|_| views.checkpoint())
     }
 
     /// Writes a view snapshot when at least `min_events` events were folded since the last.
@@ -1083,4 +1144,93 @@ fn generated_prefix() -> String {
             format!("gen-{nanos:x}-{:x}", std::process::id())
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::fingerprint;
+    use crate::sim::{self, DayConfig};
+    use crate::store::MemoryStore;
+
+    /// A generated day's events as envelopes, in batches of 50.
+    fn batches() -> Vec<Vec<Envelope>> {
+        let mut state = State::new();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut envelopes = Vec::new();
+        for (index, (at, command)) in
+            sim::generate_day(&DayConfig::new(60, 5, crate::demo::DAY_START)).into_iter().enumerate()
+        {
+            let command = sim::price(&state, command);
+            let Ok(events) = state.execute(at, &command) else { continue };
+            let command_id = CommandId::generated("t", index as u64);
+            for event in events {
+                let stream = stream_of(&event);
+                let version = versions.entry(stream.clone()).or_insert(0);
+                *version += 1;
+                envelopes.push(Envelope {
+                    position: envelopes.len() as u64 + 1,
+                    stream,
+                    stream_version: *version,
+                    recorded_at: at,
+                    command_id: command_id.clone(),
+                    fingerprint: fingerprint(&command),
+                    correlation_id: command_id.as_str().to_owned(),
+                    actor: "t".to_owned(),
+                    event,
+                });
+            }
+        }
+        envelopes.chunks(50).map(<[Envelope]>::to_vec).collect()
+    }
+
+    /// The follower folds exactly the log, whichever durable batches it was handed: a batch
+    /// that continues its views is folded as handed, a gap before one is read from the
+    /// store, and batches already folded are skipped.
+    #[tokio::test]
+    async fn the_views_fold_the_log_whichever_batches_were_handed_over() {
+        let check = |handed: &[usize]| {
+            let handed = handed.to_vec();
+            async move {
+                let shop = ShopId::new("s").expect("shop");
+                let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+                store.create_shop(&shop).await.expect("created");
+                let batches = batches();
+                assert!(batches.len() > 8, "{} batches", batches.len());
+                let (durable, receiver) = mpsc::channel(HANDED_BATCHES_MAX);
+                let mut expected = Views::new();
+                for batch in &batches {
+                    let append = AppendBatch {
+                        expected_last: batch[0].position - 1,
+                        events: batch.clone(),
+                        rejections: Vec::new(),
+                    };
+                    store.append(&shop, &append).await.expect("appended");
+                    expected.catch_up(batch, emporium_projections::AsOf::End).expect("folds");
+                }
+                for index in &handed {
+                    durable.try_send(Arc::new(batches[*index].clone())).expect("room");
+                }
+                let follower =
+                    Follower::start(&shop, store.clone(), &EngineConfig::default(), receiver).await.expect("starts");
+                let (views, mut at) = (follower.views.clone(), follower.checkpoint.subscribe());
+                let (stop, stopping) = watch::channel(false);
+                let running = tokio::spawn(follower.run(stopping));
+                let end = store.last_position(&shop).await.expect("end");
+                at.wait_for(|at| *at >= end).await.expect("the views reach the end");
+                stop.send_replace(true);
+                drop(durable);
+                running.await.expect("stops");
+                let views = views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                assert_eq!(views.checkpoint(), end, "handed {handed:?}");
+                assert_eq!(views.hashes(), expected.hashes(), "handed {handed:?}");
+            }
+        };
+        check(&[]).await;
+        check(&[0, 1, 2, 3, 4, 5, 6, 7, 8]).await;
+        // Gaps: the first batches were not handed, nor the fifth.
+        check(&[2, 3, 5, 6]).await;
+        // Out of order and repeated: already folded batches are skipped.
+        check(&[1, 0, 1, 3, 2, 8]).await;
+    }
 }

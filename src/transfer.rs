@@ -665,7 +665,7 @@ async fn write<R: BufRead>(
                 let events = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
                 let count = events.len() as u64;
                 let expected_last = position - count;
-                store.append(&planned.shop, AppendBatch { expected_last, events, rejections: Vec::new() }).await?;
+                store.append(&planned.shop, &AppendBatch { expected_last, events, rejections: Vec::new() }).await?;
                 written.events += count;
                 let (shop, total) = (&planned.shop, planned.events);
                 progress(Progress { phase: Phase::Write, shop, done: position, total });

@@ -72,14 +72,14 @@ impl EventStore for MemoryStore {
         Ok(())
     }
 
-    async fn append(&self, shop_id: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+    async fn append(&self, shop_id: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError> {
         let shop = self.shop_or_create(shop_id);
         let mut head = shop.log.head.lock().await;
         let (chunks, new_head) = chunks::encode_batch(shop_id, &head, batch.expected_last, &batch.events)?;
         {
             let mut data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
             data.chunks.extend(chunks);
-            data.rejections.extend(batch.rejections);
+            data.rejections.extend(batch.rejections.iter().cloned());
             for envelope in &batch.events {
                 data.streams.entry(envelope.stream.clone()).or_default().push(envelope.position);
             }

@@ -101,7 +101,8 @@ pub trait EventStore: Send + Sync {
 
     /// Appends a batch atomically and durably, if the log ends at `batch.expected_last`.
     /// Returns the new last position.
-    async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError>;
+    /// The batch stays the caller's: the engine hands its events on to the views once durable.
+    async fn append(&self, shop: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError>;
 
     /// Up to `limit` events after position `after`, in order.
     async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError>;

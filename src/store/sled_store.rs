@@ -289,7 +289,7 @@ impl EventStore for SledStore {
             .map_err(io_error)
     }
 
-    async fn append(&self, shop_id: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+    async fn append(&self, shop_id: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError> {
         let shop = self.open_shop(shop_id)?;
         if let Some(error) = &shop.broken {
             return Err(error.clone());

@@ -233,7 +233,7 @@ impl EventStore for TestStore {
     async fn create_shop(&self, shop: &ShopId) -> Result<(), StoreError> {
         self.inner.create_shop(shop).await
     }
-    async fn append(&self, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+    async fn append(&self, shop: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError> {
         self.entered.notify_one();
         if let Some(gate) = &self.gate {
             let _permit = gate.acquire().await.map_err(|e| StoreError::Io(e.to_string()))?;

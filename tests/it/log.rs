@@ -28,8 +28,8 @@ fn envelope(position: u64) -> Envelope {
 async fn check_fence(store: &dyn EventStore) {
     let shop = ShopId::main();
     let batch = || AppendBatch { expected_last: 0, events: vec![envelope(1)], rejections: vec![] };
-    assert_eq!(store.append(&shop, batch()).await, Ok(1));
-    let second = store.append(&shop, batch()).await;
+    assert_eq!(store.append(&shop, &batch()).await, Ok(1));
+    let second = store.append(&shop, &batch()).await;
     assert_eq!(second, Err(StoreError::Conflict { shop: shop.clone(), expected: 0, actual: 1 }));
     assert_eq!(store.last_position(&shop).await, Ok(1));
     assert_eq!(store.read_from(&shop, 0, 10).await.map(|e| e.len()), Ok(1));
@@ -258,11 +258,11 @@ async fn check_store(store: Arc<dyn EventStore>) {
     };
     let first =
         AppendBatch { expected_last: 0, events: envelopes[..100].to_vec(), rejections: vec![rejection.clone()] };
-    assert_eq!(store.append(&shop, first).await, Ok(100));
+    assert_eq!(store.append(&shop, &first).await, Ok(100));
     let woke_at = waiter.await.expect("the waiter").expect("waited");
     assert!(woke_at >= 100, "a waiter wakes on append, at {woke_at}");
     let second = AppendBatch { expected_last: 100, events: envelopes[100..].to_vec(), rejections: vec![] };
-    assert_eq!(store.append(&shop, second).await, Ok(300));
+    assert_eq!(store.append(&shop, &second).await, Ok(300));
 
     // Reading pages from any position returns exactly the events after it.
     for after in [0u64, 1, 99, 100, 250, 299, 300] {

@@ -257,7 +257,7 @@ async fn an_export_that_changes_between_the_passes_stops_at_the_changed_batch() 
         }
         if !events.is_empty() {
             altered
-                .append(&shop, AppendBatch { expected_last: 0, events, rejections: vec![] })
+                .append(&shop, &AppendBatch { expected_last: 0, events, rejections: vec![] })
                 .await
                 .expect("appended");
         }

@@ -173,7 +173,7 @@ async fn a_view_as_of_a_position_or_time_is_the_view_of_the_log_cut_there() {
         let cut_store = MemoryStore::new();
         let cut = events[..position as usize].to_vec();
         cut_store
-            .append(&shop, AppendBatch { expected_last: 0, events: cut, rejections: vec![] })
+            .append(&shop, &AppendBatch { expected_last: 0, events: cut, rejections: vec![] })
             .await
             .expect("appended");
         let from_cut = rebuilt(&all_events(&cut_store, &shop).await, AsOf::End);
