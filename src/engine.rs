@@ -347,6 +347,8 @@ impl Engine {
                     core: Some(core),
                     generated: 0,
                     last_snapshot,
+                    in_flight: None,
+                    open: None,
                     durable,
                 };
                 let follower = Follower::start(shop, self.store.clone(), &self.config, handed).await?;
@@ -725,6 +727,10 @@ struct Writer {
     generated: u64,
     /// The position of the last engine snapshot (or of recovery).
     last_snapshot: u64,
+    /// The batch being appended, whose answers wait for it; at most one.
+    in_flight: Option<InFlight>,
+    /// The batch being decided while another is appended.
+    open: Option<Open>,
     /// Durable batches for the views, so they need not read back and decode what was just
     /// written. When the follower lags and this is full, a batch is not handed over and the
     /// follower reads it from the store instead.
@@ -734,53 +740,92 @@ struct Writer {
 /// Durable batches waiting for a shop's follower, at most.
 const HANDED_BATCHES_MAX: usize = 64;
 
+/// What an append task gives back: the batch, and where the log ends or why it failed.
+type Appended = (AppendBatch, Result<u64, StoreError>);
+
+/// The batch being decided: its events and rejections so far, and the answers they wait for.
+struct Open {
+    batch: AppendBatch,
+    pending: Vec<Pending>,
+    /// Commands decided into it, expiries included.
+    commands: usize,
+    /// The time it was opened at.
+    now: Timestamp,
+}
+
+/// A batch being appended by its own task while the writer decides the next one.
+struct InFlight {
+    task: tokio::task::JoinHandle<Appended>,
+    /// The answers of its commands, sent once it is durable.
+    pending: Vec<Pending>,
+    /// Where the log ends after it.
+    last: u64,
+    /// The time it was decided at.
+    now: Timestamp,
+}
+
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
         let tick = Duration::from_millis(self.config.tick_interval_ms.max(1));
-        let mut carried: Option<Job> = None;
         loop {
-            let first = match carried.take() {
-                Some(job) => job,
+            // While a batch syncs, the commands that arrive meanwhile are decided into the
+            // next one (up to its limit), which is appended as soon as the first is durable.
+            let room = self.config.batch_commands_max.saturating_sub(self.open.as_ref().map_or(0, |o| o.commands));
+            let next = match self.in_flight.as_mut() {
+                Some(in_flight) if room > 0 => tokio::select! {
+                    job = receiver.recv() => Ok(job),
+                    done = &mut in_flight.task => Err(done),
+                },
+                Some(in_flight) => Err((&mut in_flight.task).await),
+                None if self.open.is_some() => {
+                    self.launch().await;
+                    continue;
+                }
                 None => match tokio::time::timeout(tick, receiver.recv()).await {
-                    Ok(Some(job)) => job,
-                    Ok(None) => {
-                        // Closing: a snapshot of where the shop stands makes the next start short.
-                        self.snapshot(1).await;
-                        break;
-                    }
+                    Ok(job) => Ok(job),
                     Err(_) => {
-                        self.commit(Vec::new()).await;
+                        self.decide(Vec::new());
+                        self.launch().await;
                         continue;
                     }
                 },
             };
-            let mut jobs: Vec<(Request, Reply)> = Vec::new();
-            match first {
-                Job::Read(read) => {
-                    self.read(read);
+            let first = match next {
+                Ok(job) => job,
+                Err(done) => {
+                    if self.finish(done).await {
+                        self.launch().await;
+                    }
                     continue;
                 }
+            };
+            let Some(first) = first else {
+                // Closing: a snapshot of where the shop stands makes the next start short.
+                self.flush().await;
+                self.snapshot(1).await;
+                break;
+            };
+            let mut jobs: Vec<(Request, Reply)> = Vec::new();
+            let mut read = None;
+            match first {
+                Job::Read(reader) => read = Some(reader),
                 Job::Execute(request, reply) => jobs.push((request, reply)),
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_micros(self.config.batch_wait_us);
-            while jobs.len() < self.config.batch_commands_max {
-                let next = match receiver.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(mpsc::error::TryRecvError::Empty) if self.config.batch_wait_us > 0 => {
-                        tokio::time::timeout_at(deadline, receiver.recv()).await.ok().flatten()
-                    }
-                    Err(_) => None,
-                };
-                match next {
-                    Some(Job::Execute(request, reply)) => jobs.push((request, reply)),
-                    Some(read @ Job::Read(_)) => {
-                        carried = Some(read);
-                        break;
-                    }
-                    None => break,
+            while read.is_none() && jobs.len() < room.max(1) {
+                match receiver.try_recv() {
+                    Ok(Job::Execute(request, reply)) => jobs.push((request, reply)),
+                    Ok(Job::Read(reader)) => read = Some(reader),
+                    Err(_) => break,
                 }
             }
-            self.commit(jobs).await;
+            if !jobs.is_empty() {
+                self.decide(jobs);
+            }
+            if let Some(reader) = read {
+                // Reads see only durable decisions: everything decided before one is synced first.
+                self.flush().await;
+                self.read(reader);
+            }
         }
     }
 
@@ -794,8 +839,8 @@ impl Writer {
         CommandError::Unavailable { shop: self.shop.clone(), reason: reason.to_owned() }
     }
 
-    /// Decides `jobs` (and any due expiries), appends the batch, then answers.
-    async fn commit(&mut self, jobs: Vec<(Request, Reply)>) {
+    /// Decides `jobs` into the open batch, opening one (with the expiries due now) if needed.
+    fn decide(&mut self, jobs: Vec<(Request, Reply)>) {
         let Some(core) = self.core.as_mut() else {
             for (_, reply) in jobs {
                 let _ = reply.send(Err(CommandError::Unavailable {
@@ -806,19 +851,22 @@ impl Writer {
             return;
         };
         let now = self.clock.now().max(core.last_recorded_at);
-        core.idempotency.forget_before(Timestamp(now.0.saturating_sub(self.config.idempotency_window_ms)));
-        let mut batch = AppendBatch { expected_last: core.last_position, ..AppendBatch::default() };
-        let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
-
-        // The tick: expiries due now are recorded before anything else is decided.
-        let mut ticks = 0;
-        while core.state.due(now, 1).next().is_some() && ticks < TICKS_PER_BATCH_MAX {
-            ticks += 1;
-            let command_id = CommandId::generated("expire", core.last_position + batch.events.len() as u64 + 1);
-            let request = Request::new("engine", Command::ExpireDue).with_id(command_id);
-            let _ = decide_one(core, &mut batch, now, request);
-        }
-
+        let open = match self.open.as_mut() {
+            Some(open) => open,
+            None => {
+                core.idempotency.forget_before(Timestamp(now.0.saturating_sub(self.config.idempotency_window_ms)));
+                let mut batch = AppendBatch { expected_last: core.last_position, ..AppendBatch::default() };
+                // The tick: expiries due now are recorded before anything else is decided.
+                let mut ticks = 0;
+                while core.state.due(now, 1).next().is_some() && ticks < TICKS_PER_BATCH_MAX {
+                    ticks += 1;
+                    let command_id = CommandId::generated("expire", core.last_position + batch.events.len() as u64 + 1);
+                    let request = Request::new("engine", Command::ExpireDue).with_id(command_id);
+                    let _ = decide_one(core, &mut batch, now, request);
+                }
+                self.open.insert(Open { batch, pending: Vec::new(), commands: ticks, now })
+            }
+        };
         for (request, reply) in jobs {
             let request = match request.command_id {
                 Some(_) => request,
@@ -828,41 +876,90 @@ impl Writer {
                     request.with_id(id)
                 }
             };
-            let answer = decide_one(core, &mut batch, now, request);
-            pending.push(Pending { reply, answer });
+            let answer = decide_one(core, &mut open.batch, now, request);
+            open.pending.push(Pending { reply, answer });
+            open.commands += 1;
         }
+    }
 
+    /// Appends the open batch in a task of its own; its commands are answered when it is
+    /// durable ([`Writer::finish`]). Only with no batch in flight: batches append in order.
+    async fn launch(&mut self) {
+        assert!(self.in_flight.is_none(), "one batch in flight at most");
+        let Some(Open { batch, pending, commands, now }) = self.open.take() else { return };
+        let Some(core) = self.core.as_ref() else { return };
+        let last = core.last_position;
+        assert_eq!(last, batch.expected_last + batch.events.len() as u64, "the batch ends where the state does");
         // An idle tick that found nothing due is not a group commit.
-        if pending.len() + ticks > 0 {
-            self.stats.batch_commands.record((pending.len() + ticks) as f64);
+        if commands > 0 {
+            self.stats.batch_commands.record(commands as f64);
             self.stats.batch_events.record(batch.events.len() as f64);
         }
-        if !batch.events.is_empty() || !batch.rejections.is_empty() {
-            let expected = core.last_position;
-            match self.store.append(&self.shop, &batch).await {
-                Ok(last) => {
-                    assert_eq!(last, expected, "the store ends where the batch does");
-                    self.log_position.store(last, Ordering::Release);
-                    if !batch.events.is_empty() {
-                        // Full or closed: the follower reads this batch from the store.
-                        let _ = self.durable.try_send(Arc::new(batch.events));
-                    }
-                }
-                Err(error) => {
-                    let reason = format!("storage failed, the batch was not written: {error}");
-                    for p in pending {
-                        let _ = p.reply.send(Err(self.unavailable(&reason)));
-                    }
-                    self.core = Core::recover(self.store.as_ref(), &self.shop, &self.config, now).await.ok();
-                    return;
-                }
+        if batch.events.is_empty() && batch.rejections.is_empty() {
+            for p in pending {
+                let _ = p.reply.send(p.answer);
             }
-        }
-        for p in pending {
-            let _ = p.reply.send(p.answer);
+        } else {
+            let (store, shop) = (self.store.clone(), self.shop.clone());
+            let task = tokio::spawn(async move {
+                let result = store.append(&shop, &batch).await;
+                (batch, result)
+            });
+            self.in_flight = Some(InFlight { task, pending, last, now });
         }
         let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
-        self.snapshot(every).await;
+        if last >= self.last_snapshot.saturating_add(every) {
+            self.settle().await;
+            self.snapshot(every).await;
+        }
+    }
+
+    /// Makes everything decided so far durable and answered.
+    async fn flush(&mut self) {
+        if self.settle().await {
+            self.launch().await;
+            self.settle().await;
+        }
+    }
+
+    /// Waits for the batch in flight, if any, and answers its commands; false when it failed
+    /// (every command of it was answered `Unavailable` and the state rebuilt from the log).
+    async fn settle(&mut self) -> bool {
+        let Some(in_flight) = self.in_flight.as_mut() else { return true };
+        let done = (&mut in_flight.task).await;
+        self.finish(done).await
+    }
+
+    /// Answers the commands of the batch in flight, which just finished appending.
+    async fn finish(&mut self, done: Result<Appended, tokio::task::JoinError>) -> bool {
+        let Some(InFlight { pending, last, now, .. }) = self.in_flight.take() else { return true };
+        let reason = match done {
+            Ok((batch, Ok(appended))) => {
+                assert_eq!(appended, last, "the store ends where the batch does");
+                self.log_position.store(appended, Ordering::Release);
+                for p in pending {
+                    let _ = p.reply.send(p.answer);
+                }
+                if !batch.events.is_empty() {
+                    // Full or closed: the follower reads this batch from the store.
+                    let _ = self.durable.try_send(Arc::new(batch.events));
+                }
+                return true;
+            }
+            Ok((_, Err(error))) => format!("storage failed, the batch was not written: {error}"),
+            Err(error) => format!("storage failed, the append did not finish: {error}"),
+        };
+        for p in pending {
+            let _ = p.reply.send(Err(self.unavailable(&reason)));
+        }
+        // The open batch was decided on top of the failed one: none of it can stand.
+        if let Some(open) = self.open.take() {
+            for p in open.pending {
+                let _ = p.reply.send(Err(self.unavailable("storage failed, an earlier batch was not written")));
+            }
+        }
+        self.core = Core::recover(self.store.as_ref(), &self.shop, &self.config, now).await.ok();
+        false
     }
 
     /// Writes an engine snapshot when at least `min_events` events passed since the last
