@@ -4,12 +4,16 @@
 //! Guarantees, before the code:
 //! - **One writer per shop.** Each shop has one writer task that decides commands in arrival
 //!   order against the shop's state. Shops are independent partitions.
-//! - **Group commit.** The writer takes up to `batch_commands_max` queued commands (waiting up
-//!   to `batch_wait_us` for more), decides them one by one, appends all their events and
-//!   rejections as one atomic batch, syncs once, and only then answers every command in it.
+//! - **Group commit, pipelined.** The writer takes up to `batch_commands_max` queued
+//!   commands, decides them one by one, and appends all their events and rejections as one
+//!   atomic batch, synced once, by a task of its own. While that batch syncs, the commands
+//!   that arrive are decided into the next batch, which is appended as soon as the first is
+//!   durable: at most one batch appending and one being decided. Every command is answered
+//!   only once its batch is durable, batches in order.
 //! - **Acknowledged means durable.** No answer, accepted or rejected, leaves the writer
-//!   before the batch holding it is durable. If the store fails, every command of the batch
-//!   gets [`CommandError::Unavailable`] and the shop's state is rebuilt from its log.
+//!   before the batch holding it is durable. If the store fails, every command of the batch,
+//!   and of the batch decided behind it, gets [`CommandError::Unavailable`] and the shop's
+//!   state is rebuilt from its log. A read first makes everything decided durable.
 //! - **Idempotency.** A command id seen within `idempotency_window_ms` of engine time returns
 //!   its original outcome (the same positions, or the same rejection) without appending, also
 //!   after a restart: accepted ids are rebuilt from the log, rejected ones from the store's
@@ -128,8 +132,6 @@ pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 2;
 pub struct EngineConfig {
     /// Most commands decided and synced together.
     pub batch_commands_max: usize,
-    /// How long a writer waits for more commands before syncing a batch that is not full.
-    pub batch_wait_us: u64,
     /// Most commands waiting for a shop's writer.
     pub queue_commands_max: usize,
     /// How long command ids are remembered, in engine time.
@@ -146,7 +148,6 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             batch_commands_max: 4096,
-            batch_wait_us: 0,
             queue_commands_max: 65_536,
             idempotency_window_ms: 24 * 60 * 60 * 1000,
             tick_interval_ms: 1000,
