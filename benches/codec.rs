@@ -10,46 +10,19 @@
 //! - `codec/decode_checksum`: the same verifying checksums only, as every read does;
 //! - `codec/json`: `serde_json::to_vec` of each envelope's `EventLine`, as the feed sends it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use emporium::log::{self, Check, Envelope, fingerprint, stream_of};
+use emporium::log::{self, Check, Envelope};
 use emporium::service::wire::EventLine;
 use emporium::sim::{self, DayConfig};
-use emporium::{CommandId, ShopId, State, demo};
+use emporium::{ShopId, demo};
 
 const ORDERS: u64 = 1_000;
 
-/// Decides a generated day directly (no engine) and wraps its events as the engine would.
+/// A generated day decided directly (no engine), its events wrapped as the engine would.
 fn envelopes() -> Vec<Envelope> {
-    let mut state = State::new();
-    let mut versions: HashMap<String, u64> = HashMap::new();
-    let mut envelopes = Vec::new();
-    for (index, (at, command)) in
-        sim::generate_day(&DayConfig::new(ORDERS, 42, demo::DAY_START)).into_iter().enumerate()
-    {
-        let command = sim::price(&state, command);
-        let Ok(events) = state.execute(at, &command) else { continue };
-        let command_id = CommandId::generated("bench", index as u64);
-        for event in events {
-            let stream = stream_of(&event);
-            let version = versions.entry(stream.clone()).or_insert(0);
-            *version += 1;
-            envelopes.push(Envelope {
-                position: envelopes.len() as u64 + 1,
-                stream,
-                stream_version: *version,
-                recorded_at: at,
-                command_id: command_id.clone(),
-                fingerprint: fingerprint(&command),
-                correlation_id: command_id.as_str().to_owned(),
-                actor: "storefront".to_owned(),
-                event,
-            });
-        }
-    }
-    envelopes
+    sim::day_envelopes(&DayConfig::new(ORDERS, 42, demo::DAY_START), "storefront")
 }
 
 fn encode_all(envelopes: &[Envelope], genesis: &log::Hash, out: &mut Vec<u8>) -> log::Hash {

@@ -8,18 +8,17 @@
 //! - `open/from_snapshot`: `Engine::open` from the engine snapshot taken at the end of the
 //!   log: verify and replay only what follows it (nothing, here).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use emporium::engine::{Engine, EngineConfig, ManualClock, SnapshotConfig};
-use emporium::log::{Envelope, fingerprint, stream_of};
+use emporium::log::Envelope;
 use emporium::sim::{self, DayConfig};
 use emporium::store::{AppendBatch, EventStore, SledStore};
 use emporium::views::Views;
-use emporium::{CommandId, ShopId, State, demo};
+use emporium::{ShopId, State, demo};
 use emporium_projections::AsOf;
 
 const ORDERS: u64 = 300_000;
@@ -31,32 +30,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Decides a generated day directly (no engine) and appends its events in large batches.
 async fn write_log(store: &SledStore, shop: &ShopId) -> Vec<Envelope> {
-    let mut state = State::new();
-    let mut versions: HashMap<String, u64> = HashMap::new();
-    let mut envelopes = Vec::new();
-    for (index, (at, command)) in
-        sim::generate_day(&DayConfig::new(ORDERS, 42, demo::DAY_START)).into_iter().enumerate()
-    {
-        let command = sim::price(&state, command);
-        let Ok(events) = state.execute(at, &command) else { continue };
-        let command_id = CommandId::generated("bench", index as u64);
-        for event in events {
-            let stream = stream_of(&event);
-            let version = versions.entry(stream.clone()).or_insert(0);
-            *version += 1;
-            envelopes.push(Envelope {
-                position: envelopes.len() as u64 + 1,
-                stream,
-                stream_version: *version,
-                recorded_at: at,
-                command_id: command_id.clone(),
-                fingerprint: fingerprint(&command),
-                correlation_id: command_id.as_str().to_owned(),
-                actor: "bench".to_owned(),
-                event,
-            });
-        }
-    }
+    let envelopes = sim::day_envelopes(&DayConfig::new(ORDERS, 42, demo::DAY_START), "bench");
     for batch in envelopes.chunks(APPEND_BATCH_EVENTS) {
         let expected_last = batch[0].position - 1;
         let batch = AppendBatch { expected_last, events: batch.to_vec(), rejections: Vec::new() };

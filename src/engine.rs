@@ -1247,38 +1247,12 @@ fn generated_prefix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::fingerprint;
     use crate::sim::{self, DayConfig};
     use crate::store::MemoryStore;
 
     /// A generated day's events as envelopes, in batches of 50.
     fn batches() -> Vec<Vec<Envelope>> {
-        let mut state = State::new();
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut envelopes = Vec::new();
-        for (index, (at, command)) in
-            sim::generate_day(&DayConfig::new(60, 5, crate::demo::DAY_START)).into_iter().enumerate()
-        {
-            let command = sim::price(&state, command);
-            let Ok(events) = state.execute(at, &command) else { continue };
-            let command_id = CommandId::generated("t", index as u64);
-            for event in events {
-                let stream = stream_of(&event);
-                let version = versions.entry(stream.clone()).or_insert(0);
-                *version += 1;
-                envelopes.push(Envelope {
-                    position: envelopes.len() as u64 + 1,
-                    stream,
-                    stream_version: *version,
-                    recorded_at: at,
-                    command_id: command_id.clone(),
-                    fingerprint: fingerprint(&command),
-                    correlation_id: command_id.as_str().to_owned(),
-                    actor: "t".to_owned(),
-                    event,
-                });
-            }
-        }
+        let envelopes = sim::day_envelopes(&DayConfig::new(60, 5, crate::demo::DAY_START), "t");
         envelopes.chunks(50).map(<[Envelope]>::to_vec).collect()
     }
 

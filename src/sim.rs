@@ -11,7 +11,8 @@
 use rust_decimal::Decimal;
 
 use crate::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
-use crate::ids::Timestamp;
+use crate::ids::{CommandId, Timestamp};
+use crate::log::{Envelope, fingerprint, stream_of};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -239,4 +240,35 @@ pub fn price(state: &crate::state::State, command: Command) -> Command {
         }
         other => other,
     }
+}
+
+/// A generated day decided against a fresh state (refused commands dropped) and wrapped in
+/// envelopes the way the engine wraps them: positions from 1, stream versions, one command
+/// id per command, sent by `actor`. For tests and benches that need a realistic log.
+pub fn day_envelopes(config: &DayConfig, actor: &str) -> Vec<Envelope> {
+    let mut state = crate::state::State::new();
+    let mut versions: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut envelopes = Vec::new();
+    for (index, (at, command)) in generate_day(config).into_iter().enumerate() {
+        let command = price(&state, command);
+        let Ok(events) = state.execute(at, &command) else { continue };
+        let command_id = CommandId::generated(actor, index as u64);
+        for event in events {
+            let stream = stream_of(&event);
+            let version = versions.entry(stream.clone()).or_insert(0);
+            *version += 1;
+            envelopes.push(Envelope {
+                position: envelopes.len() as u64 + 1,
+                stream,
+                stream_version: *version,
+                recorded_at: at,
+                command_id: command_id.clone(),
+                fingerprint: fingerprint(&command),
+                correlation_id: command_id.as_str().to_owned(),
+                actor: actor.to_owned(),
+                event,
+            });
+        }
+    }
+    envelopes
 }
