@@ -1103,8 +1103,11 @@ impl Follower {
                     self.fold(&batch[start..])
                 }
                 later => {
+                    // Read only the gap before a held batch: the batch itself is in memory.
+                    let gap = later.as_ref().and_then(|batch| batch.first()).map(|e| e.position - at - 1);
+                    let limit = gap.map_or(FOLLOW_PAGE_EVENTS, |gap| usize::try_from(gap).unwrap_or(usize::MAX));
                     self.held = later;
-                    let page = match self.store.read_from(&self.shop, at, FOLLOW_PAGE_EVENTS).await {
+                    let page = match self.store.read_from(&self.shop, at, limit.min(FOLLOW_PAGE_EVENTS)).await {
                         Ok(page) => page,
                         Err(error) => {
                             tracing::error!(shop = %self.shop, %error, "views stopped following the log");
