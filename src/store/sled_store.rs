@@ -4,7 +4,11 @@
 //! - `e` + first position (u64 big-endian): a chunk of consecutive records (see
 //!   [`crate::log`]) of at most 64 KiB. One group commit writes one chunk or a few, so the
 //!   cost per event is a share of one sled value, not a sled key.
-//! - `r` + command id: a remembered rejection (`crc32 u32 LE | postcard(RejectionRecord)`).
+//! - `q` + group number (u64 big-endian): the rejections one group commit remembered, as one
+//!   value (`crc32 u32 LE | postcard(Vec<RejectionRecord>)`): a promotion day refuses more
+//!   orders than it accepts, and one sled key per refusal cost more than the events' chunks.
+//! - `r` + command id: a remembered rejection written by earlier versions, one per key
+//!   (`crc32 u32 LE | postcard(RejectionRecord)`); still read, no longer written.
 //! - `s` + stream + `0x00` + stream version (u64 big-endian): the position of that event.
 //!   This index is derived from the chunks, written lazily when a stream is read, and its
 //!   high-water mark is `h`. It is never on the acknowledgement path and is rebuilt from
@@ -33,6 +37,7 @@ use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
 
 const CHUNK: u8 = b'e';
 const REJECTION: u8 = b'r';
+const REJECTION_GROUP: u8 = b'q';
 const STREAM: u8 = b's';
 const INDEX_HIGH_WATER: u8 = b'h';
 const TREE_PREFIX: &str = "shop/";
@@ -52,6 +57,8 @@ struct Shop {
     broken: Option<StoreError>,
     /// Serialises catching the stream index up.
     index: tokio::sync::Mutex<()>,
+    /// The number the next group of rejections is stored under; taken under the head lock.
+    rejection_group_next: std::sync::atomic::AtomicU64,
 }
 
 fn io_error(error: impl std::fmt::Display) -> StoreError {
@@ -137,7 +144,18 @@ impl SledStore {
             Ok(head) => (head, None),
             Err(error) => (chunks::Head { last_position: 0, hash: log::genesis_hash(shop_id) }, Some(error)),
         };
-        let shop = Arc::new(Shop { tree, log: ShopLog::new(head), broken, index: tokio::sync::Mutex::new(()) });
+        let last_group = tree.scan_prefix([REJECTION_GROUP]).next_back().transpose().map_err(io_error)?;
+        let rejection_group_next = match last_group {
+            Some((key, _)) => position_of_key(&key)?.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?,
+            None => 0,
+        };
+        let shop = Arc::new(Shop {
+            tree,
+            log: ShopLog::new(head),
+            broken,
+            index: tokio::sync::Mutex::new(()),
+            rejection_group_next: std::sync::atomic::AtomicU64::new(rejection_group_next),
+        });
         shops.insert(shop_id.clone(), shop.clone());
         Ok(shop)
     }
@@ -259,19 +277,21 @@ fn skip_vanished(synced: io::Result<()>) -> io::Result<bool> {
     }
 }
 
-fn encode_rejection(record: &RejectionRecord) -> Result<Vec<u8>, StoreError> {
-    let body = postcard::to_allocvec(record).map_err(io_error)?;
-    let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&body);
+fn encode_rejections(records: &[RejectionRecord]) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = vec![0; 4];
+    let mut bytes = postcard::to_extend(records, std::mem::take(&mut bytes)).map_err(io_error)?;
+    let crc = crc32fast::hash(&bytes[4..]).to_le_bytes();
+    bytes[..4].copy_from_slice(&crc);
     Ok(bytes)
 }
 
-fn decode_rejection(bytes: &[u8]) -> Result<RejectionRecord, StoreError> {
+/// A value's body, once its leading CRC32 matches.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], StoreError> {
     let (crc, body) = bytes.split_at_checked(4).ok_or_else(|| io_error("short rejection record"))?;
     if crc != crc32fast::hash(body).to_le_bytes() {
         return Err(io_error("rejection record fails its checksum"));
     }
-    postcard::from_bytes(body).map_err(io_error)
+    Ok(body)
 }
 
 #[async_trait]
@@ -300,11 +320,15 @@ impl EventStore for SledStore {
         for (first, bytes) in chunks {
             write.insert(&chunk_key(first), bytes);
         }
-        for rejection in &batch.rejections {
-            let mut key = vec![REJECTION];
-            key.extend_from_slice(rejection.command_id.as_str().as_bytes());
-            write.insert(key, encode_rejection(rejection)?);
-        }
+        let group = if batch.rejections.is_empty() {
+            None
+        } else {
+            let group = shop.rejection_group_next.load(std::sync::atomic::Ordering::Acquire);
+            let mut key = [REJECTION_GROUP; 9];
+            key[1..].copy_from_slice(&group.to_be_bytes());
+            write.insert(&key, encode_rejections(&batch.rejections)?);
+            Some(group)
+        };
         let (tree, db, syncer) = (shop.tree.clone(), self.db.clone(), self.syncer.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             tree.apply_batch(write).map_err(io_error)?;
@@ -313,6 +337,10 @@ impl EventStore for SledStore {
         .await
         .map_err(io_error)??;
         *head = new_head;
+        if let Some(group) = group {
+            let next = group.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?;
+            shop.rejection_group_next.store(next, std::sync::atomic::Ordering::Release);
+        }
         shop.log.last_position.send_replace(head.last_position);
         Ok(head.last_position)
     }
@@ -353,7 +381,17 @@ impl EventStore for SledStore {
 
     async fn rejections(&self, shop_id: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
         let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
-        shop.tree.scan_prefix([REJECTION]).map(|entry| decode_rejection(&entry.map_err(io_error)?.1)).collect()
+        let mut records = Vec::new();
+        for entry in shop.tree.scan_prefix([REJECTION]) {
+            let (_, value) = entry.map_err(io_error)?;
+            records.push(postcard::from_bytes(checked_body(&value)?).map_err(io_error)?);
+        }
+        for entry in shop.tree.scan_prefix([REJECTION_GROUP]) {
+            let (_, value) = entry.map_err(io_error)?;
+            let group: Vec<RejectionRecord> = postcard::from_bytes(checked_body(&value)?).map_err(io_error)?;
+            records.extend(group);
+        }
+        Ok(records)
     }
 
     async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {

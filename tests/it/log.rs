@@ -263,6 +263,10 @@ async fn check_store(store: Arc<dyn EventStore>) {
     assert!(woke_at >= 100, "a waiter wakes on append, at {woke_at}");
     let second = AppendBatch { expected_last: 100, events: envelopes[100..].to_vec(), rejections: vec![] };
     assert_eq!(store.append(&shop, &second).await, Ok(300));
+    // A batch of rejections alone appends no event, and every rejection is kept in order.
+    let later = |n| RejectionRecord { command_id: CommandId::generated("rejected", n), ..rejection.clone() };
+    let refusals = AppendBatch { expected_last: 300, events: vec![], rejections: vec![later(2), later(3)] };
+    assert_eq!(store.append(&shop, &refusals).await, Ok(300));
 
     // Reading pages from any position returns exactly the events after it.
     for after in [0u64, 1, 99, 100, 250, 299, 300] {
@@ -280,7 +284,7 @@ async fn check_store(store: Arc<dyn EventStore>) {
     assert_eq!(store.read_stream(&shop, "sku-S7", 0, 10).await.map(|e| e.len()), Ok(0));
     // Waiting past the end times out with the current end.
     assert_eq!(store.wait_for(&shop, 300, Duration::from_millis(20)).await, Ok(300));
-    assert_eq!(store.rejections(&shop).await, Ok(vec![rejection]));
+    assert_eq!(store.rejections(&shop).await, Ok(vec![rejection.clone(), later(2), later(3)]));
     assert_eq!(store.verify(&shop).await.map(|r| r.events), Ok(300));
     assert!(store.shops().await.expect("listed").contains(&shop));
 }
@@ -295,6 +299,16 @@ async fn both_backends_keep_the_same_guarantees() {
     let shop = ShopId::new("conformance").expect("valid");
     assert_eq!(store.last_position(&shop).await, Ok(300));
     assert_eq!(store.read_stream(&shop, "sku-S1", 149, 10).await.map(|e| e.len()), Ok(1));
+    // Its rejections are all found again, and the next ones are added after them.
+    let found = store.rejections(&shop).await.expect("read");
+    assert_eq!(found.len(), 3);
+    let mut fourth = found[0].clone();
+    fourth.command_id = CommandId::generated("rejected", 4);
+    let batch = AppendBatch { expected_last: 300, events: vec![], rejections: vec![fourth.clone()] };
+    assert_eq!(store.append(&shop, &batch).await, Ok(300));
+    let mut expected = found;
+    expected.push(fourth);
+    assert_eq!(store.rejections(&shop).await, Ok(expected));
 }
 
 #[test]
