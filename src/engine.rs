@@ -39,6 +39,7 @@ use emporium_snapshots::{Snapshot, SnapshotStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::idmap::IdMap;
 use crate::command::Command;
 use crate::event::Event;
 use crate::ids::{CommandId, ShopId, Timestamp};
@@ -536,7 +537,7 @@ struct Known {
 /// Remembered command ids, forgotten after the window.
 #[derive(Default)]
 struct Idempotency {
-    known: HashMap<CommandId, Known>,
+    known: IdMap<CommandId, Known>,
     by_time: VecDeque<(Timestamp, CommandId)>,
 }
 
@@ -562,7 +563,7 @@ impl Idempotency {
 /// A shop's in-memory side, rebuilt from its log.
 struct Core {
     state: State,
-    stream_versions: HashMap<String, u64>,
+    stream_versions: IdMap<String, u64>,
     idempotency: Idempotency,
     last_position: u64,
     last_recorded_at: Timestamp,
@@ -650,7 +651,7 @@ impl Core {
                 let report = store.verify(shop).await?;
                 let core = Core {
                     state: State::new(),
-                    stream_versions: HashMap::new(),
+                    stream_versions: IdMap::default(),
                     idempotency: Idempotency::default(),
                     last_position: 0,
                     last_recorded_at: Timestamp(0),

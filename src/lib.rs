@@ -23,6 +23,7 @@ pub mod decide;
 pub mod demo;
 pub mod engine;
 pub mod event;
+pub mod idmap;
 pub mod ids;
 pub mod layout;
 pub mod limits;

@@ -20,6 +20,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Condition, Line, Party};
+use crate::idmap::IdMap;
 use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject};
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 
@@ -387,8 +388,10 @@ pub struct State {
     #[serde(skip)]
     policy: Policy,
     products: BTreeMap<Sku, Product>,
-    reservations: BTreeMap<ReservationId, Reservation>,
-    orders: BTreeMap<OrderId, Order>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    reservations: IdMap<ReservationId, Reservation>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    orders: IdMap<OrderId, Order>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
 
@@ -434,7 +437,7 @@ impl State {
         self.orders.get(id)
     }
 
-    /// Every order, by id.
+    /// Every order, in no particular order.
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
         self.orders.values()
     }

@@ -306,7 +306,7 @@ struct Tally {
     accepted: Vec<u64>,
     refused: BTreeMap<String, u64>,
     /// SKUs named by a refusal for lack of stock.
-    short: std::collections::BTreeSet<String>,
+    short: crate::idmap::IdSet<String>,
     events: u64,
     paid: u64,
     failures: Vec<String>,
@@ -392,7 +392,7 @@ async fn submitter(mut link: Link, shared: Arc<Shared>) -> Tally {
         latency_us: latency_histogram(),
         accepted: Vec::new(),
         refused: BTreeMap::new(),
-        short: std::collections::BTreeSet::new(),
+        short: crate::idmap::IdSet::default(),
         events: 0,
         paid: 0,
         failures: Vec::new(),
@@ -509,7 +509,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
     let mut accepted: Vec<u64> = Vec::new();
     let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
     let (mut events, mut paid, mut failures) = (0, 0, Vec::new());
-    let mut short = std::collections::BTreeSet::new();
+    let mut short = crate::idmap::IdSet::default();
     for tally in tallies {
         latency.add(&tally.latency_us).map_err(|e| e.to_string())?;
         accepted.extend(tally.accepted);

@@ -12,11 +12,12 @@
 //! - shipping time: from payment to an order's first parcel (p50, p95, nearest rank), and late
 //!   shipments: first parcels later than the given limit after payment (48 hours by default).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::{IdMap, IdSet};
 use crate::event::Event;
 use crate::ids::{CustomerId, OrderId, Sku, Timestamp};
 use crate::log::Envelope;
@@ -98,11 +99,15 @@ type PlacedLines = Vec<(Sku, u64, Decimal)>;
 pub struct Analytics {
     hours: BTreeMap<u64, Hour>,
     /// Per open order: buyer and lines (SKU, units, net amount), until it is paid.
-    placed: BTreeMap<OrderId, (CustomerId, PlacedLines)>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    placed: IdMap<OrderId, (CustomerId, PlacedLines)>,
     /// Per paid order not yet shipped: when it was paid.
-    awaiting_shipment: BTreeMap<OrderId, Timestamp>,
-    refunded_orders: BTreeSet<OrderId>,
-    payers: BTreeSet<CustomerId>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    awaiting_shipment: IdMap<OrderId, Timestamp>,
+    #[serde(serialize_with = "crate::idmap::sorted_set")]
+    refunded_orders: IdSet<OrderId>,
+    #[serde(serialize_with = "crate::idmap::sorted_set")]
+    payers: IdSet<CustomerId>,
 }
 
 fn ratio(part: u64, whole: u64) -> Option<Decimal> {

@@ -1,10 +1,10 @@
 //! Customers (客户): how often and how much each buyer bought.
 
-use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::IdMap;
 use crate::event::Event;
 use crate::ids::{CustomerId, OrderId, Timestamp};
 use crate::log::Envelope;
@@ -34,8 +34,10 @@ impl CustomerStats {
 /// The customers projection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customers {
-    customers: BTreeMap<CustomerId, CustomerStats>,
-    buyer_of: BTreeMap<OrderId, CustomerId>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    customers: IdMap<CustomerId, CustomerStats>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    buyer_of: IdMap<OrderId, CustomerId>,
 }
 
 impl Customers {
@@ -49,7 +51,7 @@ impl Customers {
         self.customers.get(customer_id)
     }
 
-    /// Every customer, by id.
+    /// Every customer, in no particular order.
     pub fn all(&self) -> impl Iterator<Item = (&CustomerId, &CustomerStats)> {
         self.customers.iter()
     }

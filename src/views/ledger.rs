@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::IdMap;
 use crate::command::Condition;
 use crate::event::{Event, RefundTarget};
 use crate::ids::{OrderId, Sku, Timestamp};
@@ -124,7 +125,8 @@ struct OrderBook {
 pub struct Ledger {
     journal: Vec<JournalEntry>,
     balances: BTreeMap<Account, Decimal>,
-    books: BTreeMap<OrderId, OrderBook>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    books: IdMap<OrderId, OrderBook>,
     payments: Decimal,
     refunds: Decimal,
 }

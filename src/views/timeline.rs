@@ -1,10 +1,10 @@
 //! Every order's history: each event that touched it, including the checkout hold it took
 //! over, with when, who and which command.
 
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::IdMap;
 use crate::event::{Event, Subject};
 use crate::ids::{CommandId, OrderId, ReservationId, Timestamp};
 use crate::log::Envelope;
@@ -29,8 +29,10 @@ pub struct TimelineEntry {
 /// The timelines projection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timelines {
-    orders: BTreeMap<OrderId, Vec<TimelineEntry>>,
-    holds: BTreeMap<ReservationId, Vec<TimelineEntry>>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    orders: IdMap<OrderId, Vec<TimelineEntry>>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    holds: IdMap<ReservationId, Vec<TimelineEntry>>,
 }
 
 impl Timelines {

@@ -1,0 +1,85 @@
+//! Hash maps keyed by identifiers, for the maps that grow with every order.
+//!
+//! A shop's orders, and what the views keep per order and per customer, grow to millions
+//! of entries on a promotion day. A `BTreeMap` keyed by string ids walks about twenty
+//! nodes and compares a string at each; a hash map hashes the id once. Identifiers come
+//! from callers, so the hasher is seeded at random per map (`foldhash`), which keeps
+//! chosen collisions impractical.
+//!
+//! Iteration order is unspecified. Serialization is not: [`sorted_map`] and [`sorted_set`]
+//! write entries in key order, so a snapshot or a state hash depends on the contents
+//! alone, never on the seed or on the order of insertion.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Serialize, Serializer};
+
+/// The randomly seeded hasher of every [`IdMap`] and [`IdSet`].
+pub type IdHasher = foldhash::fast::RandomState;
+
+/// A hash map keyed by an identifier.
+pub type IdMap<K, V> = HashMap<K, V, IdHasher>;
+
+/// A hash set of identifiers.
+pub type IdSet<K> = HashSet<K, IdHasher>;
+
+/// Serializes a map as a map in key order, exactly as a `BTreeMap` of it would be.
+pub fn sorted_map<K: Ord + Serialize, V: Serialize, S: Serializer>(
+    map: &IdMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&K, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serializer.collect_map(entries)
+}
+
+/// Serializes a set as a sequence in order, exactly as a `BTreeSet` of it would be.
+pub fn sorted_set<K: Ord + Serialize, S: Serializer>(set: &IdSet<K>, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut keys: Vec<&K> = set.iter().collect();
+    keys.sort_unstable();
+    serializer.collect_seq(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Maps {
+        #[serde(serialize_with = "sorted_map")]
+        map: IdMap<String, u64>,
+        #[serde(serialize_with = "sorted_set")]
+        set: IdSet<String>,
+    }
+
+    #[derive(Serialize)]
+    struct Trees {
+        map: BTreeMap<String, u64>,
+        set: BTreeSet<String>,
+    }
+
+    /// Whatever the seed and the order of insertion, the bytes are those of the ordered
+    /// collections.
+    #[test]
+    fn serializes_in_key_order_whatever_the_insertion_order() {
+        let keys: Vec<String> = (0..500u64).map(|n| format!("order-{}", (n * 7919) % 1000)).collect();
+        let trees = Trees {
+            map: keys.iter().enumerate().map(|(i, k)| (k.clone(), i as u64)).collect(),
+            set: keys.iter().cloned().collect(),
+        };
+        let expected = postcard::to_allocvec(&trees).expect("encodes");
+        for reversed in [false, true] {
+            let mut ordered: Vec<(usize, &String)> = keys.iter().enumerate().collect();
+            if reversed {
+                ordered.reverse();
+            }
+            let maps = Maps {
+                map: ordered.iter().map(|(i, k)| ((*k).clone(), *i as u64)).collect(),
+                set: ordered.iter().map(|(_, k)| (*k).clone()).collect(),
+            };
+            assert_eq!(postcard::to_allocvec(&maps).expect("encodes"), expected, "reversed {reversed}");
+        }
+    }
+}
