@@ -39,9 +39,9 @@ use emporium_snapshots::{Snapshot, SnapshotStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::idmap::IdMap;
 use crate::command::Command;
 use crate::event::Event;
+use crate::idmap::IdMap;
 use crate::ids::{CommandId, ShopId, Timestamp};
 use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::metrics::Histogram;
@@ -339,6 +339,7 @@ impl Engine {
                 // Ahead of the snapshot it started from (or of nothing), a shop snapshots at close.
                 let last_snapshot = core.resumed_from.unwrap_or(0);
                 let log_position = Arc::new(AtomicU64::new(core.last_position));
+                let handover = Handover::new(core.last_position);
                 let writer = Writer {
                     stats: self.stats.clone(),
                     log_position: log_position.clone(),
@@ -352,8 +353,9 @@ impl Engine {
                     in_flight: None,
                     open: None,
                     durable,
+                    handover: handover.clone(),
                 };
-                let follower = Follower::start(shop, self.store.clone(), &self.config, handed).await?;
+                let follower = Follower::start(shop, self.store.clone(), &self.config, handed, handover).await?;
                 let (views, views_at) = (follower.views.clone(), follower.checkpoint.subscribe());
                 let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 writers.push(tokio::spawn(writer.run(receiver)));
@@ -734,13 +736,69 @@ struct Writer {
     /// The batch being decided while another is appended.
     open: Option<Open>,
     /// Durable batches for the views, so they need not read back and decode what was just
-    /// written. When the follower lags and this is full, a batch is not handed over and the
-    /// follower reads it from the store instead.
+    /// written. When the follower lags and this is full, a batch is not handed over, the
+    /// writer says so in `handover`, and the follower reads it from the store instead.
     durable: mpsc::Sender<Arc<Vec<Envelope>>>,
+    handover: Arc<Handover>,
 }
 
 /// Durable batches waiting for a shop's follower, at most.
-const HANDED_BATCHES_MAX: usize = 64;
+const HANDED_BATCHES_MAX: usize = 1024;
+
+/// Events in the batches waiting for a shop's follower, at most.
+const HANDED_EVENTS_MAX: usize = 131_072;
+
+/// What the writer and the follower of a shop share about the batches handed over.
+///
+/// Every durable batch is either handed over or counted in `unhanded_through`, and the
+/// writer does one or the other after the store reports the batch durable. So a follower
+/// whose checkpoint has reached `unhanded_through` waits for the next batch from the
+/// writer (or a `skipped` notice) instead of reading the store.
+struct Handover {
+    /// Events handed over and not yet taken by the follower.
+    events_queued: std::sync::atomic::AtomicUsize,
+    /// The last position that will not be handed over: the log's end when the writer
+    /// started, or the end of a batch that was not handed over or whose append failed.
+    unhanded_through: AtomicU64,
+    /// Wakes a waiting follower when `unhanded_through` moves.
+    skipped: tokio::sync::Notify,
+}
+
+impl Handover {
+    fn new(log_end: u64) -> Arc<Handover> {
+        Arc::new(Handover {
+            events_queued: std::sync::atomic::AtomicUsize::new(0),
+            unhanded_through: AtomicU64::new(log_end),
+            skipped: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Hands a durable batch ending at `last` to the follower or, when the queue is full or
+    /// closed, tells it to read the batch from the store. Returns whether it was handed.
+    fn hand_over(&self, sender: &mpsc::Sender<Arc<Vec<Envelope>>>, events: Vec<Envelope>, last: u64) -> bool {
+        let count = events.len();
+        // One batch larger than the limit still goes, alone.
+        let queued = self.events_queued.fetch_add(count, Ordering::AcqRel);
+        let room = queued == 0 || queued.saturating_add(count) <= HANDED_EVENTS_MAX;
+        if room && sender.try_send(Arc::new(events)).is_ok() {
+            return true;
+        }
+        self.events_queued.fetch_sub(count, Ordering::AcqRel);
+        self.skip_through(last);
+        false
+    }
+
+    /// Batches through `last` are to be read from the store.
+    fn skip_through(&self, last: u64) {
+        self.unhanded_through.fetch_max(last, Ordering::AcqRel);
+        self.skipped.notify_one();
+    }
+
+    /// The follower took `batch` from the queue.
+    fn took(&self, batch: &[Envelope]) {
+        self.events_queued.fetch_sub(batch.len(), Ordering::AcqRel);
+    }
+}
 
 /// What an append task gives back: the batch, and where the log ends or why it failed.
 type Appended = (AppendBatch, Result<u64, StoreError>);
@@ -943,8 +1001,7 @@ impl Writer {
                     let _ = p.reply.send(p.answer);
                 }
                 if !batch.events.is_empty() {
-                    // Full or closed: the follower reads this batch from the store.
-                    let _ = self.durable.try_send(Arc::new(batch.events));
+                    self.handover.hand_over(&self.durable, batch.events, last);
                 }
                 return true;
             }
@@ -954,6 +1011,8 @@ impl Writer {
         for p in pending {
             let _ = p.reply.send(Err(self.unavailable(&reason)));
         }
+        // Some of it may be in the store: the follower reads that far from the store.
+        self.handover.skip_through(last);
         // The open batch was decided on top of the failed one: none of it can stand.
         if let Some(open) = self.open.take() {
             for p in open.pending {
@@ -999,6 +1058,7 @@ struct Follower {
     store: Arc<dyn EventStore>,
     /// Durable batches from the writer, in log order; some may be missing (see `Writer::durable`).
     handed: mpsc::Receiver<Arc<Vec<Envelope>>>,
+    handover: Arc<Handover>,
     /// A handed batch that starts after the checkpoint: the gap is read from the store first.
     held: Option<Arc<Vec<Envelope>>>,
     /// Whether the writer may still hand batches over.
@@ -1020,6 +1080,7 @@ impl Follower {
         store: Arc<dyn EventStore>,
         config: &EngineConfig,
         handed: mpsc::Receiver<Arc<Vec<Envelope>>>,
+        handover: Arc<Handover>,
     ) -> Result<Follower, OpenError> {
         let snapshots = match &config.snapshots {
             Some(c) => {
@@ -1032,6 +1093,7 @@ impl Follower {
             shop: shop.clone(),
             store,
             handed,
+            handover,
             held: None,
             handed_open: true,
             views: Arc::new(RwLock::new(Views::new())),
@@ -1094,7 +1156,7 @@ impl Follower {
             // later waits while the gap is read from the store; one already folded is dropped.
             let handed = match self.held.take() {
                 Some(batch) => Some(batch),
-                None => self.handed.try_recv().ok(),
+                None => self.handed.try_recv().ok().inspect(|batch| self.handover.took(batch)),
             };
             let handed = handed.filter(|batch| batch.last().is_some_and(|e| e.position > at));
             let continues = |batch: &Vec<Envelope>| batch.first().is_some_and(|e| e.position <= at + 1);
@@ -1103,9 +1165,36 @@ impl Follower {
                     let start = batch.iter().position(|e| e.position == at + 1).unwrap_or(batch.len());
                     self.fold(&batch[start..])
                 }
+                None if self.handed_open && at >= self.handover.unhanded_through.load(Ordering::Acquire) => {
+                    // Whatever follows will be handed over, or the writer says it was not.
+                    tokio::select! {
+                        batch = self.handed.recv() => match batch {
+                            Some(batch) => {
+                                self.handover.took(&batch);
+                                self.held = Some(batch);
+                            }
+                            None => self.handed_open = false,
+                        },
+                        _ = self.handover.skipped.notified() => {}
+                        changed = shutdown.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 later => {
                     // Read only the gap before a held batch: the batch itself is in memory.
-                    let gap = later.as_ref().and_then(|batch| batch.first()).map(|e| e.position - at - 1);
+                    let gap = match later.as_ref().and_then(|batch| batch.first()) {
+                        Some(first) => Some(first.position - at - 1),
+                        // Read no further than what will not be handed over.
+                        None if self.handed_open => {
+                            Some(self.handover.unhanded_through.load(Ordering::Acquire).saturating_sub(at))
+                                .filter(|gap| *gap > 0)
+                        }
+                        None => None,
+                    };
                     let limit = gap.map_or(FOLLOW_PAGE_EVENTS, |gap| usize::try_from(gap).unwrap_or(usize::MAX));
                     self.held = later;
                     let page = match self.store.read_from(&self.shop, at, limit.min(FOLLOW_PAGE_EVENTS)).await {
@@ -1119,7 +1208,10 @@ impl Follower {
                         if self.held.is_none() {
                             tokio::select! {
                                 batch = self.handed.recv(), if self.handed_open => match batch {
-                                    Some(batch) => self.held = Some(batch),
+                                    Some(batch) => {
+                                        self.handover.took(&batch);
+                                        self.held = Some(batch);
+                                    }
                                     None => self.handed_open = false,
                                 },
                                 _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
@@ -1252,7 +1344,7 @@ fn generated_prefix() -> String {
 mod tests {
     use super::*;
     use crate::sim::{self, DayConfig};
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, VerifyReport};
 
     /// A generated day's events as envelopes, in batches of 50.
     fn batches() -> Vec<Vec<Envelope>> {
@@ -1260,53 +1352,118 @@ mod tests {
         envelopes.chunks(50).map(<[Envelope]>::to_vec).collect()
     }
 
-    /// The follower folds exactly the log, whichever durable batches it was handed: a batch
-    /// that continues its views is folded as handed, a gap before one is read from the
-    /// store, and batches already folded are skipped.
+    /// A memory store that counts the events read back from it.
+    struct CountingStore {
+        inner: MemoryStore,
+        events_read: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for CountingStore {
+        async fn shops(&self) -> Result<Vec<ShopId>, StoreError> {
+            self.inner.shops().await
+        }
+        async fn create_shop(&self, shop: &ShopId) -> Result<(), StoreError> {
+            self.inner.create_shop(shop).await
+        }
+        async fn append(&self, shop: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError> {
+            self.inner.append(shop, batch).await
+        }
+        async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+            let page = self.inner.read_from(shop, after, limit).await?;
+            self.events_read.fetch_add(page.len(), Ordering::AcqRel);
+            Ok(page)
+        }
+        async fn read_stream(
+            &self,
+            shop: &ShopId,
+            stream: &str,
+            after_version: u64,
+            limit: usize,
+        ) -> Result<Vec<Envelope>, StoreError> {
+            self.inner.read_stream(shop, stream, after_version, limit).await
+        }
+        async fn last_position(&self, shop: &ShopId) -> Result<u64, StoreError> {
+            self.inner.last_position(shop).await
+        }
+        async fn wait_for(&self, shop: &ShopId, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+            self.inner.wait_for(shop, after, timeout).await
+        }
+        async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
+            self.inner.rejections(shop).await
+        }
+        async fn verify_after(&self, shop: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
+            self.inner.verify_after(shop, after, anchor).await
+        }
+        async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError> {
+            self.inner.head(shop).await
+        }
+    }
+
+    /// The follower folds exactly the log, whichever durable batches the writer handed
+    /// over, and reads from the store only the batches it did not: a batch that continues
+    /// the views is folded as handed, a gap before one is read from the store, and batches
+    /// already folded are skipped.
     #[tokio::test]
-    async fn the_views_fold_the_log_whichever_batches_were_handed_over() {
-        let check = |handed: &[usize]| {
-            let handed = handed.to_vec();
+    async fn the_views_fold_the_log_reading_only_what_was_not_handed_over() {
+        // `handed`: the batches handed over as they are appended, the rest skipped;
+        // `again`: batches handed over once more afterwards, out of order.
+        let check = |handed: &[usize], again: &[usize]| {
+            let (handed, again) = (handed.to_vec(), again.to_vec());
             async move {
                 let shop = ShopId::new("s").expect("shop");
-                let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+                let store = Arc::new(CountingStore { inner: MemoryStore::new(), events_read: Default::default() });
                 store.create_shop(&shop).await.expect("created");
                 let batches = batches();
                 assert!(batches.len() > 8, "{} batches", batches.len());
                 let (durable, receiver) = mpsc::channel(HANDED_BATCHES_MAX);
-                let mut expected = Views::new();
-                for batch in &batches {
+                let handover = Handover::new(0);
+                let (mut expected, mut skipped_events) = (Views::new(), 0);
+                for (index, batch) in batches.iter().enumerate() {
                     let append = AppendBatch {
                         expected_last: batch[0].position - 1,
                         events: batch.clone(),
                         rejections: Vec::new(),
                     };
-                    store.append(&shop, &append).await.expect("appended");
+                    let last = store.append(&shop, &append).await.expect("appended");
                     expected.catch_up(batch, emporium_projections::AsOf::End).expect("folds");
+                    if handed.contains(&index) {
+                        assert!(handover.hand_over(&durable, batch.clone(), last), "room");
+                    } else {
+                        handover.skip_through(last);
+                        skipped_events += batch.len();
+                    }
                 }
-                for index in &handed {
-                    durable.try_send(Arc::new(batches[*index].clone())).expect("room");
+                for index in &again {
+                    let last = batches[*index].last().map_or(0, |e| e.position);
+                    assert!(handover.hand_over(&durable, batches[*index].clone(), last), "room");
                 }
-                let follower =
-                    Follower::start(&shop, store.clone(), &EngineConfig::default(), receiver).await.expect("starts");
+                let dyn_store: Arc<dyn EventStore> = store.clone();
+                let follower = Follower::start(&shop, dyn_store, &EngineConfig::default(), receiver, handover.clone())
+                    .await
+                    .expect("starts");
                 let (views, mut at) = (follower.views.clone(), follower.checkpoint.subscribe());
                 let (stop, stopping) = watch::channel(false);
                 let running = tokio::spawn(follower.run(stopping));
                 let end = store.last_position(&shop).await.expect("end");
                 at.wait_for(|at| *at >= end).await.expect("the views reach the end");
                 stop.send_replace(true);
-                drop(durable);
                 running.await.expect("stops");
+                drop(durable);
                 let views = views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
                 assert_eq!(views.checkpoint(), end, "handed {handed:?}");
                 assert_eq!(views.hashes(), expected.hashes(), "handed {handed:?}");
+                let read = store.events_read.load(Ordering::Acquire);
+                assert_eq!(read, skipped_events, "events read from the store, handed {handed:?}");
             }
         };
-        check(&[]).await;
-        check(&[0, 1, 2, 3, 4, 5, 6, 7, 8]).await;
-        // Gaps: the first batches were not handed, nor the fifth.
-        check(&[2, 3, 5, 6]).await;
-        // Out of order and repeated: already folded batches are skipped.
-        check(&[1, 0, 1, 3, 2, 8]).await;
+        let every: Vec<usize> = (0..batches().len()).collect();
+        check(&[], &[]).await;
+        // Everything from memory: nothing is read back.
+        check(&every, &[]).await;
+        // Gaps: the first batches were not handed, nor the fifth, nor the last ones.
+        check(&[2, 3, 5, 6], &[]).await;
+        // Handed again, out of order: batches already folded are dropped.
+        check(&every, &[1, 0, 3, 2, 8]).await;
     }
 }

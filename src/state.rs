@@ -20,8 +20,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Condition, Line, Party};
-use crate::idmap::IdMap;
 use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject};
+use crate::idmap::IdMap;
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
 
 /// Stock of one SKU. Available = on hand - reserved.

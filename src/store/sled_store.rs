@@ -146,7 +146,9 @@ impl SledStore {
         };
         let last_group = tree.scan_prefix([REJECTION_GROUP]).next_back().transpose().map_err(io_error)?;
         let rejection_group_next = match last_group {
-            Some((key, _)) => position_of_key(&key)?.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?,
+            Some((key, _)) => {
+                position_of_key(&key)?.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?
+            }
             None => 0,
         };
         let shop = Arc::new(Shop {

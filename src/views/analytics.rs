@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::idmap::{IdMap, IdSet};
 use crate::event::Event;
+use crate::idmap::{IdMap, IdSet};
 use crate::ids::{CustomerId, OrderId, Sku, Timestamp};
 use crate::log::Envelope;
 

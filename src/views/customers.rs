@@ -1,11 +1,10 @@
 //! Customers (客户): how often and how much each buyer bought.
 
-
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::idmap::IdMap;
 use crate::event::Event;
+use crate::idmap::IdMap;
 use crate::ids::{CustomerId, OrderId, Timestamp};
 use crate::log::Envelope;
 

@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::idmap::IdMap;
 use crate::command::Condition;
 use crate::event::{Event, RefundTarget};
+use crate::idmap::IdMap;
 use crate::ids::{OrderId, Sku, Timestamp};
 use crate::log::Envelope;
 use crate::money;

@@ -1,11 +1,10 @@
 //! Every order's history: each event that touched it, including the checkout hold it took
 //! over, with when, who and which command.
 
-
 use serde::{Deserialize, Serialize};
 
-use crate::idmap::IdMap;
 use crate::event::{Event, Subject};
+use crate::idmap::IdMap;
 use crate::ids::{CommandId, OrderId, ReservationId, Timestamp};
 use crate::log::Envelope;
 
