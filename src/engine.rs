@@ -1292,7 +1292,10 @@ fn decide_one(
             for event in events.iter().cloned() {
                 core.last_position += 1;
                 let stream = stream_of(&event);
-                let version = core.stream_versions.entry(stream.clone()).or_insert(0);
+                let version = match core.stream_versions.get_mut(&stream) {
+                    Some(version) => version,
+                    None => core.stream_versions.entry(stream.clone()).or_insert(0),
+                };
                 *version += 1;
                 batch.events.push(Envelope {
                     position: core.last_position,

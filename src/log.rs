@@ -130,12 +130,25 @@ pub fn genesis_hash(shop: &ShopId) -> Hash {
 
 /// The fingerprint of a command's canonical encoding.
 pub fn fingerprint<T: Serialize>(command: &T) -> Fingerprint {
-    let mut fingerprint = [0u8; 16];
-    // Commands are plain data; encoding them cannot fail. Should it ever, every such command
-    // shares the zero fingerprint and a reused id reads as a retry.
-    if let Ok(bytes) = postcard::to_allocvec(command) {
-        fingerprint.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+    thread_local! {
+        /// Reused for every fingerprint on the thread: the writer takes one per command.
+        static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    /// A command encoding longer than this is not kept for reuse.
+    const KEPT_BYTES_MAX: usize = 64 * 1024;
+    let mut fingerprint = [0u8; 16];
+    ENCODED.with(|encoded| {
+        let mut buffer = encoded.take();
+        buffer.clear();
+        // Commands are plain data; encoding them cannot fail. Should it ever, every such
+        // command shares the zero fingerprint and a reused id reads as a retry.
+        if let Ok(bytes) = postcard::to_extend(command, buffer) {
+            fingerprint.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+            if bytes.capacity() <= KEPT_BYTES_MAX {
+                encoded.replace(bytes);
+            }
+        }
+    });
     fingerprint
 }
 

@@ -54,6 +54,9 @@ impl emporium_projections::Projection for Timelines {
     }
 
     fn apply(&mut self, envelope: &Envelope) {
+        if let Subject::Sku(_) = envelope.event.subject() {
+            return;
+        }
         let entry = TimelineEntry {
             position: envelope.position,
             recorded_at: envelope.recorded_at,
