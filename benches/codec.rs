@@ -18,6 +18,10 @@ use emporium::service::wire::EventLine;
 use emporium::sim::{self, DayConfig};
 use emporium::{ShopId, demo};
 
+/// The allocator the `emporium` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ORDERS: u64 = 1_000;
 
 /// A generated day decided directly (no engine), its events wrapped as the engine would.

@@ -19,6 +19,10 @@ use emporium::loadgen::{self, OrderPlan, Scenario, Zipf};
 use emporium::{Command, Line, Order, OrderStatus, Rejection, State, Timestamp, decide, demo};
 use rust_decimal::Decimal;
 
+/// The allocator the `emporium` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SKUS: u64 = 5_000;
 const EXISTING_ORDERS: u64 = 20_000;
 const PREPARED: usize = 1_024;

@@ -21,6 +21,10 @@ use emporium::store::SledStore;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+/// The allocator the `emporium` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SHOP: &str = "bench";
 const SKU: &str = "SKU-HTTP-1";
 

@@ -15,6 +15,10 @@ use emporium::store::{AppendBatch, EventStore, SledStore};
 use emporium::{Command, CommandId, Event, ShopId, Timestamp};
 use rust_decimal::Decimal;
 
+/// The allocator the `emporium` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime")
 }

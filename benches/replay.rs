@@ -21,6 +21,10 @@ use emporium::views::Views;
 use emporium::{ShopId, State, demo};
 use emporium_projections::AsOf;
 
+/// The allocator the `emporium` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ORDERS: u64 = 300_000;
 const APPEND_BATCH_EVENTS: usize = 8192;
 
