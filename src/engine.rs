@@ -527,7 +527,8 @@ fn check_label(what: &str, text: &str) -> Result<(), CommandError> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Outcome {
     Accepted(Option<Positions>),
-    Rejected(Rejection),
+    /// Boxed: most remembered commands were accepted, and millions are remembered.
+    Rejected(Box<Rejection>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -699,7 +700,8 @@ impl Core {
         rejections.sort_by_key(|r| r.recorded_at);
         for record in rejections {
             if record.recorded_at >= horizon {
-                let known = Known { fingerprint: record.fingerprint, outcome: Outcome::Rejected(record.rejection) };
+                let known =
+                    Known { fingerprint: record.fingerprint, outcome: Outcome::Rejected(Box::new(record.rejection)) };
                 core.idempotency.remember(record.recorded_at, record.command_id, known);
             }
         }
@@ -1282,7 +1284,7 @@ fn decide_one(
             Outcome::Accepted(positions) => {
                 Ok(Accepted { command_id, positions: *positions, replayed: true, events: Vec::new() })
             }
-            Outcome::Rejected(rejection) => Err(CommandError::Rejected(rejection.clone())),
+            Outcome::Rejected(rejection) => Err(CommandError::Rejected((**rejection).clone())),
         };
     }
     match core.state.execute(now, &request.command) {
@@ -1322,7 +1324,7 @@ fn decide_one(
                 rejection: rejection.clone(),
                 recorded_at: now,
             });
-            let known = Known { fingerprint, outcome: Outcome::Rejected(rejection.clone()) };
+            let known = Known { fingerprint, outcome: Outcome::Rejected(Box::new(rejection.clone())) };
             core.idempotency.remember(now, command_id, known);
             Err(CommandError::Rejected(rejection))
         }

@@ -391,7 +391,9 @@ pub struct State {
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
     #[serde(serialize_with = "crate::idmap::sorted_map")]
-    orders: IdMap<OrderId, Order>,
+    /// Boxed: an order is a few hundred bytes, and a table of a million of them would move
+    /// all of that at once whenever it grows.
+    orders: IdMap<OrderId, Box<Order>>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
 
@@ -434,12 +436,12 @@ impl State {
 
     /// An order by id.
     pub fn order(&self, id: &OrderId) -> Option<&Order> {
-        self.orders.get(id)
+        self.orders.get(id).map(|order| &**order)
     }
 
     /// Every order, in no particular order.
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
-        self.orders.values()
+        self.orders.values().map(|order| &**order)
     }
 
     /// Deadlines at or before `now`, earliest first, at most `limit`.
@@ -556,7 +558,10 @@ impl State {
                     refunds: Vec::new(),
                     closure: None,
                 };
-                assert!(self.orders.insert(order_id.clone(), order).is_none(), "order {order_id} placed twice");
+                assert!(
+                    self.orders.insert(order_id.clone(), Box::new(order)).is_none(),
+                    "order {order_id} placed twice"
+                );
                 self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
             }
             Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
