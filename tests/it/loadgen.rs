@@ -88,3 +88,41 @@ async fn a_seeded_rehearsal_over_http_passes_its_checks() {
     server.terminate();
     assert!(server.wait().0, "the server stops cleanly");
 }
+
+/// The command line: a small in-process rehearsal keeps its store where `--data` says (it
+/// verifies afterwards), writes the JSON report with its checks and draws the SVG report;
+/// `--data` with an HTTP target is refused before anything is sent.
+#[test]
+fn the_command_line_writes_its_reports_and_keeps_the_store() {
+    let dir = temp_dir();
+    let (data, json, svg) = (dir.path().join("data"), dir.path().join("out.json"), dir.path().join("out.svg"));
+    let (json_arg, svg_arg) = (json.to_string_lossy().into_owned(), svg.to_string_lossy().into_owned());
+    let args =
+        ["loadgen", "--orders", "300", "--concurrency", "8", "--seed", "5", "--json", &json_arg, "--report", &svg_arg];
+    let (ok, stdout, stderr) = crate::support::emporium(&args, &data);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("every check passed"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert_eq!(report["checks_passed"], serde_json::json!(true), "{report}");
+    let answered = report["accepted"].as_u64().expect("accepted") + report["refused"].as_u64().expect("refused");
+    assert_eq!(answered, 300, "{report}");
+    for key in ["orders_per_s", "events_per_s", "p50_ms", "p99_ms", "p999_ms", "oversold_skus", "peak_rss_mb"] {
+        assert!(report[key].is_number(), "{key} in {report}");
+    }
+
+    let drawn = std::fs::read_to_string(&svg).expect("the SVG report");
+    assert!(drawn.trim_start().starts_with("<svg") && drawn.trim_end().ends_with("</svg>"), "{drawn}");
+    assert!(drawn.contains("<polyline") || drawn.contains("<path"), "a series is drawn: {drawn}");
+
+    let (ok, stdout, stderr) = crate::support::emporium(&["verify"], &data);
+    assert!(ok, "the kept store verifies: {stdout}\n{stderr}");
+
+    let elsewhere = dir.path().join("unused");
+    let (ok, _, stderr) =
+        crate::support::emporium(&["loadgen", "--orders", "10", "--target", "http://127.0.0.1:9"], &elsewhere);
+    assert!(!ok, "--data with an HTTP target is refused");
+    assert!(stderr.contains("--data"), "{stderr}");
+    assert!(!elsewhere.exists(), "nothing was written");
+}
