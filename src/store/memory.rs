@@ -17,6 +17,9 @@ use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
 #[derive(Default)]
 pub struct MemoryStore {
     shops: Mutex<BTreeMap<ShopId, Arc<Shop>>>,
+    /// Events returned by `read_from`, over all shops: what a test counts to see that a
+    /// reader took something from memory instead of reading it back.
+    events_read: std::sync::atomic::AtomicUsize,
 }
 
 struct Shop {
@@ -36,6 +39,11 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// How many events `read_from` has returned so far, over all shops.
+    pub fn events_read(&self) -> usize {
+        self.events_read.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn shop(&self, shop: &ShopId) -> Option<Arc<Shop>> {
@@ -91,7 +99,9 @@ impl EventStore for MemoryStore {
 
     async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
         let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
-        chunks::collect_after(shop_id, Self::chunks(&shop, after + 1).into_iter(), after, limit)
+        let page = chunks::collect_after(shop_id, Self::chunks(&shop, after + 1).into_iter(), after, limit)?;
+        self.events_read.fetch_add(page.len(), std::sync::atomic::Ordering::AcqRel);
+        Ok(page)
     }
 
     async fn read_stream(
