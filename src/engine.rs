@@ -1170,13 +1170,7 @@ impl Follower {
                 None if self.handed_open && at >= self.handover.unhanded_through.load(Ordering::Acquire) => {
                     // Whatever follows will be handed over, or the writer says it was not.
                     tokio::select! {
-                        batch = self.handed.recv() => match batch {
-                            Some(batch) => {
-                                self.handover.took(&batch);
-                                self.held = Some(batch);
-                            }
-                            None => self.handed_open = false,
-                        },
+                        batch = self.handed.recv() => self.received(batch),
                         _ = self.handover.skipped.notified() => {}
                         changed = shutdown.changed() => {
                             if changed.is_err() {
@@ -1209,13 +1203,7 @@ impl Follower {
                     if page.is_empty() {
                         if self.held.is_none() {
                             tokio::select! {
-                                batch = self.handed.recv(), if self.handed_open => match batch {
-                                    Some(batch) => {
-                                        self.handover.took(&batch);
-                                        self.held = Some(batch);
-                                    }
-                                    None => self.handed_open = false,
-                                },
+                                batch = self.handed.recv(), if self.handed_open => self.received(batch),
                                 _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
                                 changed = shutdown.changed() => {
                                     if changed.is_err() {
@@ -1241,6 +1229,17 @@ impl Follower {
                     return;
                 }
             }
+        }
+    }
+
+    /// Holds a batch the writer handed over, or notes that it will hand over no more.
+    fn received(&mut self, batch: Option<Arc<Vec<Envelope>>>) {
+        match batch {
+            Some(batch) => {
+                self.handover.took(&batch);
+                self.held = Some(batch);
+            }
+            None => self.handed_open = false,
         }
     }
 

@@ -65,15 +65,21 @@ fn io_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-fn chunk_key(position: u64) -> [u8; 9] {
-    let mut key = [CHUNK; 9];
-    key[1..].copy_from_slice(&position.to_be_bytes());
+/// A key of one prefix byte and a number, big-endian so that keys sort by number.
+fn numbered_key(prefix: u8, number: u64) -> [u8; 9] {
+    let mut key = [prefix; 9];
+    key[1..].copy_from_slice(&number.to_be_bytes());
     key
 }
 
+fn chunk_key(position: u64) -> [u8; 9] {
+    numbered_key(CHUNK, position)
+}
+
+/// The number of a [`numbered_key`].
 fn position_of_key(key: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] =
-        key.get(1..9).and_then(|b| b.try_into().ok()).ok_or_else(|| io_error("malformed chunk key"))?;
+        key.get(1..9).and_then(|b| b.try_into().ok()).ok_or_else(|| io_error("malformed numbered key"))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -280,8 +286,8 @@ fn skip_vanished(synced: io::Result<()>) -> io::Result<bool> {
 }
 
 fn encode_rejections(records: &[RejectionRecord]) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = vec![0; 4];
-    let mut bytes = postcard::to_extend(records, std::mem::take(&mut bytes)).map_err(io_error)?;
+    // Room for the CRC first, filled in once the body is written.
+    let mut bytes = postcard::to_extend(records, vec![0; 4]).map_err(io_error)?;
     let crc = crc32fast::hash(&bytes[4..]).to_le_bytes();
     bytes[..4].copy_from_slice(&crc);
     Ok(bytes)
@@ -326,9 +332,7 @@ impl EventStore for SledStore {
             None
         } else {
             let group = shop.rejection_group_next.load(std::sync::atomic::Ordering::Acquire);
-            let mut key = [REJECTION_GROUP; 9];
-            key[1..].copy_from_slice(&group.to_be_bytes());
-            write.insert(&key, encode_rejections(&batch.rejections)?);
+            write.insert(&numbered_key(REJECTION_GROUP, group), encode_rejections(&batch.rejections)?);
             Some(group)
         };
         let (tree, db, syncer) = (shop.tree.clone(), self.db.clone(), self.syncer.clone());

@@ -54,10 +54,8 @@ impl emporium_projections::Projection for Timelines {
     }
 
     fn apply(&mut self, envelope: &Envelope) {
-        if let Subject::Sku(_) = envelope.event.subject() {
-            return;
-        }
-        let entry = TimelineEntry {
+        // Built only for the events a timeline keeps: stock events are none of them.
+        let entry = || TimelineEntry {
             position: envelope.position,
             recorded_at: envelope.recorded_at,
             kind: envelope.event.kind().to_owned(),
@@ -68,7 +66,7 @@ impl emporium_projections::Projection for Timelines {
         match envelope.event.subject() {
             Subject::Sku(_) => {}
             Subject::Reservation(reservation_id) => {
-                self.holds.entry(reservation_id.clone()).or_default().push(entry);
+                self.holds.entry(reservation_id.clone()).or_default().push(entry());
             }
             Subject::Order(order_id) => {
                 let timeline = self.orders.entry(order_id.clone()).or_default();
@@ -76,7 +74,7 @@ impl emporium_projections::Projection for Timelines {
                     // The hold's history becomes the start of the order's; the hold is done.
                     timeline.extend(self.holds.remove(reservation_id).unwrap_or_default());
                 }
-                timeline.push(entry);
+                timeline.push(entry());
             }
         }
     }
