@@ -387,7 +387,9 @@ pub struct State {
     /// state sets the policy in force.
     #[serde(skip)]
     policy: Policy,
-    products: BTreeMap<Sku, Product>,
+    /// Looked up once or more per line of every command and event: hashed, not ordered.
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    products: IdMap<Sku, Product>,
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
     #[serde(serialize_with = "crate::idmap::sorted_map")]
@@ -424,9 +426,11 @@ impl State {
         self.products.get(sku)
     }
 
-    /// Every product, by SKU.
+    /// Every product, by SKU (sorted on each call: for reports and checks, not for deciding).
     pub fn products(&self) -> impl Iterator<Item = &Product> {
-        self.products.values()
+        let mut products: Vec<&Product> = self.products.values().collect();
+        products.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        products.into_iter()
     }
 
     /// A checkout hold by id.

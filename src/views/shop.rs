@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::idmap::IdMap;
 use crate::ids::{Sku, Timestamp};
 use crate::log::Envelope;
 use crate::state::State;
@@ -56,7 +57,8 @@ pub struct ShopView {
     /// Units paid per SKU per day (day number since the epoch).
     daily_units: BTreeMap<(Sku, u64), u64>,
     /// The last payment of each SKU, or its listing when never sold.
-    last_sale_at: BTreeMap<Sku, Timestamp>,
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    last_sale_at: IdMap<Sku, Timestamp>,
     now: Timestamp,
 }
 
@@ -129,7 +131,12 @@ impl emporium_projections::Projection for ShopView {
                 if let Some(order) = self.state.order(order_id) {
                     for line in &order.lines {
                         *self.daily_units.entry((line.sku.clone(), day)).or_insert(0) += line.quantity;
-                        self.last_sale_at.insert(line.sku.clone(), envelope.recorded_at);
+                        // Every SKU sold was listed, so it has an entry: no key to clone.
+                        let last_sale_at = self.last_sale_at.get_mut(&line.sku);
+                        assert!(last_sale_at.is_some(), "SKU {} sold but never listed", line.sku);
+                        if let Some(at) = last_sale_at {
+                            *at = envelope.recorded_at;
+                        }
                     }
                 }
             }
