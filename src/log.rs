@@ -115,9 +115,19 @@ pub fn schema_version(kind: &str) -> Option<u16> {
 pub fn stream_of(event: &Event) -> String {
     match event.subject() {
         Subject::Sku(sku) => format!("sku-{sku}"),
-        Subject::Reservation(reservation_id) => format!("reservation-{reservation_id}"),
-        Subject::Order(order_id) => format!("order-{order_id}"),
+        Subject::Reservation(reservation_id) => reservation_stream(reservation_id),
+        Subject::Order(order_id) => order_stream(order_id),
     }
+}
+
+/// The stream of an order's events.
+pub fn order_stream(order_id: &crate::ids::OrderId) -> String {
+    format!("order-{order_id}")
+}
+
+/// The stream of a checkout hold's events.
+pub fn reservation_stream(reservation_id: &crate::ids::ReservationId) -> String {
+    format!("reservation-{reservation_id}")
 }
 
 /// The hash the first record of `shop` chains from.

@@ -850,15 +850,11 @@ async fn audit(data: PathBuf, shop: String, order: String) -> Result<(), String>
     let order_id = emporium::OrderId::from(order.as_str());
     order_id.check().map_err(|e| e.to_string())?;
     let store = open_store(&data)?;
-    let mut events =
-        store.read_stream(&shop, &format!("order-{order_id}"), 0, 10_000).await.map_err(|e| e.to_string())?;
-    let Some(first) = events.first() else { return Err(format!("shop {shop} has no order {order_id}")) };
-    if let emporium::Event::OrderPlaced { reservation_id: Some(hold), .. } = &first.event {
-        let mut held =
-            store.read_stream(&shop, &format!("reservation-{hold}"), 0, 100).await.map_err(|e| e.to_string())?;
-        held.append(&mut events);
-        events = held;
-    }
+    let end = store.last_position(&shop).await.map_err(|e| e.to_string())?;
+    let history = emporium::store::order_history(store.as_ref(), &shop, &order_id, end).await;
+    let Some(events) = history.map_err(|e| e.to_string())? else {
+        return Err(format!("shop {shop} has no order {order_id}"));
+    };
     out!("order {order_id} in shop {shop}: {} events", events.len())?;
     for envelope in &events {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(envelope.recorded_at.0);

@@ -1,7 +1,8 @@
 //! Reads. Orders come from the engine's own state, so they show every command answered so
-//! far; stock, the ledger, analytics, customers and histories come from the views, which a
-//! read first lets catch up with the log's end (for at most `views_wait_ms`). Every view
-//! answer says the position it is as of.
+//! far; an order's history comes from the log's stream index, as of the log's end; stock,
+//! the ledger, analytics and customers come from the views, which a read first lets catch up
+//! with the log's end (for at most `views_wait_ms`). Every log or view answer says the
+//! position it is as of.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, sentence};
 use super::{Access, App, AppState, Params, shop_and_params};
 use crate::ids::{CustomerId, OrderId, ShopId, Sku, Timestamp};
-use crate::views::{Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
+use crate::views::{Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views};
 
 /// Most buckets in one series.
 pub const SERIES_BUCKETS_MAX: usize = 1000;
@@ -43,16 +44,20 @@ fn param<'p>(params: &'p [(String, String)], name: &str) -> &'p str {
     params.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str())
 }
 
+/// Where the shop's log ends now.
+async fn log_end(app: &App, shop: &ShopId) -> Result<u64, ApiError> {
+    match app.engine.store().last_position(shop).await {
+        Ok(end) => Ok(end),
+        Err(_) if !app.engine.shops().contains(shop) => {
+            Err(ApiError::from(crate::engine::CommandError::UnknownShop(shop.clone())))
+        }
+        Err(error) => Err(ApiError::storage(error)),
+    }
+}
+
 /// Runs `read` on the shop's views once they reached the log's end as of now.
 async fn with_views<R>(app: &App, shop: &ShopId, read: impl FnOnce(&Views) -> R) -> Result<R, ApiError> {
-    let end = app.engine.store().last_position(shop).await;
-    let end = match end {
-        Ok(end) => end,
-        Err(_) if !app.engine.shops().contains(shop) => {
-            return Err(ApiError::from(crate::engine::CommandError::UnknownShop(shop.clone())));
-        }
-        Err(error) => return Err(ApiError::storage(error)),
-    };
+    let end = log_end(app, shop).await?;
     let wait = Duration::from_millis(app.config.views_wait_ms);
     app.engine.views_reach(shop, end, wait).await?;
     Ok(app.engine.views(shop, read)?)
@@ -92,17 +97,19 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
     Ok(axum::Json(order).into_response())
 }
 
-/// `GET /orders/{order_id}/history`: the order's timeline.
+/// `GET /orders/{order_id}/history`: the order's timeline, read from the log as of its end.
 pub async fn history(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
     let (shop, params) = reader(&app, &headers, params)?;
     let order_id = OrderId::from(param(&params, "order_id"));
     order_id.check().map_err(|r| ApiError::from_rejection(&r))?;
-    let (at, history) = with_views(&app, &shop, |views| {
-        (views.checkpoint(), views.timelines.projection().order(&order_id).map(|h| json!(h)))
-    })
-    .await?;
+    // Served (known, and not refused at start-up), as for every other read.
+    app.engine.views(&shop, |_| ())?;
+    let store = app.engine.store().as_ref();
+    let end = log_end(&app, &shop).await?;
+    let history = crate::store::order_history(store, &shop, &order_id, end).await.map_err(ApiError::storage)?;
     let history = history.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
-    Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": at, "history": history})).into_response())
+    let history: Vec<TimelineEntry> = history.iter().map(TimelineEntry::of).collect();
+    Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": end, "history": history})).into_response())
 }
 
 /// `GET /stock/{sku}`.

@@ -138,3 +138,32 @@ pub trait EventStore: Send + Sync {
     /// The last position and the hash of its record (the genesis hash for an empty log).
     async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError>;
 }
+
+/// Most events an order's history holds: an order's commands are bounded by its lines, so a
+/// real order has far fewer; a history is cut here rather than read without end.
+pub const ORDER_HISTORY_EVENTS_MAX: usize = 10_000;
+
+/// An order's history up to position `through`, oldest first: the events of the checkout
+/// hold it took over, then its own, read through the store's stream index (nothing is kept
+/// in memory for it). `None` when the order was not placed by `through`.
+pub async fn order_history(
+    store: &dyn EventStore,
+    shop: &ShopId,
+    order_id: &crate::ids::OrderId,
+    through: u64,
+) -> Result<Option<Vec<Envelope>>, StoreError> {
+    let mut events = store.read_stream(shop, &crate::log::order_stream(order_id), 0, ORDER_HISTORY_EVENTS_MAX).await?;
+    events.retain(|envelope| envelope.position <= through);
+    let Some(first) = events.first() else { return Ok(None) };
+    assert!(matches!(first.event, crate::event::Event::OrderPlaced { .. }), "order {order_id} begins unplaced");
+    if let crate::event::Event::OrderPlaced { reservation_id: Some(hold), .. } = &first.event {
+        let mut history =
+            store.read_stream(shop, &crate::log::reservation_stream(hold), 0, ORDER_HISTORY_EVENTS_MAX).await?;
+        // The hold's own events all come before the order took it over.
+        history.retain(|envelope| envelope.position < first.position);
+        history.append(&mut events);
+        events = history;
+    }
+    assert!(events.windows(2).all(|pair| pair[0].position < pair[1].position), "a history runs in log order");
+    Ok(Some(events))
+}

@@ -6,10 +6,12 @@
 //! never read a clock: "now", where a question needs it, is the time of the last event folded.
 //!
 //! - [`ShopView`] (`shop`): stock levels and order status;
-//! - [`Timelines`] (`timelines`): each order's history;
 //! - [`Ledger`] (`ledger`): the double-entry books;
 //! - [`Analytics`] (`analytics`): figures by hour and day;
 //! - [`Customers`] (`customers`): buyers' records.
+//!
+//! An order's history is not a view: the store's stream index already keeps it, and
+//! [`TimelineEntry`] renders it when asked for.
 
 mod analytics;
 mod customers;
@@ -24,7 +26,7 @@ pub use analytics::{Analytics, Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, Summar
 pub use customers::{CustomerStats, Customers};
 pub use ledger::{Account, JournalEntry, Ledger};
 pub use shop::{COVER_WINDOW_DAYS, DAY_MS, SLOW_MOVER_DAYS_DEFAULT, ShopView, StockLevel};
-pub use timeline::{TimelineEntry, Timelines};
+pub use timeline::TimelineEntry;
 
 use crate::event::Event;
 use crate::log::Envelope;
@@ -42,8 +44,6 @@ pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
 pub struct Views {
     /// Stock and orders.
     pub shop: Runner<ShopView>,
-    /// Order histories.
-    pub timelines: Runner<Timelines>,
     /// The books.
     pub ledger: Runner<Ledger>,
     /// Figures by hour and day.
@@ -63,7 +63,6 @@ impl Views {
     pub fn new() -> Views {
         Views {
             shop: Runner::new(ShopView::new()),
-            timelines: Runner::new(Timelines::new()),
             ledger: Runner::new(Ledger::new()),
             analytics: Runner::new(Analytics::new()),
             customers: Runner::new(Customers::new()),
@@ -77,7 +76,6 @@ impl Views {
         as_of: AsOf,
     ) -> Result<bool, Gap> {
         let reached = self.shop.catch_up(facts.clone(), as_of)?.reached_as_of;
-        self.timelines.catch_up(facts.clone(), as_of)?;
         self.ledger.catch_up(facts.clone(), as_of)?;
         self.analytics.catch_up(facts.clone(), as_of)?;
         self.customers.catch_up(facts, as_of)?;
@@ -88,7 +86,6 @@ impl Views {
     pub fn hashes(&self) -> Vec<(&'static str, StateHash)> {
         vec![
             (self.shop.projection().name(), self.shop.state_hash()),
-            (self.timelines.projection().name(), self.timelines.state_hash()),
             (self.ledger.projection().name(), self.ledger.state_hash()),
             (self.analytics.projection().name(), self.analytics.state_hash()),
             (self.customers.projection().name(), self.customers.state_hash()),
@@ -104,7 +101,6 @@ impl Views {
     pub fn encode(&self) -> Vec<u8> {
         encode(&(
             self.shop.projection(),
-            self.timelines.projection(),
             self.ledger.projection(),
             self.analytics.projection(),
             self.customers.projection(),
@@ -114,11 +110,10 @@ impl Views {
     /// Views from [`Views::encode`]'s bytes, as folded up to `checkpoint`; `None` when the
     /// bytes do not decode.
     pub fn decode(bytes: &[u8], checkpoint: u64) -> Option<Views> {
-        let (shop, timelines, ledger, analytics, customers): (ShopView, Timelines, Ledger, Analytics, Customers) =
+        let (shop, ledger, analytics, customers): (ShopView, Ledger, Analytics, Customers) =
             postcard::from_bytes(bytes).ok()?;
         Some(Views {
             shop: Runner::resume(shop, checkpoint),
-            timelines: Runner::resume(timelines, checkpoint),
             ledger: Runner::resume(ledger, checkpoint),
             analytics: Runner::resume(analytics, checkpoint),
             customers: Runner::resume(customers, checkpoint),

@@ -172,6 +172,10 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
         assert_eq!(history["history"].as_array().map(Vec::len), Some(events_of_order), "{}", order.id);
         assert_eq!(history["as_of_position"], end);
     }
+    let unknown = client.get(&format!("{SHOP}/orders/NOPE-1/history"));
+    assert_eq!((unknown.status, unknown.json()["error"]["code"].clone()), (404, json!("unknown_order")));
+    let nowhere = client.get("/v1/shops/nowhere/orders/A-1001/history");
+    assert_eq!((nowhere.status, nowhere.json()["error"]["code"].clone()), (404, json!("unknown_shop")));
     for product in state.products() {
         let stock = client.get(&format!("{SHOP}/stock/{}", product.sku)).json();
         assert_eq!(stock["stock"]["on_hand"], product.stock.on_hand, "{}", product.sku);

@@ -9,7 +9,7 @@ use emporium::engine::{ENGINE_SNAPSHOT_SCHEMA, Engine, EngineConfig, ManualClock
 use emporium::log::Envelope;
 use emporium::sim::{self, DayConfig};
 use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore};
-use emporium::views::{Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, Views};
+use emporium::views::{Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views};
 use emporium::{OrderId, ShopId, State, Timestamp, demo};
 use emporium_projections::AsOf;
 use emporium_snapshots::{Snapshot, SnapshotStore};
@@ -101,26 +101,37 @@ async fn the_views_of_the_shop_day_hold_the_expected_figures() {
                 (buyer.orders, buyer.paid_orders, buyer.total_spent, buyer.repeat_buyer()),
                 (1, 1, dec!(264.50), false)
             );
-            let timeline = views.timelines.projection().order(&OrderId::from("A-1001")).expect("known");
-            let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
-            assert_eq!(
-                kinds,
-                [
-                    "order_placed",
-                    "order_paid",
-                    "shipment_dispatched",
-                    "shipment_dispatched",
-                    "shipment_delivered",
-                    "shipment_delivered",
-                    "return_requested",
-                    "return_received",
-                    "refund_issued"
-                ]
-            );
-            assert_eq!(timeline[1].summary, "paid 438.00 (PAY-1)");
-            assert!(timeline.iter().all(|e| e.actor == "tester"));
         })
         .expect("served");
+
+    // An order's history comes from the log's stream index, not from a view.
+    let history = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("A-1001"), last)
+        .await
+        .expect("readable")
+        .expect("placed");
+    let timeline: Vec<TimelineEntry> = history.iter().map(TimelineEntry::of).collect();
+    let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "order_placed",
+            "order_paid",
+            "shipment_dispatched",
+            "shipment_dispatched",
+            "shipment_delivered",
+            "shipment_delivered",
+            "return_requested",
+            "return_received",
+            "refund_issued"
+        ]
+    );
+    assert_eq!(timeline[1].summary, "paid 438.00 (PAY-1)");
+    assert!(timeline.iter().all(|e| e.actor == "tester"));
+    let unknown = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("A-9999"), last).await;
+    assert_eq!(unknown.expect("readable"), None);
+    let placed_at = timeline[0].position;
+    let before = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("A-1001"), placed_at - 1).await;
+    assert_eq!(before.expect("readable"), None, "not yet placed as of the position before");
 }
 
 #[tokio::test]
@@ -291,7 +302,7 @@ fn replay_and_audit_from_the_command_line() {
     let (ok, out, err) = emporium(&["replay", "--check"], dir.path());
     assert!(ok, "{err}");
     assert!(out.contains("rebuilt 21 events from zero") && out.contains("every build agrees"), "{out}");
-    for name in ["shop", "timelines", "ledger", "analytics", "customers"] {
+    for name in ["shop", "ledger", "analytics", "customers"] {
         assert!(out.lines().any(|l| l.trim_start().starts_with(name)), "{name} has no hash: {out}");
     }
     let (ok, by_position, _) = emporium(&["replay", "--as-of", "14"], dir.path());
@@ -344,4 +355,38 @@ async fn the_policy_in_force_is_the_engines_also_after_a_snapshot() {
         .expect("served")
         .expect("placed");
     assert_eq!(due.1.0 - due.0.0, 5 * 60_000, "the reopened engine's payment time limit applies");
+}
+
+/// An order placed from a checkout hold begins its history with the hold's events, as of
+/// any position; a later hold of the same SKU stays out of it.
+#[tokio::test]
+async fn an_order_placed_from_a_hold_starts_its_history_with_the_hold() {
+    use crate::support::{list, place, place_with, receive, reserve};
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock, None).await;
+    let shop = ShopId::main();
+    for command in [
+        list("S1", dec!(5.00)),
+        receive("S1", 10, dec!(2.00)),
+        reserve("R-1", &[("S1", 2)], None),
+        place("O-0", &[("S1", 1)]),
+        place_with("O-1", &[("S1", 2)], Some("R-1")),
+        reserve("R-2", &[("S1", 1)], None),
+    ] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let last = store.last_position(&shop).await.expect("readable");
+    let history = |through| {
+        let store = store.clone();
+        let shop = shop.clone();
+        async move {
+            let events = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("O-1"), through)
+                .await
+                .expect("readable");
+            events.map(|events| events.iter().map(|e| (e.position, e.event.kind())).collect::<Vec<_>>())
+        }
+    };
+    assert_eq!(history(last).await, Some(vec![(3, "stock_reserved"), (5, "order_placed")]));
+    assert_eq!(history(4).await, None, "not placed as of position 4");
 }
