@@ -114,10 +114,18 @@ impl LineBook {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct OrderBook {
-    lines: BTreeMap<Sku, LineBook>,
+    /// One per SKU, in the order's line order: an order has a few lines, and a map's node
+    /// would cost more than its lookups save.
+    lines: Vec<(Sku, LineBook)>,
     shipping_fee: Decimal,
     shipping_earned: bool,
     shipping_refunded_from_deposits: Decimal,
+}
+
+impl OrderBook {
+    fn line_mut(&mut self, sku: &Sku) -> Option<&mut LineBook> {
+        self.lines.iter_mut().find(|(line_sku, _)| line_sku == sku).map(|(_, line)| line)
+    }
 }
 
 /// The ledger projection.
@@ -264,6 +272,9 @@ impl Ledger {
                     shipping_fee: *shipping_fee,
                     ..OrderBook::default()
                 };
+                let distinct =
+                    book.lines.iter().enumerate().all(|(i, (sku, _))| book.lines[..i].iter().all(|(s, _)| s != sku));
+                assert!(distinct, "order {order_id} placed with a SKU on two lines");
                 self.books.insert(order_id.clone(), book);
                 return;
             }
@@ -275,7 +286,7 @@ impl Ledger {
             Event::ShipmentDispatched { order_id, shipment_id, lines, .. } => {
                 let Some(book) = self.books.get_mut(order_id) else { return };
                 for shipped in lines {
-                    let Some(line) = book.lines.get_mut(&shipped.sku) else { continue };
+                    let Some(line) = book.line_mut(&shipped.sku) else { continue };
                     let before = line.shipped;
                     line.shipped += shipped.quantity;
                     let net = money::share(line.net_amount, line.shipped, line.quantity)
@@ -307,7 +318,7 @@ impl Ledger {
                 for share in allocation {
                     match &share.target {
                         RefundTarget::Line(sku) => {
-                            let Some(line) = book.lines.get_mut(sku) else { continue };
+                            let Some(line) = book.line_mut(sku) else { continue };
                             let from_deposits = share.amount.min(line.deposit_held());
                             line.refunded_from_deposits += from_deposits;
                             entry
