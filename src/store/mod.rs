@@ -29,7 +29,7 @@ use crate::log::{Corruption, Envelope, Fingerprint, Hash};
 use crate::rejection::Rejection;
 
 pub use memory::MemoryStore;
-pub use sled_store::{LOCK_WAIT_MS, SledStore, wait_until_unlocked};
+pub use sled_store::{LOCK_WAIT_MS, SEGMENT_BYTES, SledStore, wait_until_unlocked};
 
 /// A rejected command, remembered so that a retry gets the same answer after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

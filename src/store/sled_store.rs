@@ -97,6 +97,33 @@ fn stream_key(stream: &str, version: u64) -> Vec<u8> {
 /// 1 GiB would be most of a rehearsal's memory.
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The size of sled's log segments in a new database.
+///
+/// sled writes a tree node as a separate blob file once it outgrows a quarter of a segment,
+/// and a leaf of sixteen 64 KiB chunks does. With sled's default of 512 KiB, a promotion
+/// day created a blob file every other group commit, each to be fsynced with its directory
+/// and listed again on every sync. At 8 MiB a node never becomes a blob. sled cannot
+/// change the size of an existing database, so one created with another size keeps it.
+pub const SEGMENT_BYTES: usize = 8 << 20;
+
+/// The segment size recorded in the `conf` file of an existing database in `dir`; `None`
+/// for a new database.
+fn persisted_segment_bytes(dir: &Path) -> io::Result<Option<usize>> {
+    let conf = match std::fs::read(dir.join("conf")) {
+        Ok(conf) => conf,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    // Text lines (`segment_size: N`, ...) then a checksum, which sled itself checks.
+    let text = String::from_utf8_lossy(&conf);
+    let value = text.lines().find_map(|line| line.strip_prefix("segment_size: "));
+    match value.map(str::parse::<usize>) {
+        Some(Ok(bytes)) => Ok(Some(bytes)),
+        // Let sled open it and report what is wrong with it.
+        Some(Err(_)) | None => Ok(None),
+    }
+}
+
 /// How long [`SledStore::open`] waits for the database's lock to be released.
 pub const LOCK_WAIT_MS: u64 = 2_000;
 
@@ -115,7 +142,9 @@ impl SledStore {
                 dir.display()
             )));
         }
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(io_error)?;
+        let segment_bytes = persisted_segment_bytes(dir).map_err(io_error)?.unwrap_or(SEGMENT_BYTES);
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).segment_size(segment_bytes);
+        let db = config.open().map_err(io_error)?;
         let syncer = Arc::new(Mutex::new(Syncer { dir: dir.to_path_buf(), synced_blobs: HashSet::new() }));
         let store = SledStore { db, dir: dir.to_path_buf(), syncer, shops: Mutex::new(BTreeMap::new()) };
         for name in store.db.tree_names() {

@@ -91,7 +91,7 @@ fn raw_records(dir: &Path) -> Vec<(u64, Vec<u8>, usize, usize)> {
 fn raw_db(dir: &Path) -> sled::Db {
     let timeout = std::time::Duration::from_millis(emporium::store::LOCK_WAIT_MS);
     assert!(emporium::store::wait_until_unlocked(dir, timeout).expect("lockable"), "the database is still open");
-    sled::open(dir).expect("raw open")
+    sled::Config::new().path(dir).segment_size(emporium::store::SEGMENT_BYTES).open().expect("raw open")
 }
 
 fn flip_byte(dir: &Path, key: &[u8], offset: usize) {
@@ -320,4 +320,27 @@ fn a_database_held_open_is_refused_with_a_clear_error() {
         Err(other) => panic!("refused otherwise: {other}"),
         Ok(_) => panic!("a second store opened the same database"),
     }
+}
+
+/// A database made with sled's default segment size (as before the store chose its own)
+/// keeps it: the store opens it, appends and reads back; a new one gets the store's size.
+#[tokio::test]
+async fn a_database_made_with_another_segment_size_still_opens() {
+    let segment_size = |dir: &Path| {
+        let conf = std::fs::read(dir.join("conf")).expect("sled's conf");
+        String::from_utf8_lossy(&conf).lines().find_map(|l| l.strip_prefix("segment_size: ").map(str::to_owned))
+    };
+    let old = temp_dir();
+    sled::Config::new().path(old.path()).segment_size(512 * 1024).open().expect("made").flush().expect("flushed");
+    let store = SledStore::open(old.path()).expect("opens an older database");
+    let shop = ShopId::new("older").expect("valid");
+    store.create_shop(&shop).await.expect("created");
+    let batch = AppendBatch { expected_last: 0, events: vec![envelope(1)], rejections: vec![] };
+    assert_eq!(store.append(&shop, &batch).await, Ok(1));
+    assert_eq!(store.read_from(&shop, 0, 10).await.map(|e| e.len()), Ok(1));
+    assert_eq!(segment_size(old.path()).as_deref(), Some("524288"));
+
+    let new = temp_dir();
+    drop(SledStore::open(new.path()).expect("opens"));
+    assert_eq!(segment_size(new.path()), Some(emporium::store::SEGMENT_BYTES.to_string()));
 }
