@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::command::{Command, Condition, Inspection, Line};
 use crate::engine::{Clock, Engine};
-use crate::ids::{CommandId, ShopId, Timestamp};
+use crate::ids::{CommandId, ShopId, Sku, Timestamp};
 use crate::sim::Rng;
 use crate::state::State;
 use crate::views::{SLOW_MOVER_DAYS_DEFAULT, Views};
@@ -132,22 +132,20 @@ pub struct OrderPlan {
 pub fn plan(scenario: &Scenario, zipf: &Zipf, n: u64) -> OrderPlan {
     let mut rng = Rng::new(scenario.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17));
     let line_count = 1 + rng.below(3);
-    let mut lines: BTreeMap<u64, u64> = BTreeMap::new();
+    // A SKU drawn twice keeps its first units.
+    let mut lines: Vec<(u64, u64)> = Vec::with_capacity(3);
     for _ in 0..line_count {
         let rank = zipf.sample(&mut rng);
         let units = 1 + rng.below(2);
-        lines.entry(rank).or_insert(units);
+        if lines.iter().all(|(drawn, _)| *drawn != rank) {
+            lines.push((rank, units));
+        }
     }
+    lines.sort_unstable();
     let customer = rng.below(scenario.customers);
     let pays = rng.chance(scenario.paid_percent);
     let returns = pays && rng.below(1000) < scenario.return_permille;
-    OrderPlan {
-        order_id: format!("D11-{n:09}"),
-        customer_id: format!("B-{customer:07}"),
-        lines: lines.into_iter().collect(),
-        pays,
-        returns,
-    }
+    OrderPlan { order_id: format!("D11-{n:09}"), customer_id: format!("B-{customer:07}"), lines, pays, returns }
 }
 
 /// A list price from a rank: 9.90 to 509.80, fixed per SKU.
@@ -359,11 +357,17 @@ async fn setup(target: &Target, shop: &ShopId, scenario: &Scenario, links: usize
     Ok(())
 }
 
-fn place_command(scenario_plan: &OrderPlan) -> Command {
+/// `skus` holds the SKU of every rank, made once per run rather than formatted per line.
+fn place_command(scenario_plan: &OrderPlan, skus: &[Sku]) -> Command {
+    let sku = |rank: u64| usize::try_from(rank).ok().and_then(|rank| skus.get(rank)).cloned();
     Command::PlaceOrder {
         order_id: scenario_plan.order_id.as_str().into(),
         customer_id: scenario_plan.customer_id.as_str().into(),
-        lines: scenario_plan.lines.iter().map(|(rank, units)| Line::new(&sku_of(*rank), *units)).collect(),
+        lines: scenario_plan
+            .lines
+            .iter()
+            .map(|(rank, units)| Line { sku: sku(*rank).unwrap_or_else(|| Sku(sku_of(*rank))), quantity: *units })
+            .collect(),
         region: "zhejiang".to_owned(),
         reservation_id: None,
     }
@@ -374,6 +378,8 @@ struct Shared {
     shop: ShopId,
     scenario: Arc<Scenario>,
     zipf: Arc<Zipf>,
+    /// The SKU of every rank.
+    skus: Vec<Sku>,
     /// The engine's clock, in-process.
     clock: Option<Arc<RunClock>>,
     /// The next order number to place.
@@ -387,7 +393,7 @@ struct Shared {
 /// One submitter of the order phase: takes order numbers until the run stops, places each
 /// order and pays the ones the plan pays.
 async fn submitter(mut link: Link, shared: Arc<Shared>) -> Tally {
-    let Shared { shop, scenario, zipf, clock, next, answered, stop, started, timeline } = &*shared;
+    let Shared { shop, scenario, zipf, skus, clock, next, answered, stop, started, timeline } = &*shared;
     let mut tally = Tally {
         latency_us: latency_histogram(),
         accepted: Vec::new(),
@@ -411,7 +417,7 @@ async fn submitter(mut link: Link, shared: Arc<Shared>) -> Tally {
             clock.tick();
         }
         let sent = Instant::now();
-        let placed = link.send(shop, &format!("place-{n}"), "storefront", place_command(&order)).await;
+        let placed = link.send(shop, &format!("place-{n}"), "storefront", place_command(&order, skus)).await;
         answered.fetch_add(1, Ordering::Relaxed);
         let latency_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
         tally.latency_us.saturating_record(latency_us);
@@ -491,6 +497,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         shop: shop.clone(),
         scenario: scenario.clone(),
         zipf: zipf.clone(),
+        skus: (0..scenario.skus).map(|rank| Sku(sku_of(rank))).collect(),
         clock: clock.clone(),
         next: Arc::new(AtomicU64::new(0)),
         answered: options.answered.clone(),
