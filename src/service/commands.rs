@@ -154,6 +154,32 @@ async fn receipt(app: &App, shop: &ShopId, resource: ResourceRef, accepted: Acce
     })
 }
 
+/// The body of one command's answer: a receipt, serialized straight to the response on the
+/// single-command routes (no JSON tree in between), or an error.
+enum AnswerBody {
+    Receipt(Box<Receipt>),
+    Error(Value),
+}
+
+impl AnswerBody {
+    /// The body as a JSON tree, for a batch's results.
+    fn into_value(self) -> Value {
+        match self {
+            AnswerBody::Receipt(receipt) => {
+                serde_json::to_value(&receipt).unwrap_or_else(|e| json!({"error": e.to_string()}))
+            }
+            AnswerBody::Error(body) => body,
+        }
+    }
+
+    fn into_response(self, status: StatusCode) -> Response {
+        match self {
+            AnswerBody::Receipt(receipt) => (status, axum::Json(receipt)).into_response(),
+            AnswerBody::Error(body) => (status, axum::Json(body)).into_response(),
+        }
+    }
+}
+
 /// Runs one parsed command; the answer's status, body and whether it repeats an earlier one.
 async fn run(
     app: &App,
@@ -161,7 +187,7 @@ async fn run(
     actor: &str,
     command: WireCommand,
     id: Option<CommandId>,
-) -> (StatusCode, Value, &'static str) {
+) -> (StatusCode, AnswerBody, &'static str) {
     let (created, resource) = (command.creates(), command.resource());
     let request =
         Request { command_id: id, correlation_id: None, actor: actor.to_owned(), command: command.into_command() };
@@ -171,10 +197,10 @@ async fn run(
             match receipt(app, shop, resource, accepted).await {
                 Ok(receipt) => {
                     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-                    let body = serde_json::to_value(&receipt).unwrap_or_else(|e| json!({"error": e.to_string()}));
+                    let body = AnswerBody::Receipt(Box::new(receipt));
                     (status, body, if replayed { "replayed" } else { "accepted" })
                 }
-                Err(error) => (error.status, error.body(), "unavailable"),
+                Err(error) => (error.status, AnswerBody::Error(error.body()), "unavailable"),
             }
         }
         Err(error) => {
@@ -187,7 +213,7 @@ async fn run(
                 CommandError::Unavailable { .. } => "unavailable",
             };
             let error = ApiError::from(error);
-            (error.status, error.body(), outcome)
+            (error.status, AnswerBody::Error(error.body()), outcome)
         }
     }
 }
@@ -215,7 +241,7 @@ pub async fn single(
     match answer {
         Ok((shop, resource, status, body, outcome)) => {
             record(&app, route.kind, outcome, started);
-            let mut response = (status, axum::Json(body)).into_response();
+            let mut response = body.into_response(status);
             if status == StatusCode::CREATED
                 && let Ok(location) = HeaderValue::from_str(&format!("/v1/shops/{shop}/{}", resource.href))
             {
@@ -289,7 +315,7 @@ pub async fn batch(State(app): AppState, params: Params, headers: HeaderMap, bod
                     let kind = command.kind();
                     let (status, body, outcome) = run(app, shop, actor, command, id).await;
                     record(app, kind, outcome, started);
-                    (status, body)
+                    (status, body.into_value())
                 }
                 Err(error) => {
                     record(app, "unknown", "invalid", started);
