@@ -130,25 +130,22 @@ impl Link {
             Link::Http { .. } => {
                 let (path, body) = route(&command).ok_or_else(|| format!("{id}: no route for this command"))?;
                 let path = format!("/v1/shops/{shop}{path}");
-                let (status, answer) = self.http(Method::POST, &path, Some(id), Some(&body)).await?;
+                let (status, answer) = self.http_bytes(Method::POST, &path, Some(id), Some(&body)).await?;
+                // Read into the few fields a run counts, not into a tree of the whole answer.
+                let not_json = |e: serde_json::Error| format!("{path}: {status} with a body that is not JSON: {e}");
                 match status {
                     StatusCode::OK | StatusCode::CREATED => {
-                        let events = answer["events"].as_array().map_or(0, |events| events.len() as u64);
-                        Ok(Answer::Accepted { events })
+                        let receipt: ReceiptEvents = serde_json::from_slice(&answer).map_err(not_json)?;
+                        Ok(Answer::Accepted { events: receipt.events.len() as u64 })
                     }
                     // Refused by the shop's rules; any other status is a failure of the run.
                     StatusCode::CONFLICT => {
-                        let error = &answer["error"];
-                        let code = error["code"].as_str().unwrap_or("unknown").to_owned();
-                        let short_skus = error["details"]["shortages"]
-                            .as_array()
-                            .map(|shortages| {
-                                shortages.iter().filter_map(|s| s["sku"].as_str().map(str::to_owned)).collect()
-                            })
-                            .unwrap_or_default();
-                        Ok(Answer::Refused { code, short_skus })
+                        let refusal: Refusal = serde_json::from_slice(&answer).map_err(not_json)?;
+                        let shortages = refusal.error.details.map(|d| d.shortages).unwrap_or_default();
+                        let short_skus = shortages.into_iter().map(|s| s.sku).collect();
+                        Ok(Answer::Refused { code: refusal.error.code, short_skus })
                     }
-                    status => Err(format!("{id}: {status} {answer}")),
+                    status => Err(format!("{id}: {status} {}", String::from_utf8_lossy(&answer))),
                 }
             }
         }
@@ -162,6 +159,23 @@ impl Link {
         idempotency_key: Option<&str>,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), String> {
+        let (status, body) = self.http_bytes(method, path, idempotency_key, body).await?;
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| format!("{path}: {status} with a body that is not JSON: {e}"))?
+        };
+        Ok((status, value))
+    }
+
+    /// An HTTP request on this connection: its status and body bytes. Only for HTTP links.
+    async fn http_bytes(
+        &mut self,
+        method: Method,
+        path: &str,
+        idempotency_key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Bytes), String> {
         let Link::Http { sender, host, authorization } = self else {
             return Err("an in-process target has no HTTP".to_owned());
         };
@@ -188,12 +202,7 @@ impl Link {
             .await
             .map_err(|e| format!("{path}: reading the answer: {e}"))?
             .to_bytes();
-        let value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).map_err(|e| format!("{path}: {status} with a body that is not JSON: {e}"))?
-        };
-        Ok((status, value))
+        Ok((status, body))
     }
 
     /// `GET path`, which must answer 200.
@@ -203,6 +212,37 @@ impl Link {
             (status, value) => Err(format!("GET {path}: {status} {value}")),
         }
     }
+}
+
+/// The part of a receipt a run reads: how many events it recorded.
+#[derive(serde::Deserialize)]
+struct ReceiptEvents {
+    events: Vec<serde::de::IgnoredAny>,
+}
+
+/// The part of a refusal a run reads: its code and the SKUs short of stock.
+#[derive(serde::Deserialize)]
+struct Refusal {
+    error: RefusalError,
+}
+
+#[derive(serde::Deserialize)]
+struct RefusalError {
+    code: String,
+    /// `null` or absent for refusals that name nothing.
+    #[serde(default)]
+    details: Option<RefusalDetails>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefusalDetails {
+    #[serde(default)]
+    shortages: Vec<ShortSku>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShortSku {
+    sku: String,
 }
 
 fn refused(rejection: &Rejection) -> Answer {
