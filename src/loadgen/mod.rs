@@ -359,6 +359,7 @@ async fn setup(target: &Target, shop: &ShopId, scenario: &Scenario, links: usize
 
 /// `skus` holds the SKU of every rank, made once per run rather than formatted per line.
 fn place_command(scenario_plan: &OrderPlan, skus: &[Sku]) -> Command {
+    // Ranks come from the scenario's own sampler, so the table always has them.
     let sku = |rank: u64| usize::try_from(rank).ok().and_then(|rank| skus.get(rank)).cloned();
     Command::PlaceOrder {
         order_id: scenario_plan.order_id.as_str().into(),

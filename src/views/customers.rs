@@ -72,12 +72,11 @@ impl emporium_projections::Projection for Customers {
         match &envelope.event {
             Event::OrderPlaced { order_id, customer_id, placed_at, .. } => {
                 self.buyer_of.insert(order_id.clone(), customer_id.clone());
-                // Most orders on a busy day come from buyers already known: clone the id
-                // only for a new one.
-                if !self.customers.contains_key(customer_id) {
-                    self.customers.insert(customer_id.clone(), CustomerStats::default());
-                }
-                let Some(stats) = self.customers.get_mut(customer_id) else { return };
+                // Clone the id only for a new buyer: most orders on a busy day are not.
+                let stats = match self.customers.get_mut(customer_id) {
+                    Some(stats) => stats,
+                    None => self.customers.entry(customer_id.clone()).or_default(),
+                };
                 stats.orders += 1;
                 stats.first_order_at.get_or_insert(*placed_at);
                 stats.last_order_at = Some(*placed_at);

@@ -132,11 +132,10 @@ impl emporium_projections::Projection for ShopView {
                     for line in &order.lines {
                         *self.daily_units.entry((line.sku.clone(), day)).or_insert(0) += line.quantity;
                         // Every SKU sold was listed, so it has an entry: no key to clone.
-                        let last_sale_at = self.last_sale_at.get_mut(&line.sku);
-                        assert!(last_sale_at.is_some(), "SKU {} sold but never listed", line.sku);
-                        if let Some(at) = last_sale_at {
-                            *at = envelope.recorded_at;
-                        }
+                        let Some(last_sale_at) = self.last_sale_at.get_mut(&line.sku) else {
+                            panic!("SKU {} sold but never listed", line.sku);
+                        };
+                        *last_sale_at = envelope.recorded_at;
                     }
                 }
             }
