@@ -3,7 +3,7 @@
 //! Run: `cargo bench --bench replay`. The setup writes a generated day of 300,000 orders
 //! (about 1.07 million events) to a sled store in a temporary directory, then measures:
 //! - `replay/state`: folding every event into the domain state (events/s);
-//! - `replay/views`: folding every event into all four views (events/s);
+//! - `replay/views`: folding every event into all five views (events/s);
 //! - `open/full_replay`: `Engine::open` with no snapshot: verify and replay the whole log;
 //! - `open/from_snapshot`: `Engine::open` from the engine snapshot taken at the end of the
 //!   log: verify and replay only what follows it (nothing, here).

@@ -1,6 +1,6 @@
 //! Reads. Orders come from the engine's own state, so they show every command answered so
-//! far; an order's history comes from the log's stream index, as of the log's end; stock,
-//! the ledger, analytics and customers come from the views, which a read first lets catch up
+//! far; stock, the ledger, analytics, customers and where an order's events are (its
+//! history, read back from the log) come from the views, which a read first lets catch up
 //! with the log's end (for at most `views_wait_ms`). Every log or view answer says the
 //! position it is as of.
 
@@ -97,19 +97,21 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
     Ok(axum::Json(order).into_response())
 }
 
-/// `GET /orders/{order_id}/history`: the order's timeline, read from the log as of its end.
+/// `GET /orders/{order_id}/history`: the order's timeline as of the views' position; the
+/// views keep where its events are, and the events are read back from the log.
 pub async fn history(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
     let (shop, params) = reader(&app, &headers, params)?;
     let order_id = OrderId::from(param(&params, "order_id"));
     order_id.check().map_err(|r| ApiError::from_rejection(&r))?;
-    // Served (known, and not refused at start-up), as for every other read.
-    app.engine.views(&shop, |_| ())?;
+    let (at, positions) = with_views(&app, &shop, |views| {
+        (views.checkpoint(), views.histories.projection().positions(&order_id).map(<[u64]>::to_vec))
+    })
+    .await?;
+    let positions = positions.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
     let store = app.engine.store().as_ref();
-    let end = log_end(&app, &shop).await?;
-    let history = crate::store::order_history(store, &shop, &order_id, end).await.map_err(ApiError::storage)?;
-    let history = history.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
+    let history = crate::store::read_positions(store, &shop, &positions).await.map_err(ApiError::storage)?;
     let history: Vec<TimelineEntry> = history.iter().map(TimelineEntry::of).collect();
-    Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": end, "history": history})).into_response())
+    Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": at, "history": history})).into_response())
 }
 
 /// `GET /stock/{sku}`.

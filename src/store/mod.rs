@@ -139,13 +139,37 @@ pub trait EventStore: Send + Sync {
     async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError>;
 }
 
+/// The events at `positions`, in the order given: how a history whose positions a view
+/// keeps ([`crate::views::Histories`]) is read back. A position past the log's end is an
+/// error: the positions came from the log.
+pub async fn read_positions(
+    store: &dyn EventStore,
+    shop: &ShopId,
+    positions: &[u64],
+) -> Result<Vec<Envelope>, StoreError> {
+    let mut events = Vec::with_capacity(positions.len());
+    for &position in positions {
+        assert!(position > 0, "positions start at 1");
+        let mut read = store.read_from(shop, position - 1, 1).await?;
+        match read.pop() {
+            Some(envelope) if envelope.position == position && read.is_empty() => events.push(envelope),
+            _ => {
+                let corruption = Corruption { position, reason: "no event at a position a view recorded".to_owned() };
+                return Err(StoreError::Corrupt { shop: shop.clone(), corruption });
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// Most events an order's history holds: an order's commands are bounded by its lines, so a
 /// real order has far fewer; a history is cut here rather than read without end.
 pub const ORDER_HISTORY_EVENTS_MAX: usize = 10_000;
 
 /// An order's history up to position `through`, oldest first: the events of the checkout
-/// hold it took over, then its own, read through the store's stream index (nothing is kept
-/// in memory for it). `None` when the order was not placed by `through`.
+/// hold it took over, then its own, read through the store's stream index: what
+/// `emporium audit` reads, with no views at hand. `None` when the order was not placed by
+/// `through`.
 pub async fn order_history(
     store: &dyn EventStore,
     shop: &ShopId,

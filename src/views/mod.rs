@@ -8,10 +8,9 @@
 //! - [`ShopView`] (`shop`): stock levels and order status;
 //! - [`Ledger`] (`ledger`): the double-entry books;
 //! - [`Analytics`] (`analytics`): figures by hour and day;
-//! - [`Customers`] (`customers`): buyers' records.
-//!
-//! An order's history is not a view: the store's stream index already keeps it, and
-//! [`TimelineEntry`] renders it when asked for.
+//! - [`Customers`] (`customers`): buyers' records;
+//! - [`Histories`] (`histories`): where each order's events are in the log, so that its
+//!   history is read back from the log at once and [`TimelineEntry`] renders it.
 
 mod analytics;
 mod customers;
@@ -26,7 +25,7 @@ pub use analytics::{Analytics, Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, Summar
 pub use customers::{CustomerStats, Customers};
 pub use ledger::{Account, JournalEntry, Ledger};
 pub use shop::{COVER_WINDOW_DAYS, DAY_MS, SLOW_MOVER_DAYS_DEFAULT, ShopView, StockLevel};
-pub use timeline::TimelineEntry;
+pub use timeline::{Histories, TimelineEntry};
 
 use crate::event::Event;
 use crate::log::Envelope;
@@ -50,6 +49,8 @@ pub struct Views {
     pub analytics: Runner<Analytics>,
     /// Buyers.
     pub customers: Runner<Customers>,
+    /// Where each order's events are.
+    pub histories: Runner<Histories>,
 }
 
 impl Default for Views {
@@ -66,6 +67,7 @@ impl Views {
             ledger: Runner::new(Ledger::new()),
             analytics: Runner::new(Analytics::new()),
             customers: Runner::new(Customers::new()),
+            histories: Runner::new(Histories::new()),
         }
     }
 
@@ -78,7 +80,8 @@ impl Views {
         let reached = self.shop.catch_up(facts.clone(), as_of)?.reached_as_of;
         self.ledger.catch_up(facts.clone(), as_of)?;
         self.analytics.catch_up(facts.clone(), as_of)?;
-        self.customers.catch_up(facts, as_of)?;
+        self.customers.catch_up(facts.clone(), as_of)?;
+        self.histories.catch_up(facts, as_of)?;
         Ok(reached)
     }
 
@@ -89,6 +92,7 @@ impl Views {
             (self.ledger.projection().name(), self.ledger.state_hash()),
             (self.analytics.projection().name(), self.analytics.state_hash()),
             (self.customers.projection().name(), self.customers.state_hash()),
+            (self.histories.projection().name(), self.histories.state_hash()),
         ]
     }
 
@@ -104,19 +108,21 @@ impl Views {
             self.ledger.projection(),
             self.analytics.projection(),
             self.customers.projection(),
+            self.histories.projection(),
         ))
     }
 
     /// Views from [`Views::encode`]'s bytes, as folded up to `checkpoint`; `None` when the
     /// bytes do not decode.
     pub fn decode(bytes: &[u8], checkpoint: u64) -> Option<Views> {
-        let (shop, ledger, analytics, customers): (ShopView, Ledger, Analytics, Customers) =
+        let (shop, ledger, analytics, customers, histories): (ShopView, Ledger, Analytics, Customers, Histories) =
             postcard::from_bytes(bytes).ok()?;
         Some(Views {
             shop: Runner::resume(shop, checkpoint),
             ledger: Runner::resume(ledger, checkpoint),
             analytics: Runner::resume(analytics, checkpoint),
             customers: Runner::resume(customers, checkpoint),
+            histories: Runner::resume(histories, checkpoint),
         })
     }
 }

@@ -170,6 +170,35 @@ async fn a_generated_day_rebuilds_identically_from_zero_from_a_snapshot_and_live
     assert_eq!(resumed.hashes(), zero.hashes(), "snapshot and tail");
 }
 
+/// The histories view keeps, for every order and as of any position, exactly the positions
+/// that the store's stream index reads for its history.
+#[tokio::test]
+async fn the_histories_view_agrees_with_the_stream_index() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock.clone(), None).await;
+    let shop = ShopId::main();
+    drive(&engine, &shop, &clock, sim::generate_day(&DayConfig::new(2_000, 5, demo::DAY_START))).await;
+    let events = all_events(store.as_ref(), &shop).await;
+    let last = events.len() as u64;
+    let orders: Vec<OrderId> =
+        engine.read(&shop, |state| state.orders().map(|o| o.id.clone()).collect()).await.expect("served");
+    assert!(orders.len() > 1_000, "{} orders", orders.len());
+    for through in [last / 2, last] {
+        let views = rebuilt(&events, AsOf::Position(through));
+        let mut placed = 0;
+        for order_id in &orders {
+            let stored =
+                emporium::store::order_history(store.as_ref(), &shop, order_id, through).await.expect("readable");
+            let stored: Option<Vec<u64>> = stored.map(|events| events.iter().map(|e| e.position).collect());
+            let kept = views.histories.projection().positions(order_id).map(<[u64]>::to_vec);
+            assert_eq!(kept, stored, "order {order_id} as of {through}");
+            placed += usize::from(kept.is_some());
+        }
+        assert!(placed > 0 && (through < last) == (placed < orders.len()), "{placed} placed as of {through}");
+    }
+}
+
 #[tokio::test]
 async fn a_view_as_of_a_position_or_time_is_the_view_of_the_log_cut_there() {
     let store = Arc::new(MemoryStore::new());
@@ -389,4 +418,17 @@ async fn an_order_placed_from_a_hold_starts_its_history_with_the_hold() {
     };
     assert_eq!(history(last).await, Some(vec![(3, "stock_reserved"), (5, "order_placed")]));
     assert_eq!(history(4).await, None, "not placed as of position 4");
+
+    // The histories view keeps the same positions, and the route reads them back.
+    engine.views_reach(&shop, last, Duration::from_secs(10)).await.expect("caught up");
+    let kept =
+        engine.views(&shop, |views| views.histories.projection().positions(&OrderId::from("O-1")).map(<[u64]>::to_vec));
+    assert_eq!(kept.expect("served"), Some(vec![3, 5]));
+    let read = emporium::store::read_positions(store.as_ref(), &shop, &[3, 5]).await.expect("readable");
+    assert_eq!(
+        read.iter().map(|e| (e.position, e.event.kind())).collect::<Vec<_>>(),
+        [(3, "stock_reserved"), (5, "order_placed")]
+    );
+    let past_end = emporium::store::read_positions(store.as_ref(), &shop, &[last + 1]).await;
+    assert!(matches!(past_end, Err(emporium::store::StoreError::Corrupt { .. })), "{past_end:?}");
 }
