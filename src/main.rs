@@ -629,7 +629,11 @@ async fn loadgen(options: LoadgenOptions) -> Result<(), String> {
         report.trial_balance,
         report.replay_matches
     )?;
-    out!("peak resident memory {:.0} MiB", report.peak_rss_mb)?;
+    out!(
+        "resident memory {:.0} MiB before the checks, {:.0} MiB at peak",
+        report.rss_before_checks_mb,
+        report.peak_rss_mb
+    )?;
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -245,8 +245,11 @@ pub struct Report {
     pub checks_passed: bool,
     /// Why a check failed.
     pub failures: Vec<String>,
-    /// Peak resident memory of this process.
+    /// Peak resident memory of this process (in-process, the checks' replay included).
     pub peak_rss_mb: f64,
+    /// Resident memory once every order and the tail were answered and, in-process, the
+    /// views had folded the whole log: what the shop costs before the checks add a replay.
+    pub rss_before_checks_mb: f64,
     /// Seconds of the order phase.
     pub order_phase_s: f64,
     /// Seconds of the tail.
@@ -257,10 +260,19 @@ pub struct Report {
 
 /// Peak resident memory in MiB, from `/proc/self/status` (0 where there is none).
 pub fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resident memory now in MiB, from `/proc/self/status` (0 where there is none).
+pub fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -542,6 +554,11 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
     let tail_started = Instant::now();
     let (shipped, returned) = tail(&target, &shop, &scenario, &zipf, &accepted, options.concurrency).await?;
     let tail_s = tail_started.elapsed().as_secs_f64();
+    if let Target::InProcess { engine, .. } = &target {
+        let end = engine.store().last_position(&shop).await.map_err(|e| e.to_string())?;
+        engine.views_reach(&shop, end, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
+    }
+    let rss_before_checks_mb = rss_mb();
 
     let checks = match &target {
         Target::InProcess { engine, .. } => check_engine(engine, &shop, &scenario, &zipf, &accepted).await?,
@@ -575,6 +592,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         checks_passed: failures.is_empty(),
         failures,
         peak_rss_mb: peak_rss_mb(),
+        rss_before_checks_mb,
         order_phase_s,
         tail_s,
         timeline: shared.timeline.points(),
@@ -782,9 +800,19 @@ async fn check_engine(
     zipf: &Zipf,
     accepted: &[u64],
 ) -> Result<Checks, String> {
-    let mut failures = Vec::new();
-    let state = engine.read(shop, State::clone).await.map_err(|e| e.to_string())?;
-    let (oversold_skus, mismatched_orders, expired) = check_state(scenario, zipf, accepted, &state, &mut failures);
+    // The live state is checked where it lives, on the shop's writer, not cloned: a clone
+    // would be one more whole state in memory at the run's peak.
+    let inputs = (scenario.clone(), zipf.clone(), accepted.to_vec());
+    let (counts, mut failures, policy) = engine
+        .read(shop, move |state| {
+            let (scenario, zipf, accepted) = inputs;
+            let mut failures = Vec::new();
+            let counts = check_state(&scenario, &zipf, &accepted, state, &mut failures);
+            (counts, failures, *state.policy())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let (oversold_skus, mismatched_orders, expired) = counts;
     // The books, as the live views hold them once they reached the log's end.
     let end = engine.store().last_position(shop).await.map_err(|e| e.to_string())?;
     let reached = engine.views_reach(shop, end, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
@@ -793,7 +821,7 @@ async fn check_engine(
     }
     let trial_balance = engine.views(shop, |views| check_books(views, &mut failures)).map_err(|e| e.to_string())?;
     let mut replayed = State::new();
-    replayed.set_policy(*state.policy());
+    replayed.set_policy(policy);
     let mut after = 0;
     loop {
         let page = engine.store().read_from(shop, after, 65_536).await.map_err(|e| e.to_string())?;
@@ -803,7 +831,7 @@ async fn check_engine(
             replayed.apply(&envelope.event);
         }
     }
-    let replay_matches = replayed == state;
+    let replay_matches = engine.read(shop, move |live| replayed == *live).await.map_err(|e| e.to_string())?;
     if !replay_matches {
         failures.push("a replay from zero differs from the live state".to_owned());
     }

@@ -108,9 +108,20 @@ fn the_command_line_writes_its_reports_and_keeps_the_store() {
     assert_eq!(report["checks_passed"], serde_json::json!(true), "{report}");
     let answered = report["accepted"].as_u64().expect("accepted") + report["refused"].as_u64().expect("refused");
     assert_eq!(answered, 300, "{report}");
-    for key in ["orders_per_s", "events_per_s", "p50_ms", "p99_ms", "p999_ms", "oversold_skus", "peak_rss_mb"] {
+    for key in [
+        "orders_per_s",
+        "events_per_s",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "oversold_skus",
+        "peak_rss_mb",
+        "rss_before_checks_mb",
+    ] {
         assert!(report[key].is_number(), "{key} in {report}");
     }
+    let (before, peak) = (report["rss_before_checks_mb"].as_f64(), report["peak_rss_mb"].as_f64());
+    assert!(before.is_some_and(|b| b > 0.0) && before <= peak, "{report}");
 
     let drawn = std::fs::read_to_string(&svg).expect("the SVG report");
     assert!(drawn.trim_start().starts_with("<svg") && drawn.trim_end().ends_with("</svg>"), "{drawn}");
