@@ -1,9 +1,15 @@
 //! Identifiers and short texts that cross the boundary of the domain.
 //!
-//! Every identifier is a thin newtype over `String`. Constructing one never validates:
+//! Every identifier is a thin newtype over a `CompactString`: up to 24 bytes live inline,
+//! without an allocation of their own, and every id a shop uses in practice is that short
+//! (order and customer numbers, SKUs, generated command ids). A promotion day clones ids
+//! into events, envelopes, the state and every view, millions of times; inline, a clone is
+//! a copy of 24 bytes and a comparison touches no other memory. They serialize exactly as
+//! strings, so logs, snapshots and state hashes are unchanged. Constructing one never validates:
 //! commands arrive from callers, and [`crate::decide`] is the single place that checks
 //! them (see [`Limits`](crate::limits)). Events only ever hold values that passed.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -35,7 +41,7 @@ macro_rules! identifier {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name(pub CompactString);
 
         impl $name {
             /// The identifier as text.
@@ -51,7 +57,13 @@ macro_rules! identifier {
 
         impl From<&str> for $name {
             fn from(text: &str) -> Self {
-                $name(text.to_owned())
+                $name(CompactString::from(text))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(text: String) -> Self {
+                $name(CompactString::from(text))
             }
         }
 
@@ -160,7 +172,7 @@ impl fmt::Display for ShopId {
 /// outcome. Chosen by the caller or generated; 1 to 128 characters, no control characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct CommandId(String);
+pub struct CommandId(CompactString);
 
 /// Longest command id, in characters.
 pub const COMMAND_ID_LENGTH_MAX: usize = 128;
@@ -175,13 +187,13 @@ impl CommandId {
         if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err("a command id must not contain spaces or control characters".to_owned());
         }
-        Ok(CommandId(text.to_owned()))
+        Ok(CommandId(CompactString::from(text)))
     }
 
     /// A generated id, unique within a process run and across runs of one shop: `prefix`
     /// names its source and `sequence` is unique within it.
     pub fn generated(prefix: &str, sequence: u64) -> CommandId {
-        CommandId(format!("{prefix}-{sequence:016x}"))
+        CommandId(compact_str::format_compact!("{prefix}-{sequence:016x}"))
     }
 
     /// The id as text.

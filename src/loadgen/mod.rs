@@ -379,7 +379,7 @@ fn place_command(scenario_plan: &OrderPlan, skus: &[Sku]) -> Command {
         lines: scenario_plan
             .lines
             .iter()
-            .map(|(rank, units)| Line { sku: sku(*rank).unwrap_or_else(|| Sku(sku_of(*rank))), quantity: *units })
+            .map(|(rank, units)| Line { sku: sku(*rank).unwrap_or_else(|| Sku::from(sku_of(*rank))), quantity: *units })
             .collect(),
         region: "zhejiang".to_owned(),
         reservation_id: None,
@@ -510,7 +510,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         shop: shop.clone(),
         scenario: scenario.clone(),
         zipf: zipf.clone(),
-        skus: (0..scenario.skus).map(|rank| Sku(sku_of(rank))).collect(),
+        skus: (0..scenario.skus).map(|rank| Sku::from(sku_of(rank))).collect(),
         clock: clock.clone(),
         next: Arc::new(AtomicU64::new(0)),
         answered: options.answered.clone(),
