@@ -27,13 +27,13 @@ fn runtime() -> tokio::runtime::Runtime {
 fn paid(position: u64) -> Envelope {
     Envelope {
         position,
-        stream: format!("order-O-{position:010}"),
+        stream: format!("order-O-{position:010}").into(),
         stream_version: 2,
         recorded_at: Timestamp(1_794_387_600_000 + position),
         command_id: CommandId::generated("bench", position),
         fingerprint: [9; 16],
-        correlation_id: format!("checkout-{position:010}"),
-        actor: "storefront".to_owned(),
+        correlation_id: format!("checkout-{position:010}").into(),
+        actor: "storefront".into(),
         event: Event::OrderPaid {
             order_id: format!("O-{position:010}").as_str().into(),
             payment_id: format!("PAY-{position:012}").as_str().into(),

@@ -29,6 +29,7 @@
 //!   writer hands over once durable, and from the store whatever those miss. The writer
 //!   never waits for it.
 
+use compact_str::CompactString;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -566,7 +567,7 @@ impl Idempotency {
 /// A shop's in-memory side, rebuilt from its log.
 struct Core {
     state: State,
-    stream_versions: IdMap<String, u64>,
+    stream_versions: IdMap<CompactString, u64>,
     idempotency: Idempotency,
     last_position: u64,
     last_recorded_at: Timestamp,
@@ -580,11 +581,11 @@ const RECOVERY_PAGE_EVENTS: usize = 4096;
 /// What an engine snapshot holds, as a tuple (postcard encodes it like a struct): the state,
 /// stream versions, remembered commands oldest first, the last recorded time, and the hash
 /// of the record at the snapshot's position.
-type CoreImage = (State, BTreeMap<String, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
+type CoreImage = (State, BTreeMap<CompactString, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
 
 impl Core {
     fn encode_image(&self, head: Hash) -> Result<Vec<u8>, postcard::Error> {
-        let streams: BTreeMap<&String, &u64> = self.stream_versions.iter().collect();
+        let streams: BTreeMap<&CompactString, &u64> = self.stream_versions.iter().collect();
         let known: Vec<(&Timestamp, &CommandId, &Known)> = self
             .idempotency
             .by_time
@@ -1288,7 +1289,9 @@ fn decide_one(
     }
     match core.state.execute(now, &request.command) {
         Ok(events) => {
-            let correlation_id = request.correlation_id.unwrap_or_else(|| command_id.as_str().to_owned());
+            // Once per command, inline when short: every event's envelope clones them.
+            let correlation_id = CompactString::from(request.correlation_id.as_deref().unwrap_or(command_id.as_str()));
+            let actor = CompactString::from(request.actor.as_str());
             let first = core.last_position + 1;
             for event in events.iter().cloned() {
                 core.last_position += 1;
@@ -1306,7 +1309,7 @@ fn decide_one(
                     command_id: command_id.clone(),
                     fingerprint,
                     correlation_id: correlation_id.clone(),
-                    actor: request.actor.clone(),
+                    actor: actor.clone(),
                     event,
                 });
             }

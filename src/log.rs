@@ -15,6 +15,7 @@
 //!
 //! Encoding happens only here, at the edge between the engine and a store.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Subject};
@@ -41,7 +42,7 @@ pub struct Envelope {
     /// Position in its shop's log: gap-free, from 1.
     pub position: u64,
     /// The stream it belongs to: `order-<id>`, `sku-<sku>` or `reservation-<id>`.
-    pub stream: String,
+    pub stream: CompactString,
     /// Version within the stream: gap-free, from 1.
     pub stream_version: u64,
     /// When the engine recorded it, by the engine clock.
@@ -51,9 +52,9 @@ pub struct Envelope {
     /// That command's fingerprint.
     pub fingerprint: Fingerprint,
     /// Groups the commands of one business transaction; the command id when not given.
-    pub correlation_id: String,
+    pub correlation_id: CompactString,
     /// Who sent the command.
-    pub actor: String,
+    pub actor: CompactString,
     /// The fact.
     pub event: Event,
 }
@@ -68,19 +69,21 @@ impl emporium_projections::Fact for Envelope {
     }
 }
 
-/// What is stored before the payload. Field order is part of the format.
+/// What is stored before the payload. Field order is part of the format. Texts are `S` and
+/// the command id `C`: borrowed when writing (every string encodes the same, owned or not),
+/// owned when reading.
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct Header<S, C> {
     position: u64,
-    stream: String,
+    stream: S,
     stream_version: u64,
-    kind: String,
+    kind: S,
     schema_version: u16,
     recorded_at: Timestamp,
-    command_id: CommandId,
+    command_id: C,
     fingerprint: Fingerprint,
-    correlation_id: String,
-    actor: String,
+    correlation_id: S,
+    actor: S,
 }
 
 /// The current schema version of every event type. An event type's version goes up by one
@@ -112,22 +115,22 @@ pub fn schema_version(kind: &str) -> Option<u16> {
 }
 
 /// The stream an event belongs to: `sku-<sku>`, `reservation-<id>` or `order-<id>`.
-pub fn stream_of(event: &Event) -> String {
+pub fn stream_of(event: &Event) -> CompactString {
     match event.subject() {
-        Subject::Sku(sku) => format!("sku-{sku}"),
+        Subject::Sku(sku) => compact_str::format_compact!("sku-{sku}"),
         Subject::Reservation(reservation_id) => reservation_stream(reservation_id),
         Subject::Order(order_id) => order_stream(order_id),
     }
 }
 
 /// The stream of an order's events.
-pub fn order_stream(order_id: &crate::ids::OrderId) -> String {
-    format!("order-{order_id}")
+pub fn order_stream(order_id: &crate::ids::OrderId) -> CompactString {
+    compact_str::format_compact!("order-{order_id}")
 }
 
 /// The stream of a checkout hold's events.
-pub fn reservation_stream(reservation_id: &crate::ids::ReservationId) -> String {
-    format!("reservation-{reservation_id}")
+pub fn reservation_stream(reservation_id: &crate::ids::ReservationId) -> CompactString {
+    compact_str::format_compact!("reservation-{reservation_id}")
 }
 
 /// The hash the first record of `shop` chains from.
@@ -162,19 +165,19 @@ pub fn fingerprint<T: Serialize>(command: &T) -> Fingerprint {
     fingerprint
 }
 
-fn header(envelope: &Envelope) -> Header {
+fn header(envelope: &Envelope) -> Header<&str, &CommandId> {
     let kind = envelope.event.kind();
     Header {
         position: envelope.position,
-        stream: envelope.stream.clone(),
+        stream: &envelope.stream,
         stream_version: envelope.stream_version,
-        kind: kind.to_owned(),
+        kind,
         schema_version: schema_version(kind).unwrap_or(0),
         recorded_at: envelope.recorded_at,
-        command_id: envelope.command_id.clone(),
+        command_id: &envelope.command_id,
         fingerprint: envelope.fingerprint,
-        correlation_id: envelope.correlation_id.clone(),
-        actor: envelope.actor.clone(),
+        correlation_id: &envelope.correlation_id,
+        actor: &envelope.actor,
     }
 }
 
@@ -300,8 +303,8 @@ fn decode_body(body: &[u8]) -> Result<Envelope, String> {
     if format != RECORD_FORMAT_VERSION {
         return Err(format!("unknown record format {format}"));
     }
-    let (header, payload) =
-        postcard::take_from_bytes::<Header>(rest).map_err(|e| format!("header does not decode: {e}"))?;
+    let (header, payload) = postcard::take_from_bytes::<Header<CompactString, CommandId>>(rest)
+        .map_err(|e| format!("header does not decode: {e}"))?;
     let current = schema_version(&header.kind).ok_or_else(|| format!("unknown event type {}", header.kind))?;
     let event = if header.schema_version == current {
         let (event, trailing) =
@@ -378,13 +381,13 @@ mod tests {
     fn envelope(position: u64) -> Envelope {
         Envelope {
             position,
-            stream: "sku-S1".to_owned(),
+            stream: "sku-S1".into(),
             stream_version: position,
             recorded_at: Timestamp(1_000 + position),
             command_id: CommandId::generated("t", position),
             fingerprint: [7; 16],
-            correlation_id: "c".to_owned(),
-            actor: "tester".to_owned(),
+            correlation_id: "c".into(),
+            actor: "tester".into(),
             event: Event::ProductDelisted { sku: Sku::from("S1") },
         }
     }

@@ -247,7 +247,7 @@ pub fn price(state: &crate::state::State, command: Command) -> Command {
 /// id per command, sent by `actor`. For tests and benches that need a realistic log.
 pub fn day_envelopes(config: &DayConfig, actor: &str) -> Vec<Envelope> {
     let mut state = crate::state::State::new();
-    let mut versions: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut versions: std::collections::HashMap<compact_str::CompactString, u64> = std::collections::HashMap::new();
     let mut envelopes = Vec::new();
     for (index, (at, command)) in generate_day(config).into_iter().enumerate() {
         let command = price(&state, command);
@@ -264,8 +264,8 @@ pub fn day_envelopes(config: &DayConfig, actor: &str) -> Vec<Envelope> {
                 recorded_at: at,
                 command_id: command_id.clone(),
                 fingerprint: fingerprint(&command),
-                correlation_id: command_id.as_str().to_owned(),
-                actor: actor.to_owned(),
+                correlation_id: command_id.as_str().into(),
+                actor: actor.into(),
                 event,
             });
         }

@@ -736,7 +736,7 @@ struct Cursor {
     declared: u64,
     position: u64,
     head: Hash,
-    streams: HashMap<String, u64>,
+    streams: HashMap<compact_str::CompactString, u64>,
 }
 
 /// Checks lines one after another; both passes use it.
@@ -874,12 +874,18 @@ impl Checker {
         }
         let stream = log::stream_of(&event);
         if line.stream != stream {
-            return fail(self, Problem::StreamMismatch { expected: stream, found: line.stream.clone() });
+            return fail(
+                self,
+                Problem::StreamMismatch { expected: stream.as_str().to_owned(), found: line.stream.clone() },
+            );
         }
         let stream_version = cursor.streams.get(&stream).map_or(1, |v| v + 1);
         if line.stream_version != stream_version {
             let found = line.stream_version;
-            return fail(self, Problem::StreamVersion { stream, expected: stream_version, found });
+            return fail(
+                self,
+                Problem::StreamVersion { stream: stream.as_str().to_owned(), expected: stream_version, found },
+            );
         }
         let Some(fingerprint) = from_hex::<16>(&line.fingerprint) else {
             return fail(self, Problem::BadHex { key: "fingerprint", digits: 32 });
@@ -894,8 +900,8 @@ impl Checker {
             recorded_at: Timestamp(line.recorded_at),
             command_id: line.command_id,
             fingerprint,
-            correlation_id: line.correlation_id,
-            actor: line.actor,
+            correlation_id: line.correlation_id.into(),
+            actor: line.actor.into(),
             event,
         };
         let position = envelope.position;

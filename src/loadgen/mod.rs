@@ -16,6 +16,7 @@
 //! payment time limit expires them; then every paid order ships and is delivered, and about
 //! 3% return a line, which is received and refunded.
 
+use compact_str::CompactString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -842,12 +843,12 @@ async fn check_engine(
 #[derive(serde::Deserialize)]
 struct FeedLine {
     position: u64,
-    stream: String,
+    stream: CompactString,
     stream_version: u64,
     recorded_at: u64,
     command_id: String,
-    correlation_id: String,
-    actor: String,
+    correlation_id: CompactString,
+    actor: CompactString,
     event: crate::event::Event,
 }
 

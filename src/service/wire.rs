@@ -614,12 +614,12 @@ impl From<&Envelope> for EventLine {
     fn from(envelope: &Envelope) -> EventLine {
         EventLine {
             position: envelope.position,
-            stream: envelope.stream.clone(),
+            stream: envelope.stream.as_str().to_owned(),
             stream_version: envelope.stream_version,
             recorded_at: envelope.recorded_at.0,
             command_id: envelope.command_id.as_str().to_owned(),
-            correlation_id: envelope.correlation_id.clone(),
-            actor: envelope.actor.clone(),
+            correlation_id: envelope.correlation_id.as_str().to_owned(),
+            actor: envelope.actor.as_str().to_owned(),
             kind: envelope.event.kind().to_owned(),
             event: envelope.event.clone(),
         }

@@ -32,7 +32,7 @@ struct Data {
     chunks: BTreeMap<u64, Vec<u8>>,
     rejections: Vec<RejectionRecord>,
     /// Stream name to the positions of its events, in version order.
-    streams: HashMap<String, Vec<u64>>,
+    streams: HashMap<compact_str::CompactString, Vec<u64>>,
 }
 
 impl MemoryStore {

@@ -103,7 +103,7 @@ impl TimelineEntry {
             position: envelope.position,
             recorded_at: envelope.recorded_at,
             kind: envelope.event.kind().to_owned(),
-            actor: envelope.actor.clone(),
+            actor: envelope.actor.as_str().to_owned(),
             command_id: envelope.command_id.clone(),
             summary: super::describe(&envelope.event),
         }

@@ -14,13 +14,13 @@ use crate::support::*;
 fn envelope(position: u64) -> Envelope {
     Envelope {
         position,
-        stream: "sku-S1".to_owned(),
+        stream: "sku-S1".into(),
         stream_version: position,
         recorded_at: DAY_START,
         command_id: CommandId::generated("fence", position),
         fingerprint: [0; 16],
-        correlation_id: "c".to_owned(),
-        actor: "tester".to_owned(),
+        correlation_id: "c".into(),
+        actor: "tester".into(),
         event: Event::ProductDelisted { sku: Sku::from("S1") },
     }
 }
@@ -242,7 +242,7 @@ async fn check_store(store: Arc<dyn EventStore>) {
     let mut envelopes: Vec<Envelope> = (1..=300).map(envelope).collect();
     for e in &mut envelopes {
         // Two streams, versions gap-free within each.
-        e.stream = format!("sku-S{}", e.position % 2);
+        e.stream = format!("sku-S{}", e.position % 2).into();
         e.stream_version = e.position.div_ceil(2);
     }
     let waiter = {

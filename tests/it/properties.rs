@@ -279,8 +279,8 @@ proptest! {
                     recorded_at: now,
                     command_id: emporium::CommandId::generated("prop", position),
                     fingerprint: [0; 16],
-                    correlation_id: "prop".to_owned(),
-                    actor: "prop".to_owned(),
+                    correlation_id: "prop".into(),
+                    actor: "prop".into(),
                     event: event.clone(),
                 };
                 ledger.apply(&envelope).map_err(|gap| TestCaseError::fail(gap.to_string()))?;

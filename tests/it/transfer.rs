@@ -253,7 +253,7 @@ async fn an_export_that_changes_between_the_passes_stops_at_the_changed_batch() 
         altered.create_shop(&shop).await.expect("created");
         let mut events = all_events(source.as_ref(), &shop).await;
         if shop.as_str() == "outlet" {
-            events[BATCH_EVENTS + 9].actor = "someone else".to_owned();
+            events[BATCH_EVENTS + 9].actor = "someone else".into();
         }
         if !events.is_empty() {
             altered
