@@ -40,6 +40,9 @@ pub mod transfer;
 pub mod views;
 
 pub use command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
+/// The inline string of identifiers and envelope texts, so embedders can name it without
+/// depending on `compact_str` themselves.
+pub use compact_str::CompactString;
 pub use decide::decide;
 pub use event::Event;
 pub use ids::{
