@@ -132,7 +132,7 @@ impl Link {
                 let path = format!("/v1/shops/{shop}{path}");
                 let (status, answer) = self.http_bytes(Method::POST, &path, Some(id), Some(&body)).await?;
                 // Read into the few fields a run counts, not into a tree of the whole answer.
-                let not_json = |e: serde_json::Error| format!("{path}: {status} with a body that is not JSON: {e}");
+                let not_json = |e| not_json(&path, status, e);
                 match status {
                     StatusCode::OK | StatusCode::CREATED => {
                         let receipt: ReceiptEvents = serde_json::from_slice(&answer).map_err(not_json)?;
@@ -163,7 +163,7 @@ impl Link {
         let value = if body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&body).map_err(|e| format!("{path}: {status} with a body that is not JSON: {e}"))?
+            serde_json::from_slice(&body).map_err(|e| not_json(path, status, e))?
         };
         Ok((status, value))
     }
@@ -212,6 +212,10 @@ impl Link {
             (status, value) => Err(format!("GET {path}: {status} {value}")),
         }
     }
+}
+
+fn not_json(path: &str, status: StatusCode, error: serde_json::Error) -> String {
+    format!("{path}: {status} with a body that is not JSON: {error}")
 }
 
 /// The part of a receipt a run reads: how many events it recorded.

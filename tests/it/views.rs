@@ -23,6 +23,18 @@ fn rebuilt(events: &[Envelope], as_of: AsOf) -> Views {
     views
 }
 
+/// A generated day of 2,000 orders (seed 5) driven through an engine on a memory store, and
+/// its log.
+async fn generated_day_2000() -> (Arc<MemoryStore>, Engine, Vec<Envelope>) {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(store.clone(), clock.clone(), None).await;
+    let shop = ShopId::main();
+    drive(&engine, &shop, &clock, sim::generate_day(&DayConfig::new(2_000, 5, demo::DAY_START))).await;
+    let events = all_events(store.as_ref(), &shop).await;
+    (store, engine, events)
+}
+
 async fn open(store: Arc<dyn EventStore>, clock: Arc<ManualClock>, snapshots: Option<SnapshotConfig>) -> Engine {
     let config = EngineConfig { snapshots, ..EngineConfig::default() };
     let engine = Engine::open(store, clock, config).await.expect("opens");
@@ -174,12 +186,8 @@ async fn a_generated_day_rebuilds_identically_from_zero_from_a_snapshot_and_live
 /// that the store's stream index reads for its history.
 #[tokio::test]
 async fn the_histories_view_agrees_with_the_stream_index() {
-    let store = Arc::new(MemoryStore::new());
-    let clock = Arc::new(ManualClock::new(demo::DAY_START));
-    let engine = open(store.clone(), clock.clone(), None).await;
+    let (store, engine, events) = generated_day_2000().await;
     let shop = ShopId::main();
-    drive(&engine, &shop, &clock, sim::generate_day(&DayConfig::new(2_000, 5, demo::DAY_START))).await;
-    let events = all_events(store.as_ref(), &shop).await;
     let last = events.len() as u64;
     let orders: Vec<OrderId> =
         engine.read(&shop, |state| state.orders().map(|o| o.id.clone()).collect()).await.expect("served");
@@ -201,12 +209,8 @@ async fn the_histories_view_agrees_with_the_stream_index() {
 
 #[tokio::test]
 async fn a_view_as_of_a_position_or_time_is_the_view_of_the_log_cut_there() {
-    let store = Arc::new(MemoryStore::new());
-    let clock = Arc::new(ManualClock::new(demo::DAY_START));
-    let engine = open(store.clone(), clock.clone(), None).await;
+    let (_, _, events) = generated_day_2000().await;
     let shop = ShopId::main();
-    drive(&engine, &shop, &clock, sim::generate_day(&DayConfig::new(2_000, 5, demo::DAY_START))).await;
-    let events = all_events(store.as_ref(), &shop).await;
     let last = events.len() as u64;
     for position in [1, 100, last / 3, last / 2, last - 1, last] {
         let as_of = rebuilt(&events, AsOf::Position(position));
