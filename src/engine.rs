@@ -274,6 +274,9 @@ pub struct EngineStats {
     pub batch_commands: Histogram,
     /// Events appended per group commit.
     pub batch_events: Histogram,
+    /// Seconds from handing a batch to the store until its append returned (durable, or
+    /// failed), waiting to be scheduled included.
+    pub group_commit_s: Histogram,
 }
 
 /// Where one shop stands, for monitoring.
@@ -317,6 +320,7 @@ impl Engine {
             stats: Arc::new(EngineStats {
                 batch_commands: Histogram::new(crate::metrics::BATCH_BOUNDS),
                 batch_events: Histogram::new(crate::metrics::EVENT_BATCH_BOUNDS),
+                group_commit_s: Histogram::new(crate::metrics::LATENCY_BOUNDS_S),
             }),
             writers: std::sync::Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
@@ -825,6 +829,8 @@ struct InFlight {
     last: u64,
     /// The time it was decided at.
     now: Timestamp,
+    /// When it was handed to the store, by the monotonic clock (for the stats only).
+    launched: std::time::Instant,
 }
 
 impl Writer {
@@ -968,7 +974,8 @@ impl Writer {
                 let result = store.append(&shop, &batch).await;
                 (batch, result)
             });
-            self.in_flight = Some(InFlight { task, pending, last, now });
+            let launched = std::time::Instant::now();
+            self.in_flight = Some(InFlight { task, pending, last, now, launched });
         }
         let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
         if last >= self.last_snapshot.saturating_add(every) {
@@ -995,7 +1002,8 @@ impl Writer {
 
     /// Answers the commands of the batch in flight, which just finished appending.
     async fn finish(&mut self, done: Result<Appended, tokio::task::JoinError>) -> bool {
-        let Some(InFlight { pending, last, now, .. }) = self.in_flight.take() else { return true };
+        let Some(InFlight { pending, last, now, launched, .. }) = self.in_flight.take() else { return true };
+        self.stats.group_commit_s.record(launched.elapsed().as_secs_f64());
         let reason = match done {
             Ok((batch, Ok(appended))) => {
                 assert_eq!(appended, last, "the store ends where the batch does");

@@ -629,6 +629,11 @@ async fn loadgen(options: LoadgenOptions) -> Result<(), String> {
         report.trial_balance,
         report.replay_matches
     )?;
+    if let (Some(count), Some(commands), Some(ms)) =
+        (report.group_commits, report.group_commit_commands_mean, report.group_commit_ms_mean)
+    {
+        out!("group commits in the order phase: {count}, {commands:.0} commands and {ms:.2} ms to durable on average")?;
+    }
     out!(
         "resident memory {:.0} MiB before the checks, {:.0} MiB at peak",
         report.rss_before_checks_mb,

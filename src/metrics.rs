@@ -52,6 +52,11 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The sum of the values recorded, to a millionth of the unit.
+    pub fn sum(&self) -> f64 {
+        self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
     /// Appends the histogram's lines (`_bucket`, `_sum`, `_count`) for `name` with `labels`
     /// (already formatted, `key="value"` pairs joined by commas, or empty).
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {

@@ -253,10 +253,58 @@ pub struct Report {
     pub rss_before_checks_mb: f64,
     /// Seconds of the order phase.
     pub order_phase_s: f64,
+    /// In-process, the engine's group commits appended during the order phase (`None`
+    /// over HTTP).
+    pub group_commits: Option<u64>,
+    /// Their mean size in commands.
+    pub group_commit_commands_mean: Option<f64>,
+    /// Their mean time from being handed to the store to being durable, in milliseconds.
+    pub group_commit_ms_mean: Option<f64>,
     /// Seconds of the tail.
     pub tail_s: f64,
     /// Per second of the order phase: orders answered and p99 latency in ms.
     pub timeline: Vec<(u64, f64)>,
+}
+
+/// The engine's group-commit totals at one moment, to take the order phase's share.
+struct CommitTotals {
+    /// Batches of commands decided, and the commands in them.
+    batches: u64,
+    commands: f64,
+    /// Batches appended, and the seconds until each was durable.
+    appends: u64,
+    seconds: f64,
+}
+
+impl CommitTotals {
+    /// In-process, the engine's totals so far; `None` over HTTP.
+    fn of(target: &Target) -> Option<CommitTotals> {
+        let Target::InProcess { engine, .. } = target else { return None };
+        let stats = engine.stats();
+        Some(CommitTotals {
+            batches: stats.batch_commands.count(),
+            commands: stats.batch_commands.sum(),
+            appends: stats.group_commit_s.count(),
+            seconds: stats.group_commit_s.sum(),
+        })
+    }
+
+    fn since(&self, before: &CommitTotals) -> CommitTotals {
+        CommitTotals {
+            batches: self.batches.saturating_sub(before.batches),
+            commands: self.commands - before.commands,
+            appends: self.appends.saturating_sub(before.appends),
+            seconds: self.seconds - before.seconds,
+        }
+    }
+
+    fn commands_mean(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.commands / self.batches as f64)
+    }
+
+    fn ms_mean(&self) -> Option<f64> {
+        (self.appends > 0).then(|| self.seconds * 1000.0 / self.appends as f64)
+    }
 }
 
 /// Peak resident memory in MiB, from `/proc/self/status` (0 where there is none).
@@ -506,6 +554,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         Target::InProcess { clock, .. } => Some(clock.clone()),
         Target::Http { .. } => None,
     };
+    let commits_before = CommitTotals::of(&target);
     let started = Instant::now();
     let shared = Arc::new(Shared {
         shop: shop.clone(),
@@ -525,6 +574,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         tallies.push(task.await.map_err(|e| format!("a submitter failed: {e}"))?);
     }
     let order_phase_s = started.elapsed().as_secs_f64();
+    let commits = CommitTotals::of(&target).zip(commits_before).map(|(after, before)| after.since(&before));
 
     let mut latency = latency_histogram();
     let mut accepted: Vec<u64> = Vec::new();
@@ -595,6 +645,9 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         peak_rss_mb: peak_rss_mb(),
         rss_before_checks_mb,
         order_phase_s,
+        group_commits: commits.as_ref().map(|c| c.appends),
+        group_commit_commands_mean: commits.as_ref().and_then(|c| c.commands_mean()),
+        group_commit_ms_mean: commits.as_ref().and_then(|c| c.ms_mean()),
         tail_s,
         timeline: shared.timeline.points(),
     })

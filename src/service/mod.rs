@@ -252,6 +252,9 @@ async fn metrics(State(app): AppState, headers: HeaderMap) -> Result<Response, A
     out += "# HELP emporium_group_commit_events Events per group commit.\n";
     out += "# TYPE emporium_group_commit_events histogram\n";
     stats.batch_events.render(&mut out, "emporium_group_commit_events", "");
+    out += "# HELP emporium_group_commit_seconds Time from handing a group commit to the store to its being durable.\n";
+    out += "# TYPE emporium_group_commit_seconds histogram\n";
+    stats.group_commit_s.render(&mut out, "emporium_group_commit_seconds", "");
     let progress = app.engine.progress();
     out += "# HELP emporium_log_position The last durable position of each shop's log.\n";
     out += "# TYPE emporium_log_position gauge\n";

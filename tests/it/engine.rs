@@ -368,6 +368,9 @@ async fn an_idle_shop_records_expiries_by_itself() {
     assert_eq!(after, 4, "nothing more was due");
     assert_eq!(engine.stats().batch_commands.count(), 4);
     assert_eq!(engine.stats().batch_events.count(), 4);
+    // Each of them was appended and timed.
+    assert_eq!(engine.stats().group_commit_s.count(), 4);
+    assert!(engine.stats().group_commit_s.sum() > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

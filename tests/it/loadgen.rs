@@ -81,6 +81,7 @@ async fn a_seeded_rehearsal_over_http_passes_its_checks() {
     assert!(report.trial_balance.is_zero() && report.replay_matches);
     assert!(report.refusals.get("insufficient_stock").is_some_and(|n| *n > 0), "the hot SKUs sold out");
     assert!(report.returned > 0 && report.paid == report.shipped, "{report:?}");
+    assert_eq!(report.group_commits, None, "the engine's batches are the server's, not seen here");
 
     // A second rehearsal on a shop that already has events is refused before it sends an order.
     let again = loadgen::run(target, ShopId::new("double11").expect("shop"), &options).await;
@@ -121,6 +122,10 @@ fn the_command_line_writes_its_reports_and_keeps_the_store() {
         assert!(report[key].is_number(), "{key} in {report}");
     }
     let (before, peak) = (report["rss_before_checks_mb"].as_f64(), report["peak_rss_mb"].as_f64());
+    assert!(report["group_commits"].as_u64().is_some_and(|n| n > 0), "{report}");
+    let commands = report["group_commit_commands_mean"].as_f64().expect("in-process");
+    assert!(commands >= 1.0, "{report}");
+    assert!(report["group_commit_ms_mean"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
     assert!(before.is_some_and(|b| b > 0.0) && before <= peak, "{report}");
 
     let drawn = std::fs::read_to_string(&svg).expect("the SVG report");

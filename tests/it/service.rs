@@ -202,6 +202,7 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
     assert!(metrics.contains("emporium_commands_total{kind=\"place_order\",outcome=\"accepted\"} 3"), "{metrics}");
     assert!(metrics.contains(&format!("emporium_log_position{{shop=\"main\"}} {end}")), "{metrics}");
     assert!(metrics.contains("emporium_group_commit_commands_count"));
+    assert!(metrics.contains("emporium_group_commit_seconds_count"));
     let openapi = client.get("/v1/openapi.json").json();
     assert!(openapi["paths"]["/v1/shops/{shop}/orders/{order_id}/payments"]["post"].is_object());
     assert_eq!(client.get("/healthz").json()["status"], "ok");
