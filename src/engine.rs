@@ -970,8 +970,10 @@ impl Writer {
             }
         } else {
             let (store, shop) = (self.store.clone(), self.shop.clone());
-            let task = tokio::spawn(async move {
-                let result = store.append(&shop, &batch).await;
+            // One hand-off to a blocking thread, which appends and syncs, and one back.
+            let runtime = tokio::runtime::Handle::current();
+            let task = tokio::task::spawn_blocking(move || {
+                let result = store.append_blocking(&runtime, &shop, &batch);
                 (batch, result)
             });
             let launched = std::time::Instant::now();

@@ -104,6 +104,20 @@ pub trait EventStore: Send + Sync {
     /// The batch stays the caller's: the engine hands its events on to the views once durable.
     async fn append(&self, shop: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError>;
 
+    /// [`EventStore::append`] from a thread that may block (the blocking pool, never a
+    /// runtime worker), with the same guarantees. The engine's writer appends this way: one
+    /// hand-off to a blocking thread and one back, where an async append whose IO blocks
+    /// underneath takes a task and a blocking thread of its own. By default, `append` on
+    /// `runtime`.
+    fn append_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        shop: &ShopId,
+        batch: &AppendBatch,
+    ) -> Result<u64, StoreError> {
+        runtime.block_on(self.append(shop, batch))
+    }
+
     /// Up to `limit` events after position `after`, in order.
     async fn read_from(&self, shop: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError>;
 

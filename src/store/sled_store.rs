@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use crate::ids::ShopId;
 use crate::log::{self, Envelope, Hash};
 
-use super::chunks::{self, ShopLog};
+use super::chunks::{self, Head, ShopLog};
 use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
 
 const CHUNK: u8 = b'e';
@@ -156,6 +156,43 @@ impl SledStore {
             store.open_shop(&shop_id)?;
         }
         Ok(store)
+    }
+
+    /// What an append writes after `head`: the sled batch (chunks and the rejection group),
+    /// the new head, and the rejection group's number. Checks the fence; writes nothing.
+    fn prepare(
+        shop_id: &ShopId,
+        shop: &Shop,
+        head: &Head,
+        batch: &AppendBatch,
+    ) -> Result<(sled::Batch, Head, Option<u64>), StoreError> {
+        if let Some(error) = &shop.broken {
+            return Err(error.clone());
+        }
+        let (chunks, new_head) = chunks::encode_batch(shop_id, head, batch.expected_last, &batch.events)?;
+        let mut write = sled::Batch::default();
+        for (first, bytes) in chunks {
+            write.insert(&chunk_key(first), bytes);
+        }
+        let group = if batch.rejections.is_empty() {
+            None
+        } else {
+            let group = shop.rejection_group_next.load(std::sync::atomic::Ordering::Acquire);
+            write.insert(&numbered_key(REJECTION_GROUP, group), encode_rejections(&batch.rejections)?);
+            Some(group)
+        };
+        Ok((write, new_head, group))
+    }
+
+    /// Moves the head (held locked by the caller) past a batch that is durable.
+    fn advance(shop: &Shop, head: &mut Head, new_head: Head, group: Option<u64>) -> Result<u64, StoreError> {
+        *head = new_head;
+        if let Some(group) = group {
+            let next = group.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?;
+            shop.rejection_group_next.store(next, std::sync::atomic::Ordering::Release);
+        }
+        shop.log.last_position.send_replace(head.last_position);
+        Ok(head.last_position)
     }
 
     /// The database directory.
@@ -370,6 +407,17 @@ impl Syncer {
     }
 }
 
+/// Writes one append's sled batch and makes it durable. Blocks.
+fn write_and_sync(
+    tree: &sled::Tree,
+    write: sled::Batch,
+    db: &sled::Db,
+    syncer: &Mutex<Syncer>,
+) -> Result<(), StoreError> {
+    tree.apply_batch(write).map_err(io_error)?;
+    syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db).map_err(io_error)
+}
+
 /// sled removes old snapshot and blob files in the background: a file that vanished between
 /// listing and opening has nothing left to sync. Returns whether the file was synced.
 fn skip_vanished(synced: io::Result<()>) -> io::Result<bool> {
@@ -414,36 +462,24 @@ impl EventStore for SledStore {
 
     async fn append(&self, shop_id: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError> {
         let shop = self.open_shop(shop_id)?;
-        if let Some(error) = &shop.broken {
-            return Err(error.clone());
-        }
         let mut head = shop.log.head.lock().await;
-        let (chunks, new_head) = chunks::encode_batch(shop_id, &head, batch.expected_last, &batch.events)?;
-        let mut write = sled::Batch::default();
-        for (first, bytes) in chunks {
-            write.insert(&chunk_key(first), bytes);
-        }
-        let group = if batch.rejections.is_empty() {
-            None
-        } else {
-            let group = shop.rejection_group_next.load(std::sync::atomic::Ordering::Acquire);
-            write.insert(&numbered_key(REJECTION_GROUP, group), encode_rejections(&batch.rejections)?);
-            Some(group)
-        };
+        let (write, new_head, group) = Self::prepare(shop_id, &shop, &head, batch)?;
         let (tree, db, syncer) = (shop.tree.clone(), self.db.clone(), self.syncer.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            tree.apply_batch(write).map_err(io_error)?;
-            syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(&db).map_err(io_error)
-        })
-        .await
-        .map_err(io_error)??;
-        *head = new_head;
-        if let Some(group) = group {
-            let next = group.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?;
-            shop.rejection_group_next.store(next, std::sync::atomic::Ordering::Release);
-        }
-        shop.log.last_position.send_replace(head.last_position);
-        Ok(head.last_position)
+        tokio::task::spawn_blocking(move || write_and_sync(&tree, write, &db, &syncer)).await.map_err(io_error)??;
+        Self::advance(&shop, &mut head, new_head, group)
+    }
+
+    fn append_blocking(
+        &self,
+        _runtime: &tokio::runtime::Handle,
+        shop_id: &ShopId,
+        batch: &AppendBatch,
+    ) -> Result<u64, StoreError> {
+        let shop = self.open_shop(shop_id)?;
+        let mut head = shop.log.head.blocking_lock();
+        let (write, new_head, group) = Self::prepare(shop_id, &shop, &head, batch)?;
+        write_and_sync(&shop.tree, write, &self.db, &self.syncer)?;
+        Self::advance(&shop, &mut head, new_head, group)
     }
 
     async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {

@@ -25,12 +25,20 @@ fn envelope(position: u64) -> Envelope {
     }
 }
 
-async fn check_fence(store: &dyn EventStore) {
+/// Appends `batch` the way the engine's writer does: `append_blocking` on a blocking thread.
+async fn append_blocking(store: &Arc<dyn EventStore>, shop: &ShopId, batch: AppendBatch) -> Result<u64, StoreError> {
+    let (store, shop, runtime) = (store.clone(), shop.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || store.append_blocking(&runtime, &shop, &batch)).await.expect("the append")
+}
+
+async fn check_fence(store: Arc<dyn EventStore>) {
     let shop = ShopId::main();
     let batch = || AppendBatch { expected_last: 0, events: vec![envelope(1)], rejections: vec![] };
     assert_eq!(store.append(&shop, &batch()).await, Ok(1));
-    let second = store.append(&shop, &batch()).await;
-    assert_eq!(second, Err(StoreError::Conflict { shop: shop.clone(), expected: 0, actual: 1 }));
+    let conflict = Err(StoreError::Conflict { shop: shop.clone(), expected: 0, actual: 1 });
+    assert_eq!(store.append(&shop, &batch()).await, conflict);
+    // Appending from a blocking thread is fenced the same way.
+    assert_eq!(append_blocking(&store, &shop, batch()).await, conflict);
     assert_eq!(store.last_position(&shop).await, Ok(1));
     assert_eq!(store.read_from(&shop, 0, 10).await.map(|e| e.len()), Ok(1));
     assert_eq!(store.verify(&shop).await.map(|r| r.events), Ok(1));
@@ -38,9 +46,9 @@ async fn check_fence(store: &dyn EventStore) {
 
 #[tokio::test]
 async fn a_second_writer_is_fenced_off() {
-    check_fence(&MemoryStore::new()).await;
+    check_fence(Arc::new(MemoryStore::new())).await;
     let dir = temp_dir();
-    check_fence(&SledStore::open(dir.path()).expect("opens")).await;
+    check_fence(Arc::new(SledStore::open(dir.path()).expect("opens"))).await;
 }
 
 /// Writes a small shop log (a product, stock, `orders` orders and their payments) to a
@@ -261,8 +269,10 @@ async fn check_store(store: Arc<dyn EventStore>) {
     assert_eq!(store.append(&shop, &first).await, Ok(100));
     let woke_at = waiter.await.expect("the waiter").expect("waited");
     assert!(woke_at >= 100, "a waiter wakes on append, at {woke_at}");
+    // The second batch is appended the way the engine's writer does, from a blocking thread.
     let second = AppendBatch { expected_last: 100, events: envelopes[100..].to_vec(), rejections: vec![] };
-    assert_eq!(store.append(&shop, &second).await, Ok(300));
+    assert_eq!(append_blocking(&store, &shop, second).await, Ok(300));
+    assert_eq!(store.wait_for(&shop, 100, Duration::from_secs(30)).await, Ok(300));
     // A batch of rejections alone appends no event, and every rejection is kept in order.
     let later = |n| RejectionRecord { command_id: CommandId::generated("rejected", n), ..rejection.clone() };
     let refusals = AppendBatch { expected_last: 300, events: vec![], rejections: vec![later(2), later(3)] };
