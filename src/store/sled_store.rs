@@ -19,6 +19,12 @@
 //! each time, every other file and directory whenever it is new or changed since its last
 //! fsync (see `Syncer`). sled's `flush` alone uses `sync_file_range`, which flushes neither
 //! the device cache nor file metadata; the fsyncs do. Only then does `append` return.
+//!
+//! A failed sync fails the store: what reached the disk is then unknown (the kernel may
+//! drop pages it could not write, and a later fsync would report success), while sled
+//! already holds the batch in memory. So every later append is refused, naming the
+//! failure, until the database is opened again and read back from the disk; and reads stop
+//! at the last durable position, so nothing reads a batch that was never acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
@@ -48,6 +54,8 @@ pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
     syncer: Arc<Mutex<Syncer>>,
+    /// Set by the first failed sync: from then on every append is refused with it.
+    sync_failed: Arc<std::sync::OnceLock<StoreError>>,
     shops: Mutex<BTreeMap<ShopId, Arc<Shop>>>,
 }
 
@@ -147,7 +155,13 @@ impl SledStore {
         let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).segment_size(segment_bytes);
         let db = config.open().map_err(io_error)?;
         let syncer = Arc::new(Mutex::new(Syncer::new(dir)));
-        let store = SledStore { db, dir: dir.to_path_buf(), syncer, shops: Mutex::new(BTreeMap::new()) };
+        let store = SledStore {
+            db,
+            dir: dir.to_path_buf(),
+            syncer,
+            sync_failed: Arc::new(std::sync::OnceLock::new()),
+            shops: Mutex::new(BTreeMap::new()),
+        };
         for name in store.db.tree_names() {
             let Some(id) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(TREE_PREFIX)) else {
                 continue;
@@ -161,12 +175,13 @@ impl SledStore {
     /// What an append writes after `head`: the sled batch (chunks and the rejection group),
     /// the new head, and the rejection group's number. Checks the fence; writes nothing.
     fn prepare(
+        &self,
         shop_id: &ShopId,
         shop: &Shop,
         head: &Head,
         batch: &AppendBatch,
     ) -> Result<(sled::Batch, Head, Option<u64>), StoreError> {
-        if let Some(error) = &shop.broken {
+        if let Some(error) = shop.broken.as_ref().or(self.sync_failed.get()) {
             return Err(error.clone());
         }
         let (chunks, new_head) = chunks::encode_batch(shop_id, head, batch.expected_last, &batch.events)?;
@@ -239,8 +254,12 @@ impl SledStore {
         self.shops.lock().unwrap_or_else(PoisonError::into_inner).get(shop_id).cloned()
     }
 
-    /// Chunks from the one holding position `from` to the end.
-    fn chunks_from(tree: &sled::Tree, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+    /// Chunks from the one holding position `from` to the durable end. A batch whose sync
+    /// failed stays in sled's memory past that end, and is never read. A shop whose end
+    /// could not be read at open is read to its last chunk, so verification finds where.
+    fn chunks_from(shop: &Shop, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+        let durable = if shop.broken.is_some() { u64::MAX } else { *shop.log.last_position.borrow() };
+        let tree = &shop.tree;
         let start = tree
             .range(chunk_key(0)..=chunk_key(from))
             .next_back()
@@ -249,6 +268,7 @@ impl SledStore {
             .unwrap_or(from);
         tree.range(chunk_key(start)..=chunk_key(u64::MAX))
             .map(|entry| entry.map_err(io_error).and_then(|(key, value)| Ok((position_of_key(&key)?, value.to_vec()))))
+            .take_while(move |chunk| !matches!(chunk, Ok((first, _)) if *first > durable))
     }
 
     /// Brings the stream index up to the end of the log.
@@ -407,15 +427,21 @@ impl Syncer {
     }
 }
 
-/// Writes one append's sled batch and makes it durable. Blocks.
+/// Writes one append's sled batch and makes it durable. Blocks. The first failed sync is
+/// kept in `failed`, which refuses every later append.
 fn write_and_sync(
     tree: &sled::Tree,
     write: sled::Batch,
     db: &sled::Db,
     syncer: &Mutex<Syncer>,
+    failed: &std::sync::OnceLock<StoreError>,
 ) -> Result<(), StoreError> {
     tree.apply_batch(write).map_err(io_error)?;
-    syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db).map_err(io_error)
+    let synced = syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db);
+    synced.map_err(|error| {
+        let error = io_error(format!("a sync failed, appends are refused until the database is reopened: {error}"));
+        failed.get_or_init(|| error).clone()
+    })
 }
 
 /// sled removes old snapshot and blob files in the background: a file that vanished between
@@ -463,9 +489,11 @@ impl EventStore for SledStore {
     async fn append(&self, shop_id: &ShopId, batch: &AppendBatch) -> Result<u64, StoreError> {
         let shop = self.open_shop(shop_id)?;
         let mut head = shop.log.head.lock().await;
-        let (write, new_head, group) = Self::prepare(shop_id, &shop, &head, batch)?;
-        let (tree, db, syncer) = (shop.tree.clone(), self.db.clone(), self.syncer.clone());
-        tokio::task::spawn_blocking(move || write_and_sync(&tree, write, &db, &syncer)).await.map_err(io_error)??;
+        let (write, new_head, group) = self.prepare(shop_id, &shop, &head, batch)?;
+        let (tree, db, syncer, failed) =
+            (shop.tree.clone(), self.db.clone(), self.syncer.clone(), self.sync_failed.clone());
+        let written = tokio::task::spawn_blocking(move || write_and_sync(&tree, write, &db, &syncer, &failed)).await;
+        written.map_err(io_error)??;
         Self::advance(&shop, &mut head, new_head, group)
     }
 
@@ -477,14 +505,14 @@ impl EventStore for SledStore {
     ) -> Result<u64, StoreError> {
         let shop = self.open_shop(shop_id)?;
         let mut head = shop.log.head.blocking_lock();
-        let (write, new_head, group) = Self::prepare(shop_id, &shop, &head, batch)?;
-        write_and_sync(&shop.tree, write, &self.db, &self.syncer)?;
+        let (write, new_head, group) = self.prepare(shop_id, &shop, &head, batch)?;
+        write_and_sync(&shop.tree, write, &self.db, &self.syncer, &self.sync_failed)?;
         Self::advance(&shop, &mut head, new_head, group)
     }
 
     async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
         let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
-        chunks::collect_after(shop_id, Self::chunks_from(&shop.tree, after + 1), after, limit)
+        chunks::collect_after(shop_id, Self::chunks_from(&shop, after + 1), after, limit)
     }
 
     async fn read_stream(
@@ -536,7 +564,7 @@ impl EventStore for SledStore {
             let (report, _) = chunks::verify_chunks(shop_id, std::iter::empty(), after, anchor)?;
             return Ok(report);
         };
-        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks_from(&shop.tree, after.max(1)), after, anchor)?;
+        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks_from(&shop, after.max(1)), after, anchor)?;
         Ok(report)
     }
 

@@ -288,6 +288,44 @@ async fn a_failed_append_acknowledges_nothing_and_the_shop_recovers_from_its_log
     assert_eq!(store.last_position(&shop).await, Ok(3));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_refuses_appends_until_reopened_and_a_retry_then_lands_once() {
+    let parent = temp_dir();
+    let (dir, moved) = (parent.path().join("db"), parent.path().join("moved"));
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let engine = open(Arc::new(SledStore::open(&dir).expect("opens")), clock.clone()).await;
+    let shop = ShopId::main();
+    for command in [list("S1", dec!(5.00)), receive("S1", 10, dec!(2.00))] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let before = engine.read(&shop, State::clone).await.expect("readable");
+
+    // The directory vanishes under the open database: the sync cannot list it, so it fails.
+    std::fs::rename(&dir, &moved).expect("moved");
+    let order = Request::new("tester", place("O-1", &[("S1", 4)])).with_id(id("order-1"));
+    let failed = engine.execute(&shop, order.clone()).await;
+    assert!(matches!(failed, Err(CommandError::Unavailable { ref reason, .. }) if reason.contains("a sync failed")));
+    std::fs::rename(&moved, &dir).expect("moved back");
+    // Nothing unsynced is read back: the shop stands where it stood.
+    assert_eq!(engine.read(&shop, State::clone).await.expect("readable"), before);
+    assert_eq!(engine.store().read_from(&shop, 0, 100).await.map(|e| e.len()), Ok(2));
+    // Every later append is refused, naming the failure, although the disk is back.
+    let again = engine.execute(&shop, Request::new("tester", list("S2", dec!(1.00)))).await;
+    assert!(
+        matches!(again, Err(CommandError::Unavailable { ref reason, .. }) if reason.contains("until the database is reopened"))
+    );
+    close(engine).await;
+
+    // Reopened, the database holds what reached the disk; the retry lands exactly once.
+    let engine = open(Arc::new(SledStore::open(&dir).expect("reopens")), clock).await;
+    let retried = engine.execute(&shop, order).await.expect("accepted on retry");
+    assert_eq!(retried.positions.map(|p| p.first), Some(3));
+    let (state, envelopes) = replay(engine.store().as_ref(), &shop).await;
+    assert_eq!(envelopes.iter().filter(|e| e.event.kind() == "order_placed").count(), 1);
+    assert_eq!(engine.read(&shop, State::clone).await.expect("readable"), state);
+    close(engine).await;
+}
+
 #[tokio::test]
 async fn unknown_shops_and_bad_requests_are_refused_before_deciding() {
     let engine = open(Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(demo::DAY_START))).await;
