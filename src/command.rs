@@ -1,6 +1,6 @@
 //! Commands: what callers ask a shop to do.
 //!
-//! A command is a request, not a fact. It holds raw caller input; [`crate::decide`]
+//! A command is a request, not a fact. It holds raw caller input; [`crate::decide()`]
 //! validates every field before it looks at the state.
 
 use rust_decimal::Decimal;

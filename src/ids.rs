@@ -6,7 +6,7 @@
 //! into events, envelopes, the state and every view, millions of times; inline, a clone is
 //! a copy of 24 bytes and a comparison touches no other memory. They serialize exactly as
 //! strings, so logs, snapshots and state hashes are unchanged. Constructing one never validates:
-//! commands arrive from callers, and [`crate::decide`] is the single place that checks
+//! commands arrive from callers, and [`crate::decide()`] is the single place that checks
 //! them (see [`Limits`](crate::limits)). Events only ever hold values that passed.
 
 use compact_str::CompactString;

@@ -2,7 +2,7 @@
 //!
 //! The heart is a pure decision core:
 //!
-//! - [`decide`] checks a [`Command`] against a shop's [`State`] at a given time and either
+//! - [`decide()`] checks a [`Command`] against a shop's [`State`] at a given time and either
 //!   rejects it with a typed [`Rejection`] (nothing changes) or turns it into [`Event`]s;
 //! - [`State::apply`] folds one event into the state; replaying a shop's events in order
 //!   rebuilds its state exactly, without re-running a rule or reading a clock.

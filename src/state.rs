@@ -1,6 +1,6 @@
 //! The state of one shop, rebuilt by applying events in order.
 //!
-//! [`State::apply`] is total for every event that [`crate::decide`] produced against the
+//! [`State::apply`] is total for every event that [`crate::decide()`] produced against the
 //! same state: it never fails, never reads a clock and never re-runs a business rule. An
 //! event that does not fit the state (an unknown order, stock going negative) can only come
 //! from a bug or a tampered log, and is a broken invariant: `apply` asserts it.
