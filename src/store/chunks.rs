@@ -99,6 +99,37 @@ pub fn verify_chunks(
     after: u64,
     anchor: Hash,
 ) -> Result<(VerifyReport, Head), StoreError> {
+    check_chunks(shop, chunks, after, anchor, |_| true)
+}
+
+/// What [`verify_chunks`] checks, returning the events after `after` as it goes: at least
+/// `limit` of them when that many follow (whole chunks, so a few more), with the hash of the
+/// last one returned (`anchor` when none follow), which anchors the next page.
+pub fn read_verified(
+    shop: &ShopId,
+    chunks: impl Iterator<Item = Result<Chunk, StoreError>>,
+    after: u64,
+    anchor: Hash,
+    limit: usize,
+) -> Result<(Vec<Envelope>, Hash), StoreError> {
+    let mut out: Vec<Envelope> = Vec::new();
+    let (_, head) = check_chunks(shop, chunks, after, anchor, |envelopes| {
+        out.extend(envelopes.into_iter().filter(|e| e.position > after));
+        out.len() < limit
+    })?;
+    assert!(out.last().is_none_or(|e| e.position == head.last_position), "the page ends where its hash does");
+    Ok((out, head.hash))
+}
+
+/// Checks chunks as [`verify_chunks`] says, handing each chunk's envelopes to `keep`, and
+/// stops early when `keep` returns false. The head is that of the last chunk checked.
+fn check_chunks(
+    shop: &ShopId,
+    chunks: impl Iterator<Item = Result<Chunk, StoreError>>,
+    after: u64,
+    anchor: Hash,
+    mut keep: impl FnMut(Vec<Envelope>) -> bool,
+) -> Result<(VerifyReport, Head), StoreError> {
     let corrupt = |position: u64, reason: String| StoreError::Corrupt {
         shop: shop.clone(),
         corruption: log::Corruption { position, reason },
@@ -124,6 +155,9 @@ pub fn verify_chunks(
         }
         next = Some(first + envelopes.len() as u64);
         hash = last;
+        if !keep(envelopes) {
+            break;
+        }
     }
     let events = next.map_or(0, |n| n - 1);
     if events < after {

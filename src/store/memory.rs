@@ -144,6 +144,19 @@ impl EventStore for MemoryStore {
         Ok(report)
     }
 
+    async fn read_verified(
+        &self,
+        shop_id: &ShopId,
+        after: u64,
+        anchor: Hash,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Hash), StoreError> {
+        let chunks = self.shop(shop_id).map(|shop| Self::chunks(&shop, after.max(1))).unwrap_or_default();
+        let (page, hash) = chunks::read_verified(shop_id, chunks.into_iter(), after, anchor, limit)?;
+        self.events_read.fetch_add(page.len(), std::sync::atomic::Ordering::AcqRel);
+        Ok((page, hash))
+    }
+
     async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
         match self.shop(shop_id) {
             Some(shop) => {

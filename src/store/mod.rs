@@ -149,6 +149,20 @@ pub trait EventStore: Send + Sync {
     /// verifies its log without reading the chain before it.
     async fn verify_after(&self, shop: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError>;
 
+    /// Events after `after`, checked as [`EventStore::verify_after`] checks the log (the
+    /// record at `after` carrying `anchor`, the genesis hash when `after` is 0, and the chain
+    /// from there): at least `limit` of them when that many follow (a backend may return a
+    /// few more, to finish what it read), with the hash of the last one returned (`anchor`
+    /// when none follow), which anchors the next page. Recovery reads the log once this way,
+    /// instead of verifying it and then reading it.
+    async fn read_verified(
+        &self,
+        shop: &ShopId,
+        after: u64,
+        anchor: Hash,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Hash), StoreError>;
+
     /// The last position and the hash of its record (the genesis hash for an empty log).
     async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError>;
 }

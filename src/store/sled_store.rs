@@ -568,6 +568,19 @@ impl EventStore for SledStore {
         Ok(report)
     }
 
+    async fn read_verified(
+        &self,
+        shop_id: &ShopId,
+        after: u64,
+        anchor: Hash,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Hash), StoreError> {
+        match self.shop(shop_id) {
+            Some(shop) => chunks::read_verified(shop_id, Self::chunks_from(&shop, after.max(1)), after, anchor, limit),
+            None => chunks::read_verified(shop_id, std::iter::empty(), after, anchor, limit),
+        }
+    }
+
     async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
         match self.shop(shop_id) {
             Some(shop) => {

@@ -261,6 +261,15 @@ impl EventStore for TestStore {
     async fn verify_after(&self, shop: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
         self.inner.verify_after(shop, after, anchor).await
     }
+    async fn read_verified(
+        &self,
+        shop: &ShopId,
+        after: u64,
+        anchor: Hash,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Hash), StoreError> {
+        self.inner.read_verified(shop, after, anchor, limit).await
+    }
     async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError> {
         self.inner.head(shop).await
     }
