@@ -62,7 +62,10 @@ impl MemoryStore {
     }
 
     /// Every chunk of a shop, in order, as stored.
-    fn chunks(shop: &Shop, from_key: u64) -> Vec<Result<(u64, Vec<u8>), StoreError>> {
+    /// The chunks of `shop_id` from the one holding `from_key` to the end; none for a shop
+    /// with no log.
+    fn chunks(&self, shop_id: &ShopId, from_key: u64) -> Vec<Result<(u64, Vec<u8>), StoreError>> {
+        let Some(shop) = self.shop(shop_id) else { return Vec::new() };
         let data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
         let start = data.chunks.range(..=from_key).next_back().map_or(from_key, |(first, _)| *first);
         data.chunks.range(start..).map(|(first, bytes)| Ok((*first, bytes.clone()))).collect()
@@ -98,8 +101,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
-        let page = chunks::collect_after(shop_id, Self::chunks(&shop, after + 1).into_iter(), after, limit)?;
+        let page = chunks::collect_after(shop_id, self.chunks(shop_id, after + 1).into_iter(), after, limit)?;
         self.events_read.fetch_add(page.len(), std::sync::atomic::Ordering::AcqRel);
         Ok(page)
     }
@@ -139,8 +141,8 @@ impl EventStore for MemoryStore {
     }
 
     async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
-        let chunks = self.shop(shop_id).map(|shop| Self::chunks(&shop, after.max(1))).unwrap_or_default();
-        let (report, _) = chunks::verify_chunks(shop_id, chunks.into_iter(), after, anchor)?;
+        let (report, _) =
+            chunks::verify_chunks(shop_id, self.chunks(shop_id, after.max(1)).into_iter(), after, anchor)?;
         Ok(report)
     }
 
@@ -151,8 +153,8 @@ impl EventStore for MemoryStore {
         anchor: Hash,
         limit: usize,
     ) -> Result<(Vec<Envelope>, Hash), StoreError> {
-        let chunks = self.shop(shop_id).map(|shop| Self::chunks(&shop, after.max(1))).unwrap_or_default();
-        let (page, hash) = chunks::read_verified(shop_id, chunks.into_iter(), after, anchor, limit)?;
+        let chunks = self.chunks(shop_id, after.max(1)).into_iter();
+        let (page, hash) = chunks::read_verified(shop_id, chunks, after, anchor, limit)?;
         self.events_read.fetch_add(page.len(), std::sync::atomic::Ordering::AcqRel);
         Ok((page, hash))
     }

@@ -254,10 +254,20 @@ impl SledStore {
         self.shops.lock().unwrap_or_else(PoisonError::into_inner).get(shop_id).cloned()
     }
 
+    /// The chunks of `shop_id` from the one holding position `from` to the durable end (see
+    /// [`SledStore::shop_chunks_from`]); none for a shop with no log.
+    fn chunks_from(
+        &self,
+        shop_id: &ShopId,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+        self.shop(shop_id).map(|shop| Self::shop_chunks_from(&shop, from)).into_iter().flatten()
+    }
+
     /// Chunks from the one holding position `from` to the durable end. A batch whose sync
     /// failed stays in sled's memory past that end, and is never read. A shop whose end
     /// could not be read at open is read to its last chunk, so verification finds where.
-    fn chunks_from(shop: &Shop, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+    fn shop_chunks_from(shop: &Shop, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
         let durable = if shop.broken.is_some() { u64::MAX } else { *shop.log.last_position.borrow() };
         let tree = &shop.tree;
         let start = tree
@@ -511,8 +521,7 @@ impl EventStore for SledStore {
     }
 
     async fn read_from(&self, shop_id: &ShopId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
-        chunks::collect_after(shop_id, Self::chunks_from(&shop, after + 1), after, limit)
+        chunks::collect_after(shop_id, self.chunks_from(shop_id, after + 1), after, limit)
     }
 
     async fn read_stream(
@@ -560,11 +569,7 @@ impl EventStore for SledStore {
     }
 
     async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
-        let Some(shop) = self.shop(shop_id) else {
-            let (report, _) = chunks::verify_chunks(shop_id, std::iter::empty(), after, anchor)?;
-            return Ok(report);
-        };
-        let (report, _) = chunks::verify_chunks(shop_id, Self::chunks_from(&shop, after.max(1)), after, anchor)?;
+        let (report, _) = chunks::verify_chunks(shop_id, self.chunks_from(shop_id, after.max(1)), after, anchor)?;
         Ok(report)
     }
 
@@ -575,10 +580,7 @@ impl EventStore for SledStore {
         anchor: Hash,
         limit: usize,
     ) -> Result<(Vec<Envelope>, Hash), StoreError> {
-        match self.shop(shop_id) {
-            Some(shop) => chunks::read_verified(shop_id, Self::chunks_from(&shop, after.max(1)), after, anchor, limit),
-            None => chunks::read_verified(shop_id, std::iter::empty(), after, anchor, limit),
-        }
+        chunks::read_verified(shop_id, self.chunks_from(shop_id, after.max(1)), after, anchor, limit)
     }
 
     async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
