@@ -579,6 +579,16 @@ struct Core {
     resumed_from: Option<u64>,
 }
 
+/// How recovery reads the log after where it starts.
+enum Tail {
+    /// From zero: verified as it is read, in one pass; `anchor` is the hash of the record
+    /// before the next page.
+    Verify { anchor: Hash },
+    /// From a snapshot: the tail was verified against the snapshot's head, through
+    /// `events`, and is read with checksums.
+    Verified { events: u64 },
+}
+
 /// Events read per page while recovering.
 const RECOVERY_PAGE_EVENTS: usize = 4096;
 
@@ -653,10 +663,8 @@ impl Core {
             Some(snapshots) => Core::from_snapshot(store, shop, snapshots).await,
             None => None,
         };
-        // From a snapshot, its tail was verified against the snapshot's head and is read with
-        // checksums; from zero, the log is verified as it is read (`anchor`), in one pass.
-        let (mut core, verified_events, mut anchor) = match resumed {
-            Some((core, events)) => (core, Some(events), None),
+        let (mut core, mut tail) = match resumed {
+            Some((core, events)) => (core, Tail::Verified { events }),
             None => {
                 let core = Core {
                     state: State::new(),
@@ -666,21 +674,21 @@ impl Core {
                     last_recorded_at: Timestamp(0),
                     resumed_from: None,
                 };
-                (core, None, Some(crate::log::genesis_hash(shop)))
+                (core, Tail::Verify { anchor: crate::log::genesis_hash(shop) })
             }
         };
         // The policy in force is the engine's, however the state was rebuilt.
         core.state.set_policy(config.policy);
         let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
         loop {
-            let page = match anchor {
-                Some(hash) => {
+            let page = match &mut tail {
+                Tail::Verify { anchor } => {
                     let (page, next) =
-                        store.read_verified(shop, core.last_position, hash, RECOVERY_PAGE_EVENTS).await?;
-                    anchor = Some(next);
+                        store.read_verified(shop, core.last_position, *anchor, RECOVERY_PAGE_EVENTS).await?;
+                    *anchor = next;
                     page
                 }
-                None => store.read_from(shop, core.last_position, RECOVERY_PAGE_EVENTS).await?,
+                Tail::Verified { .. } => store.read_from(shop, core.last_position, RECOVERY_PAGE_EVENTS).await?,
             };
             if page.is_empty() {
                 break;
@@ -709,7 +717,7 @@ impl Core {
                 }
             }
         }
-        if let Some(events) = verified_events {
+        if let Tail::Verified { events } = tail {
             assert_eq!(core.last_position, events, "the log changed while recovering");
         }
         let mut rejections = store.rejections(shop).await?;
