@@ -183,6 +183,26 @@ async fn a_corrupt_shop_is_refused_naming_the_position_and_the_others_are_served
 }
 
 #[tokio::test]
+async fn opening_from_zero_refuses_a_broken_chain_that_every_checksum_passes() {
+    let dir = temp_dir();
+    write_shop_log(dir.path(), 20, 4).await;
+    let (position, key, start, length) = raw_records(dir.path())[9].clone();
+    // The last byte of the record's stored hash: outside the body, so its checksum holds.
+    flip_byte(dir.path(), &key, start + length - 1);
+    let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
+    assert_eq!(store.read_from(&ShopId::main(), 0, 100).await.map(|e| e.len() as u64 >= position), Ok(true));
+
+    let engine =
+        Engine::open(store, Arc::new(ManualClock::new(DAY_START)), EngineConfig::default()).await.expect("opens");
+    match engine.execute(&ShopId::main(), Request::new("tester", list("S2", dec!(1)))).await {
+        Err(CommandError::Unavailable { reason, .. }) => {
+            assert!(reason.contains(&format!("position {position}")) && reason.contains("chain"), "{reason}")
+        }
+        other => panic!("expected the shop to be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
     let dir = temp_dir();
     let log = emporium::layout::log_dir(dir.path());
