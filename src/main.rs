@@ -634,6 +634,9 @@ async fn loadgen(options: LoadgenOptions) -> Result<(), String> {
     {
         out!("group commits in the order phase: {count}, {commands:.0} commands and {ms:.2} ms to durable on average")?;
     }
+    if let Some(cpu_us) = report.cpu_us_per_order {
+        out!("CPU per order answered in the order phase: {cpu_us:.1} µs (this process, user and system)")?;
+    }
     out!(
         "resident memory {:.0} MiB before the checks, {:.0} MiB at peak",
         report.rss_before_checks_mb,

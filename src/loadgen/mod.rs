@@ -253,6 +253,10 @@ pub struct Report {
     pub rss_before_checks_mb: f64,
     /// Seconds of the order phase.
     pub order_phase_s: f64,
+    /// CPU time (user and system) this process spent per order answered in the order phase,
+    /// in microseconds: in-process the engine, its views and the load generator together,
+    /// over HTTP the load generator alone. `None` where `/proc/self/stat` cannot be read.
+    pub cpu_us_per_order: Option<f64>,
     /// In-process, the engine's group commits appended during the order phase (`None`
     /// over HTTP).
     pub group_commits: Option<u64>,
@@ -315,6 +319,21 @@ pub fn peak_rss_mb() -> f64 {
 /// Resident memory now in MiB, from `/proc/self/status` (0 where there is none).
 pub fn rss_mb() -> f64 {
     status_mb("VmRSS:")
+}
+
+/// CPU time this process used so far (user and system), in seconds, from `/proc/self/stat`.
+///
+/// The kernel counts it in ticks of `USER_HZ`, which is 100 on every architecture Linux
+/// supports; `None` where there is no such file.
+pub fn cpu_s() -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user_ticks: u64 = fields.next()?.parse().ok()?;
+    let system_ticks: u64 = fields.next()?.parse().ok()?;
+    Some((user_ticks + system_ticks) as f64 / USER_HZ)
 }
 
 fn status_mb(field: &str) -> f64 {
@@ -555,6 +574,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         Target::Http { .. } => None,
     };
     let commits_before = CommitTotals::of(&target);
+    let cpu_before_s = cpu_s();
     let started = Instant::now();
     let shared = Arc::new(Shared {
         shop: shop.clone(),
@@ -574,6 +594,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         tallies.push(task.await.map_err(|e| format!("a submitter failed: {e}"))?);
     }
     let order_phase_s = started.elapsed().as_secs_f64();
+    let order_phase_cpu_s = cpu_s().zip(cpu_before_s).map(|(after, before)| after - before);
     let commits = CommitTotals::of(&target).zip(commits_before).map(|(after, before)| after.since(&before));
 
     let mut latency = latency_histogram();
@@ -645,6 +666,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         peak_rss_mb: peak_rss_mb(),
         rss_before_checks_mb,
         order_phase_s,
+        cpu_us_per_order: order_phase_cpu_s.filter(|_| answered > 0).map(|cpu| cpu * 1e6 / answered as f64),
         group_commits: commits.as_ref().map(|c| c.appends),
         group_commit_commands_mean: commits.as_ref().and_then(|c| c.commands_mean()),
         group_commit_ms_mean: commits.as_ref().and_then(|c| c.ms_mean()),
@@ -1000,6 +1022,20 @@ async fn check_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_grows_while_this_process_computes() {
+        let before = cpu_s().expect("/proc/self/stat");
+        let wall_limit = Instant::now() + Duration::from_secs(20);
+        let mut spun: u64 = 0;
+        // Spin until the kernel has counted a tenth of a second more, within a bound.
+        while cpu_s().expect("/proc/self/stat") < before + 0.1 && Instant::now() < wall_limit {
+            for i in 0..100_000u64 {
+                spun = std::hint::black_box(spun.wrapping_add(i));
+            }
+        }
+        assert!(cpu_s().expect("/proc/self/stat") >= before + 0.1, "CPU time did not grow ({spun})");
+    }
 
     #[test]
     fn zipf_favours_low_ranks_and_stays_in_range() {

@@ -118,6 +118,7 @@ fn the_command_line_writes_its_reports_and_keeps_the_store() {
         "oversold_skus",
         "peak_rss_mb",
         "rss_before_checks_mb",
+        "cpu_us_per_order",
     ] {
         assert!(report[key].is_number(), "{key} in {report}");
     }
