@@ -72,6 +72,11 @@ fn state_at_the_end_of_the_day() {
     let lines: Vec<_> =
         a.lines.iter().map(|l| (l.sku.as_str(), l.quantity, l.shipped, l.returned, l.refunded)).collect();
     assert_eq!(lines, vec![("TEA-001", 2, 2, 1, dec!(128.00)), ("CUP-002", 4, 4, 1, dec!(45.50))]);
+    // Shipments, returns and refunds hold no room for more than they have: an order keeps
+    // one or two, and room for four of each was most of a shipped order's memory.
+    let room = (a.shipments.capacity(), a.returns.capacity(), a.refunds.capacity());
+    assert_eq!(room, (a.shipments.len(), a.returns.len(), a.refunds.len()));
+    assert_eq!(room, (2, 1, 1));
     let b = order("A-1002");
     assert_eq!(b.status(), OrderStatus::Paid);
     assert_eq!((b.total, b.paid(), b.refunded), (dec!(396.00), dec!(396.00), dec!(0)));
