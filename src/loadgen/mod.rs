@@ -255,7 +255,8 @@ pub struct Report {
     pub order_phase_s: f64,
     /// CPU time (user and system) this process spent per order answered in the order phase,
     /// in microseconds: in-process the engine, its views and the load generator together,
-    /// over HTTP the load generator alone. `None` where `/proc/self/stat` cannot be read.
+    /// over HTTP the load generator alone. `None` where `/proc/self/stat` cannot be read or no
+    /// order was answered.
     pub cpu_us_per_order: Option<f64>,
     /// In-process, the engine's group commits appended during the order phase (`None`
     /// over HTTP).
