@@ -240,7 +240,9 @@ impl Ledger {
             position: envelope.position,
             recorded_at: envelope.recorded_at,
             memo,
-            postings: entry.0,
+            // An exact copy: the builder made room for four postings at its first, and an
+            // entry of two (a payment) would keep room for four for as long as the journal.
+            postings: entry.0.as_slice().to_vec(),
         });
     }
 
