@@ -362,6 +362,23 @@ pub struct ResourceRef {
 }
 
 impl WireCommand {
+    /// The command of a route whose path names only the shop, read straight from `body`
+    /// (no JSON tree in between) when the body is an object of exactly that command's
+    /// fields, each once; `None` otherwise, with no reason: the checked path (a JSON object,
+    /// the route's `type` added) then explains what is wrong, or accepts what this refuses.
+    pub fn from_body(kind: &str, body: &[u8]) -> Option<WireCommand> {
+        // A struct also reads from a JSON array; the checked path takes only objects.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        match kind {
+            "list_product" => serde_json::from_slice(body).ok().map(WireCommand::ListProduct),
+            "reserve_stock" => serde_json::from_slice(body).ok().map(WireCommand::ReserveStock),
+            "place_order" => serde_json::from_slice(body).ok().map(WireCommand::PlaceOrder),
+            _ => None,
+        }
+    }
+
     /// The command's snake_case name, as in a batch's `type`.
     pub fn kind(&self) -> &'static str {
         match self {
