@@ -61,7 +61,6 @@ impl MemoryStore {
             .clone()
     }
 
-    /// Every chunk of a shop, in order, as stored.
     /// The chunks of `shop_id` from the one holding `from_key` to the end; none for a shop
     /// with no log.
     fn chunks(&self, shop_id: &ShopId, from_key: u64) -> Vec<Result<(u64, Vec<u8>), StoreError>> {
