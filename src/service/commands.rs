@@ -231,9 +231,11 @@ pub async fn single(
         let principal = app.authorize(&headers, Access::Command)?;
         let (shop, params) = shop_and_params(params)?;
         let bytes = read_body(&headers, body, app.config.body_bytes_max).await?;
-        let command = match WireCommand::from_body(route.kind, &bytes) {
-            Some(command) if params.is_empty() => command,
-            _ => parse_command(object(&bytes)?, route.kind, &params)?,
+        // Straight from the body only where the path fills in nothing.
+        let straight = if params.is_empty() { WireCommand::from_body(route.kind, &bytes) } else { None };
+        let command = match straight {
+            Some(command) => command,
+            None => parse_command(object(&bytes)?, route.kind, &params)?,
         };
         let id = command_id(&headers, command.command_id())?;
         let resource = command.resource();
