@@ -33,9 +33,11 @@ use crate::sim::Rng;
 use crate::state::State;
 use crate::views::{SLOW_MOVER_DAYS_DEFAULT, Views};
 
+mod http;
 mod plot;
 mod target;
 
+pub use http::Connection;
 pub use plot::draw;
 pub use target::{Answer, Link, Target};
 
@@ -689,8 +691,8 @@ async fn create_shop(target: &Target, shop: &ShopId) -> Result<(), String> {
         Target::Http { .. } => {
             let mut link = target.link().await?;
             let path = format!("/v1/shops/{shop}");
-            let (status, answer) = link.http(hyper::Method::PUT, &path, None, None).await?;
-            if !status.is_success() {
+            let (status, answer) = link.http("PUT", &path, None, None).await?;
+            if !(200..300).contains(&status) {
                 return Err(format!("PUT {path}: {status} {answer}"));
             }
             let page = link.get(&format!("/v1/shops/{shop}/events?limit=1")).await?;

@@ -7,18 +7,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::command::{Command, Condition};
+use rust_decimal::Decimal;
+
+use crate::command::{Command, Condition, Line};
 use crate::engine::{CommandError, Engine, Request};
-use crate::ids::{CommandId, ShopId};
+use crate::ids::{CommandId, CustomerId, OrderId, PaymentId, ShopId};
 use crate::rejection::Rejection;
 
 use super::RunClock;
+use super::http::Connection;
 
 /// Where a rehearsal sends its commands.
 #[derive(Clone)]
@@ -62,19 +61,7 @@ impl Target {
     pub async fn link(&self) -> Result<Link, String> {
         match self {
             Target::InProcess { engine, .. } => Ok(Link::Engine(engine.clone())),
-            Target::Http { address, token } => {
-                let stream = tokio::net::TcpStream::connect(address.as_str())
-                    .await
-                    .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-                stream.set_nodelay(true).map_err(|e| format!("{address}: {e}"))?;
-                let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| format!("{address}: {e}"))?;
-                // The connection lives until its sender is dropped.
-                tokio::spawn(connection);
-                let authorization = token.as_ref().map(|t| format!("Bearer {t}"));
-                Ok(Link::Http { sender, host: address.clone(), authorization })
-            }
+            Target::Http { address, token } => Ok(Link::Http(Connection::open(address, token.as_deref()).await?)),
         }
     }
 }
@@ -101,18 +88,8 @@ pub enum Link {
     /// Straight to the engine.
     Engine(Arc<Engine>),
     /// One keep-alive HTTP/1.1 connection.
-    Http {
-        /// The connection.
-        sender: SendRequest<Full<Bytes>>,
-        /// The `Host` header.
-        host: String,
-        /// The `Authorization` header.
-        authorization: Option<String>,
-    },
+    Http(Connection),
 }
-
-/// Largest response a rehearsal reads, in bytes (a page of 1,000 events is well under).
-const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 impl Link {
     /// Sends `command` with command id `id` as `actor`, and waits for its durable answer.
@@ -127,94 +104,63 @@ impl Link {
                     Err(error) => Err(format!("{id}: {error}")),
                 }
             }
-            Link::Http { .. } => {
+            Link::Http(connection) => {
                 let (path, body) = route(&command).ok_or_else(|| format!("{id}: no route for this command"))?;
                 let path = format!("/v1/shops/{shop}{path}");
-                let (status, answer) = self.http_bytes(Method::POST, &path, Some(id), Some(&body)).await?;
+                let body = serde_json::to_vec(&body).map_err(|e| format!("{id}: {e}"))?;
+                let (status, answer) = connection.request("POST", &path, Some(id), Some(&body)).await?;
                 // Read into the few fields a run counts, not into a tree of the whole answer.
                 let not_json = |e| not_json(&path, status, e);
                 match status {
-                    StatusCode::OK | StatusCode::CREATED => {
-                        let receipt: ReceiptEvents = serde_json::from_slice(&answer).map_err(not_json)?;
+                    200 | 201 => {
+                        let receipt: ReceiptEvents = serde_json::from_slice(answer).map_err(not_json)?;
                         Ok(Answer::Accepted { events: receipt.events.len() as u64 })
                     }
                     // Refused by the shop's rules; any other status is a failure of the run.
-                    StatusCode::CONFLICT => {
-                        let refusal: Refusal = serde_json::from_slice(&answer).map_err(not_json)?;
+                    409 => {
+                        let refusal: Refusal = serde_json::from_slice(answer).map_err(not_json)?;
                         let shortages = refusal.error.details.map(|d| d.shortages).unwrap_or_default();
                         let short_skus = shortages.into_iter().map(|s| s.sku).collect();
                         Ok(Answer::Refused { code: refusal.error.code, short_skus })
                     }
-                    status => Err(format!("{id}: {status} {}", String::from_utf8_lossy(&answer))),
+                    status => Err(format!("{id}: {status} {}", String::from_utf8_lossy(answer))),
                 }
             }
         }
     }
 
-    /// An HTTP request on this connection: its status and JSON body. Only for HTTP links.
+    /// An HTTP request on this connection: its status and JSON body (`null` when empty).
+    /// Only for HTTP links.
     pub async fn http(
         &mut self,
-        method: Method,
+        method: &str,
         path: &str,
         idempotency_key: Option<&str>,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), String> {
-        let (status, body) = self.http_bytes(method, path, idempotency_key, body).await?;
-        let value = if body.is_empty() {
+    ) -> Result<(u16, Value), String> {
+        let Link::Http(connection) = self else {
+            return Err("an in-process target has no HTTP".to_owned());
+        };
+        let body = body.map(serde_json::to_vec).transpose().map_err(|e| format!("{path}: {e}"))?;
+        let (status, answer) = connection.request(method, path, idempotency_key, body.as_deref()).await?;
+        let value = if answer.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&body).map_err(|e| not_json(path, status, e))?
+            serde_json::from_slice(answer).map_err(|e| not_json(path, status, e))?
         };
         Ok((status, value))
     }
 
-    /// An HTTP request on this connection: its status and body bytes. Only for HTTP links.
-    async fn http_bytes(
-        &mut self,
-        method: Method,
-        path: &str,
-        idempotency_key: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, Bytes), String> {
-        let Link::Http { sender, host, authorization } = self else {
-            return Err("an in-process target has no HTTP".to_owned());
-        };
-        let mut request = hyper::Request::builder().method(method).uri(path).header("host", host.as_str());
-        if let Some(authorization) = authorization {
-            request = request.header("authorization", authorization.as_str());
-        }
-        if let Some(key) = idempotency_key {
-            request = request.header("idempotency-key", key);
-        }
-        let bytes = match body {
-            Some(body) => {
-                request = request.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?)
-            }
-            None => Bytes::new(),
-        };
-        let request = request.body(Full::new(bytes)).map_err(|e| format!("{path}: {e}"))?;
-        sender.ready().await.map_err(|e| format!("{host}: the connection closed: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("{path}: {e}"))?;
-        let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
-            .collect()
-            .await
-            .map_err(|e| format!("{path}: reading the answer: {e}"))?
-            .to_bytes();
-        Ok((status, body))
-    }
-
     /// `GET path`, which must answer 200.
     pub async fn get(&mut self, path: &str) -> Result<Value, String> {
-        match self.http(Method::GET, path, None, None).await? {
-            (StatusCode::OK, value) => Ok(value),
+        match self.http("GET", path, None, None).await? {
+            (200, value) => Ok(value),
             (status, value) => Err(format!("GET {path}: {status} {value}")),
         }
     }
 }
 
-fn not_json(path: &str, status: StatusCode, error: serde_json::Error) -> String {
+fn not_json(path: &str, status: u16, error: serde_json::Error) -> String {
     format!("{path}: {status} with a body that is not JSON: {error}")
 }
 
@@ -257,42 +203,55 @@ fn refused(rejection: &Rejection) -> Answer {
     Answer::Refused { code: rejection.code().to_owned(), short_skus }
 }
 
-fn lines(lines: &[crate::command::Line]) -> Value {
-    lines.iter().map(|l| json!({"sku": l.sku.as_str(), "quantity": l.quantity})).collect()
+/// A request body. The hot routes (placing and paying an order) are written straight from
+/// the command; the others, sent once per order at most, go through a JSON value.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Place {
+        order_id: &'a OrderId,
+        customer_id: &'a CustomerId,
+        /// Each `{"sku", "quantity"}`.
+        lines: &'a [Line],
+        region: &'a str,
+    },
+    Pay {
+        payment_id: &'a PaymentId,
+        /// A string, as every amount on the wire (the decimal's `serde-str` form).
+        amount: &'a Decimal,
+    },
+    Value(Value),
 }
 
 /// The route and body of each command a rehearsal sends; `None` for the others.
-fn route(command: &Command) -> Option<(String, Value)> {
+fn route(command: &Command) -> Option<(String, Body<'_>)> {
     Some(match command {
         Command::ListProduct { sku, title, category, price, weight_g, low_stock_threshold } => (
             "/products".to_owned(),
-            json!({"sku": sku.as_str(), "title": title, "category": category, "price": price.to_string(),
-                   "weight_g": weight_g, "low_stock_threshold": low_stock_threshold}),
+            Body::Value(json!({"sku": sku, "title": title, "category": category, "price": price,
+                   "weight_g": weight_g, "low_stock_threshold": low_stock_threshold})),
         ),
         Command::ReceiveStock { sku, quantity, unit_cost, supplier_ref } => (
             format!("/products/{sku}/receipts"),
-            json!({"quantity": quantity, "unit_cost": unit_cost.to_string(), "supplier_ref": supplier_ref}),
+            Body::Value(json!({"quantity": quantity, "unit_cost": unit_cost, "supplier_ref": supplier_ref})),
         ),
-        Command::PlaceOrder { order_id, customer_id, lines: order_lines, region, reservation_id: None } => (
-            "/orders".to_owned(),
-            json!({"order_id": order_id.as_str(), "customer_id": customer_id.as_str(),
-                   "lines": lines(order_lines), "region": region}),
-        ),
-        Command::Pay { order_id, payment_id, amount } => (
-            format!("/orders/{order_id}/payments"),
-            json!({"payment_id": payment_id.as_str(), "amount": amount.to_string()}),
-        ),
-        Command::Ship { order_id, shipment_id, carrier, tracking_number, lines: parcel } => (
+        Command::PlaceOrder { order_id, customer_id, lines, region, reservation_id: None } => {
+            ("/orders".to_owned(), Body::Place { order_id, customer_id, lines, region })
+        }
+        Command::Pay { order_id, payment_id, amount } => {
+            (format!("/orders/{order_id}/payments"), Body::Pay { payment_id, amount })
+        }
+        Command::Ship { order_id, shipment_id, carrier, tracking_number, lines } => (
             format!("/orders/{order_id}/shipments"),
-            json!({"shipment_id": shipment_id.as_str(), "carrier": carrier,
-                   "tracking_number": tracking_number, "lines": lines(parcel)}),
+            Body::Value(json!({"shipment_id": shipment_id, "carrier": carrier,
+                   "tracking_number": tracking_number, "lines": lines})),
         ),
         Command::ConfirmDelivery { order_id, shipment_id } => {
-            (format!("/orders/{order_id}/shipments/{shipment_id}/delivery"), json!({}))
+            (format!("/orders/{order_id}/shipments/{shipment_id}/delivery"), Body::Value(json!({})))
         }
-        Command::RequestReturn { order_id, return_id, lines: returned, reason } => (
+        Command::RequestReturn { order_id, return_id, lines, reason } => (
             format!("/orders/{order_id}/returns"),
-            json!({"return_id": return_id.as_str(), "lines": lines(returned), "reason": reason}),
+            Body::Value(json!({"return_id": return_id, "lines": lines, "reason": reason})),
         ),
         Command::ReceiveReturn { order_id, return_id, inspections } => {
             let inspections: Value = inspections
@@ -302,15 +261,17 @@ fn route(command: &Command) -> Option<(String, Value)> {
                         Condition::Resellable => "resellable",
                         Condition::Damaged => "damaged",
                     };
-                    json!({"sku": i.sku.as_str(), "quantity": i.quantity, "condition": condition})
+                    json!({"sku": i.sku, "quantity": i.quantity, "condition": condition})
                 })
                 .collect();
-            (format!("/orders/{order_id}/returns/{return_id}/receipt"), json!({"inspections": inspections}))
+            (
+                format!("/orders/{order_id}/returns/{return_id}/receipt"),
+                Body::Value(json!({"inspections": inspections})),
+            )
         }
         Command::Refund { order_id, refund_id, amount, return_id } => (
             format!("/orders/{order_id}/refunds"),
-            json!({"refund_id": refund_id.as_str(), "amount": amount.to_string(),
-                   "return_id": return_id.as_ref().map(|r| r.as_str())}),
+            Body::Value(json!({"refund_id": refund_id, "amount": amount, "return_id": return_id})),
         ),
         _ => return None,
     })
