@@ -156,8 +156,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum
 }
 
 /// Builds the router: every route of the API.
+///
+/// A shop's routes are each registered under `/v1/shops/{shop}` in full rather than nested:
+/// a nested router strips the prefix from every request's URI, about 2% of the server's time
+/// in a profile of a promotion-day run.
 pub fn router(app: Arc<App>) -> Router {
-    let mut shop_routes: Router<Arc<App>> = Router::new();
+    let in_shop = |path: &str| format!("/v1/shops/{{shop}}{path}");
+    let mut router: Router<Arc<App>> = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/shops", get(queries::shops))
+        .route("/v1/shops/{shop}", put(create_shop));
     for route in commands::ROUTES {
         let handler = move |state: AppState, params: Params, headers: HeaderMap, body: Body| {
             commands::single(state, route, params, headers, body)
@@ -166,31 +176,26 @@ pub fn router(app: Arc<App>) -> Router {
             commands::Verb::Post => axum::routing::post(handler),
             commands::Verb::Delete => axum::routing::delete(handler),
         };
-        shop_routes = shop_routes.route(route.path, method_router);
+        router = router.route(&in_shop(route.path), method_router);
     }
-    let shop_routes = shop_routes
-        .route("/commands", axum::routing::post(commands::batch))
-        .route("/orders/{order_id}", get(queries::order))
-        .route("/orders/{order_id}/history", get(queries::history))
-        .route("/stock", get(queries::stock_levels))
-        .route("/stock/{sku}", get(queries::stock))
-        .route("/ledger/trial-balance", get(queries::trial_balance))
-        .route("/ledger/journal", get(queries::journal))
-        .route("/analytics/summary", get(queries::summary))
-        .route("/analytics/series", get(queries::series))
-        .route("/customers/{customer_id}", get(queries::customer))
-        .route("/events", get(feed::page))
-        .route("/events/stream", get(feed::stream));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi::document))
-        .route("/v1/shops", get(queries::shops))
-        .route("/v1/shops/{shop}", put(create_shop))
-        .nest("/v1/shops/{shop}", shop_routes)
-        .fallback(any(not_found))
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+    let others: [(&str, MethodRouter<Arc<App>>); 12] = [
+        ("/commands", axum::routing::post(commands::batch)),
+        ("/orders/{order_id}", get(queries::order)),
+        ("/orders/{order_id}/history", get(queries::history)),
+        ("/stock", get(queries::stock_levels)),
+        ("/stock/{sku}", get(queries::stock)),
+        ("/ledger/trial-balance", get(queries::trial_balance)),
+        ("/ledger/journal", get(queries::journal)),
+        ("/analytics/summary", get(queries::summary)),
+        ("/analytics/series", get(queries::series)),
+        ("/customers/{customer_id}", get(queries::customer)),
+        ("/events", get(feed::page)),
+        ("/events/stream", get(feed::stream)),
+    ];
+    for (path, method_router) in others {
+        router = router.route(&in_shop(path), method_router);
+    }
+    router.fallback(any(not_found)).method_not_allowed_fallback(method_not_allowed).with_state(app)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, ends the
