@@ -201,18 +201,27 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let action = cli.command.unwrap_or(Action::Serve {
+        data: PathBuf::from("./emporium-data"),
+        listen: "127.0.0.1:8080".to_owned(),
+        tokens: None,
+    });
+    // A rehearsal over HTTP runs on one thread: it shares the machine with the server it
+    // measures, and its submitters only wait on sockets, so a second worker would only add
+    // wake-ups and stealing between the two.
+    let one_thread = matches!(&action, Action::Loadgen { target, .. } if target != "inprocess");
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let action = cli.command.unwrap_or(Action::Serve {
-        data: PathBuf::from("./emporium-data"),
-        listen: "127.0.0.1:8080".to_owned(),
-        tokens: None,
-    });
     let outcome = match action {
         Action::Serve { data, listen, tokens } => runtime.block_on(serve(data, listen, tokens)),
         Action::Demo { data } => runtime.block_on(run_demo(data)),
