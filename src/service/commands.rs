@@ -158,7 +158,7 @@ async fn receipt(app: &App, shop: &ShopId, resource: ResourceRef, accepted: Acce
 /// single-command routes (no JSON tree in between), or an error.
 enum AnswerBody {
     Receipt(Box<Receipt>),
-    Error(Value),
+    Error(ApiError),
 }
 
 impl AnswerBody {
@@ -168,14 +168,14 @@ impl AnswerBody {
             AnswerBody::Receipt(receipt) => {
                 serde_json::to_value(&receipt).unwrap_or_else(|e| json!({"error": e.to_string()}))
             }
-            AnswerBody::Error(body) => body,
+            AnswerBody::Error(error) => error.into_body(),
         }
     }
 
     fn into_response(self, status: StatusCode) -> Response {
         match self {
             AnswerBody::Receipt(receipt) => (status, axum::Json(receipt)).into_response(),
-            AnswerBody::Error(body) => (status, axum::Json(body)).into_response(),
+            AnswerBody::Error(error) => (status, axum::Json(error.wire())).into_response(),
         }
     }
 }
@@ -200,7 +200,7 @@ async fn run(
                     let body = AnswerBody::Receipt(Box::new(receipt));
                     (status, body, if replayed { "replayed" } else { "accepted" })
                 }
-                Err(error) => (error.status, AnswerBody::Error(error.body()), "unavailable"),
+                Err(error) => (error.status, AnswerBody::Error(error), "unavailable"),
             }
         }
         Err(error) => {
@@ -213,7 +213,7 @@ async fn run(
                 CommandError::Unavailable { .. } => "unavailable",
             };
             let error = ApiError::from(error);
-            (error.status, AnswerBody::Error(error.body()), outcome)
+            (error.status, AnswerBody::Error(error), outcome)
         }
     }
 }
@@ -324,7 +324,7 @@ pub async fn batch(State(app): AppState, params: Params, headers: HeaderMap, bod
                 }
                 Err(error) => {
                     record(app, "unknown", "invalid", started);
-                    (error.status, error.body())
+                    (error.status, error.into_body())
                 }
             }
         }

@@ -35,6 +35,19 @@ pub struct ErrorBody {
     pub error: ErrorFields,
 }
 
+/// An error body that borrows its fields: see [`ApiError::wire`].
+#[derive(Serialize)]
+pub struct WireError<'a> {
+    error: WireFields<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFields<'a> {
+    code: &'a str,
+    message: &'a str,
+    details: &'a Value,
+}
+
 /// The fields of an error.
 #[derive(Serialize, JsonSchema)]
 pub struct ErrorFields {
@@ -68,9 +81,21 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&error.to_string()))
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message, "details": self.details}})
+    /// The JSON body as a tree, for a batch's results: its fields are moved, not copied.
+    pub fn into_body(self) -> Value {
+        let mut fields = Map::with_capacity(3);
+        fields.insert("code".to_owned(), Value::from(self.code));
+        fields.insert("message".to_owned(), Value::String(self.message));
+        fields.insert("details".to_owned(), self.details);
+        let mut body = Map::with_capacity(1);
+        body.insert("error".to_owned(), Value::Object(fields));
+        Value::Object(body)
+    }
+
+    /// The JSON body, borrowed, to serialize straight into a response: no tree between.
+    /// It reads as [`ApiError::into_body`] does.
+    pub fn wire(&self) -> WireError<'_> {
+        WireError { error: WireFields { code: self.code, message: &self.message, details: &self.details } }
     }
 
     /// A refusal by the shop's rules.
@@ -137,7 +162,7 @@ impl From<CommandError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
+        let mut response = (self.status, axum::Json(self.wire())).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -145,5 +170,47 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{CommandId, ShopId, Sku};
+    use crate::rejection::Shortage;
+
+    /// What a single command's answer writes straight is the tree a batch's result holds.
+    #[test]
+    fn an_error_written_straight_reads_as_its_tree() {
+        let check = |error: ApiError, expected: Value| {
+            let straight: Value = serde_json::to_value(error.wire()).expect("serializes");
+            assert_eq!(straight, error.clone().into_body());
+            assert_eq!(error.into_body(), expected);
+        };
+        let sku = Sku::from("SKU-1");
+        let short = Rejection::InsufficientStock { shortages: vec![Shortage { sku, requested: 3, available: 1 }] };
+        check(
+            ApiError::from_rejection(&short),
+            json!({"error": {"code": "insufficient_stock", "message": ApiError::from_rejection(&short).message,
+                   "details": {"shortages": [{"sku": "SKU-1", "requested": 3, "available": 1}]}}}),
+        );
+        let shop = ShopId::new("main").expect("a shop");
+        check(
+            ApiError::from(CommandError::UnknownShop(shop)),
+            json!({"error": {"code": "unknown_shop", "message": "There is no shop main.", "details": {"shop": "main"}}}),
+        );
+        let command_id = CommandId::new("c-1").expect("an id");
+        let conflict = ApiError::from(CommandError::IdempotencyConflict { command_id });
+        assert_eq!(conflict.status, StatusCode::CONFLICT);
+        check(
+            conflict,
+            json!({"error": {"code": "idempotency_conflict",
+                   "message": "The idempotency key c-1 was used for a different request.",
+                   "details": {"command_id": "c-1"}}}),
+        );
+        check(
+            ApiError::bad_request("bad_json", "no"),
+            json!({"error": {"code": "bad_json", "message": "no", "details": {}}}),
+        );
     }
 }
