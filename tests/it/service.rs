@@ -208,6 +208,17 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
     assert_eq!(client.get("/healthz").json()["status"], "ok");
 }
 
+/// The binary turns transparent huge pages off for itself (see `main.rs`): with them, the
+/// allocator's returned pages were faulted back in 2 MiB at a time.
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let dir = temp_dir();
+    let server = Server::start(&dir.path().join("data"), false);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("the server's status");
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("Linux 5.0 or later reports THP_enabled");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 #[test]
 fn a_batch_answers_each_command_on_its_own() {
     let dir = temp_dir();
