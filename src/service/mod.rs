@@ -169,8 +169,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/shops", get(queries::shops))
         .route("/v1/shops/{shop}", put(create_shop));
     for route in commands::ROUTES {
-        let handler = move |state: AppState, params: Params, headers: HeaderMap, body: Body| {
-            commands::single(state, route, params, headers, body)
+        // The request whole, not `HeaderMap` and `Body`: that extractor copies every header.
+        let handler = move |state: AppState, params: Params, request: axum::extract::Request| {
+            let (parts, body) = request.into_parts();
+            commands::single(state, route, params, parts.headers, body)
         };
         let method_router: MethodRouter<Arc<App>> = match route.method {
             commands::Verb::Post => axum::routing::post(handler),
