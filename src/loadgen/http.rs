@@ -10,8 +10,7 @@
 //! is a head over [`HEAD_BYTES_MAX`] or a body over [`BODY_BYTES_MAX`]; `emporium serve`
 //! frames every answer a rehearsal asks for by length.
 
-use std::io::ErrorKind;
-
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest head (status line and headers) read, in bytes.
@@ -105,17 +104,7 @@ impl Connection {
 
     /// Writes the whole request.
     async fn send(&mut self) -> Result<(), String> {
-        let mut written = 0;
-        while written < self.request.len() {
-            self.stream.writable().await.map_err(|e| format!("writing: {e}"))?;
-            match self.stream.try_write(&self.request[written..]) {
-                Ok(0) => return Err("the connection closed while writing".to_owned()),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(format!("writing: {e}")),
-            }
-        }
-        Ok(())
+        self.stream.write_all(&self.request).await.map_err(|e| format!("writing: {e}"))
     }
 
     /// Reads one answer into `received`, which then holds it and nothing else.
@@ -149,17 +138,15 @@ impl Connection {
         if self.received.len() < room {
             self.received.resize(room, 0);
         }
-        loop {
-            self.stream.readable().await.map_err(|e| format!("reading: {e}"))?;
-            match self.stream.try_read(&mut self.received[self.filled..]) {
-                Ok(0) => return Err("the server closed the connection".to_owned()),
-                Ok(n) => {
-                    self.filled += n;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(format!("reading: {e}")),
+        // `read`, not `readable` and `try_read`: after a read that did not fill the buffer it
+        // waits for the socket's next event instead of asking the kernel again first.
+        match self.stream.read(&mut self.received[self.filled..]).await {
+            Ok(0) => Err("the server closed the connection".to_owned()),
+            Ok(n) => {
+                self.filled += n;
+                Ok(())
             }
+            Err(e) => Err(format!("reading: {e}")),
         }
     }
 }
