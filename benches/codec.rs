@@ -39,6 +39,7 @@ fn encode_all(envelopes: &[Envelope], genesis: &log::Hash, out: &mut Vec<u8>) ->
 }
 
 fn codec(c: &mut Criterion) {
+    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let envelopes = envelopes();
     let events = envelopes.len() as u64;
     let genesis = log::genesis_hash(&ShopId::main());

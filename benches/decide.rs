@@ -83,6 +83,7 @@ fn shop(scenario: &Scenario, zipf: &Zipf) -> State {
 }
 
 fn deciding(c: &mut Criterion) {
+    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let scenario = Scenario { skus: SKUS, ..Scenario::double11(42) };
     let zipf = Zipf::new(scenario.skus, scenario.zipf_s);
     let state = shop(&scenario, &zipf);

@@ -49,6 +49,7 @@ fn order_body(n: u64) -> Vec<u8> {
 }
 
 fn http(c: &mut Criterion) {
+    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (engine, stop, server, mut connection) = runtime.block_on(async {

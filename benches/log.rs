@@ -44,6 +44,7 @@ fn paid(position: u64) -> Envelope {
 }
 
 fn append_by_batch_size(c: &mut Criterion) {
+    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let mut group = c.benchmark_group("append_synced");
     group.sample_size(10).measurement_time(Duration::from_secs(5));
@@ -77,6 +78,7 @@ fn append_by_batch_size(c: &mut Criterion) {
 }
 
 fn orders_with_group_commit(c: &mut Criterion) {
+    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let mut group = c.benchmark_group("orders_group_commit");
     group.sample_size(10).measurement_time(Duration::from_secs(10));

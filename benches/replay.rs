@@ -67,6 +67,7 @@ async fn open_once(data: &Path, snapshots: bool, clock: Arc<ManualClock>) -> Dur
 }
 
 fn replay(c: &mut Criterion) {
+    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let shop = ShopId::main();

@@ -23,26 +23,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process.
-///
-/// mimalloc asks for huge pages on the memory it maps, and gives freed pages back to the
-/// kernel in small pieces; touching such a piece again faulted in and zeroed a whole new
-/// 2 MiB page. A profile of the server over a promotion day found 12% of its time zeroing
-/// pages. Without huge pages, a 1M-order rehearsal in-process did 118,000 to 125,000
-/// orders/s against 104,000 to 109,000, with p99 6 ms against 12 ms and 100 MiB less memory.
-/// A kernel that refuses leaves things as they were: it is logged, not fatal.
-fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and reads or writes no
-        // memory of this process; it sets a flag the kernel checks when it faults in a page.
-        let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-        if result != 0 {
-            tracing::warn!("transparent huge pages stay on: {}", std::io::Error::last_os_error());
-        }
-    }
-}
-
 #[derive(Parser)]
 #[command(name = "emporium", version, about = "An event-sourced order and inventory engine for online shops")]
 struct Cli {
@@ -221,7 +201,10 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
-    disable_transparent_huge_pages();
+    // Huge pages off, before the engine allocates (`emporium::process` says why).
+    if let Err(error) = emporium::process::disable_transparent_huge_pages() {
+        tracing::warn!("transparent huge pages stay on: {error}");
+    }
     let action = cli.command.unwrap_or(Action::Serve {
         data: PathBuf::from("./emporium-data"),
         listen: "127.0.0.1:8080".to_owned(),
