@@ -29,34 +29,25 @@ pub struct ApiError {
 }
 
 /// The error body, for the API description.
+//
+// The same type is what an answer writes: it borrows an `ApiError`'s fields
+// (`ApiError::wire`), so the description and the answers cannot drift apart.
 #[derive(Serialize, JsonSchema)]
-pub struct ErrorBody {
+pub struct ErrorBody<'a> {
     /// The error.
-    pub error: ErrorFields,
-}
-
-/// An error body that borrows its fields: see [`ApiError::wire`].
-#[derive(Serialize)]
-pub struct WireError<'a> {
-    error: WireFields<'a>,
-}
-
-#[derive(Serialize)]
-struct WireFields<'a> {
-    code: &'a str,
-    message: &'a str,
-    details: &'a Value,
+    pub error: ErrorFields<'a>,
 }
 
 /// The fields of an error.
 #[derive(Serialize, JsonSchema)]
-pub struct ErrorFields {
+pub struct ErrorFields<'a> {
     /// A stable snake_case code such as `insufficient_stock`.
-    pub code: String,
+    pub code: &'a str,
     /// A sentence for a person.
-    pub message: String,
+    pub message: &'a str,
     /// Particulars: the field, the SKU, the amounts.
-    pub details: Map<String, Value>,
+    #[schemars(with = "Map<String, Value>")]
+    pub details: &'a Value,
 }
 
 impl ApiError {
@@ -94,8 +85,8 @@ impl ApiError {
 
     /// The JSON body, borrowed, to serialize straight into a response: no tree between.
     /// It reads as [`ApiError::into_body`] does.
-    pub fn wire(&self) -> WireError<'_> {
-        WireError { error: WireFields { code: self.code, message: &self.message, details: &self.details } }
+    pub fn wire(&self) -> ErrorBody<'_> {
+        ErrorBody { error: ErrorFields { code: self.code, message: &self.message, details: &self.details } }
     }
 
     /// A refusal by the shop's rules.
