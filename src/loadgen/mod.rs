@@ -691,7 +691,7 @@ async fn create_shop(target: &Target, shop: &ShopId) -> Result<(), String> {
         Target::Http { .. } => {
             let mut link = target.link().await?;
             let path = format!("/v1/shops/{shop}");
-            let (status, answer) = link.http("PUT", &path, None, None).await?;
+            let (status, answer) = link.http("PUT", &path).await?;
             if !(200..300).contains(&status) {
                 return Err(format!("PUT {path}: {status} {answer}"));
             }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use rust_decimal::Decimal;
 
-use crate::command::{Command, Condition, Line};
+use crate::command::{Command, Line};
 use crate::engine::{CommandError, Engine, Request};
 use crate::ids::{CommandId, CustomerId, OrderId, PaymentId, ShopId};
 use crate::rejection::Rejection;
@@ -129,20 +129,13 @@ impl Link {
         }
     }
 
-    /// An HTTP request on this connection: its status and JSON body (`null` when empty).
-    /// Only for HTTP links.
-    pub async fn http(
-        &mut self,
-        method: &str,
-        path: &str,
-        idempotency_key: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), String> {
+    /// An HTTP request without a body on this connection: its status and JSON answer
+    /// (`null` when empty). Only for HTTP links; commands go through [`Link::send`].
+    pub async fn http(&mut self, method: &str, path: &str) -> Result<(u16, Value), String> {
         let Link::Http(connection) = self else {
             return Err("an in-process target has no HTTP".to_owned());
         };
-        let body = body.map(serde_json::to_vec).transpose().map_err(|e| format!("{path}: {e}"))?;
-        let (status, answer) = connection.request(method, path, idempotency_key, body.as_deref()).await?;
+        let (status, answer) = connection.request(method, path, None, None).await?;
         let value = if answer.is_empty() {
             Value::Null
         } else {
@@ -153,7 +146,7 @@ impl Link {
 
     /// `GET path`, which must answer 200.
     pub async fn get(&mut self, path: &str) -> Result<Value, String> {
-        match self.http("GET", path, None, None).await? {
+        match self.http("GET", path).await? {
             (200, value) => Ok(value),
             (status, value) => Err(format!("GET {path}: {status} {value}")),
         }
@@ -253,22 +246,11 @@ fn route(command: &Command) -> Option<(String, Body<'_>)> {
             format!("/orders/{order_id}/returns"),
             Body::Value(json!({"return_id": return_id, "lines": lines, "reason": reason})),
         ),
-        Command::ReceiveReturn { order_id, return_id, inspections } => {
-            let inspections: Value = inspections
-                .iter()
-                .map(|i| {
-                    let condition = match i.condition {
-                        Condition::Resellable => "resellable",
-                        Condition::Damaged => "damaged",
-                    };
-                    json!({"sku": i.sku, "quantity": i.quantity, "condition": condition})
-                })
-                .collect();
-            (
-                format!("/orders/{order_id}/returns/{return_id}/receipt"),
-                Body::Value(json!({"inspections": inspections})),
-            )
-        }
+        // Each inspection as `{"sku", "quantity", "condition"}`, the condition in snake_case.
+        Command::ReceiveReturn { order_id, return_id, inspections } => (
+            format!("/orders/{order_id}/returns/{return_id}/receipt"),
+            Body::Value(json!({"inspections": inspections})),
+        ),
         Command::Refund { order_id, refund_id, amount, return_id } => (
             format!("/orders/{order_id}/refunds"),
             Body::Value(json!({"refund_id": refund_id, "amount": amount, "return_id": return_id})),
