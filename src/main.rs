@@ -213,7 +213,8 @@ fn main() -> ExitCode {
     // A rehearsal over HTTP runs on one thread: it shares the machine with the server it
     // measures, and its submitters only wait on sockets, so a second worker would only add
     // wake-ups and stealing between the two.
-    let one_thread = matches!(&action, Action::Loadgen { target, .. } if target != "inprocess");
+    let over_http = |target: &str| matches!(emporium::loadgen::Target::parse_address(target), Ok(Some(_)));
+    let one_thread = matches!(&action, Action::Loadgen { target, .. } if over_http(target));
     let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
