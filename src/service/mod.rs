@@ -180,7 +180,7 @@ pub fn router(app: Arc<App>) -> Router {
         };
         router = router.route(&in_shop(route.path), method_router);
     }
-    let others: [(&str, MethodRouter<Arc<App>>); 12] = [
+    let others = [
         ("/commands", axum::routing::post(commands::batch)),
         ("/orders/{order_id}", get(queries::order)),
         ("/orders/{order_id}/history", get(queries::history)),

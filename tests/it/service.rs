@@ -208,7 +208,7 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
     assert_eq!(client.get("/healthz").json()["status"], "ok");
 }
 
-/// The binary turns transparent huge pages off for itself (see `main.rs`): with them, the
+/// The binary turns transparent huge pages off for itself (`emporium::process`): with them, the
 /// allocator's returned pages were faulted back in 2 MiB at a time.
 #[test]
 fn the_server_runs_without_transparent_huge_pages() {
