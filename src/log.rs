@@ -254,6 +254,22 @@ pub fn decode_records(
     check: Check,
 ) -> Result<(Vec<Envelope>, Hash), Corruption> {
     let mut envelopes = Vec::new();
+    let (_, last) = decode_records_into(bytes, first_position, previous, check, 0, &mut envelopes)?;
+    Ok((envelopes, last))
+}
+
+/// [`decode_records`], appending to `out` the envelopes after position `keep_after` (those
+/// before it are checked all the same): how pages are read without moving what each chunk
+/// decoded. Returns how many records there were and the hash of the last; on corruption,
+/// `out` may hold some of the records before it.
+pub fn decode_records_into(
+    bytes: &[u8],
+    first_position: u64,
+    previous: Hash,
+    check: Check,
+    keep_after: u64,
+    out: &mut Vec<Envelope>,
+) -> Result<(u64, Hash), Corruption> {
     let anchor = previous;
     let mut previous = previous;
     let mut rest = bytes;
@@ -290,12 +306,14 @@ pub fn decode_records(
         if envelope.position != position {
             return Err(corrupt(format!("record says position {}", envelope.position)));
         }
-        envelopes.push(envelope);
+        if position > keep_after {
+            out.push(envelope);
+        }
         previous = if chained { hash } else { stored_hash.try_into().unwrap_or(hash) };
         rest = &rest[RECORD_OVERHEAD_BYTES + body_len..];
         position += 1;
     }
-    Ok((envelopes, previous))
+    Ok((position - first_position, previous))
 }
 
 fn decode_body(body: &[u8]) -> Result<Envelope, String> {

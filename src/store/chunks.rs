@@ -66,6 +66,18 @@ pub fn encode_batch(
     Ok((chunks, Head { last_position: expected_last + events.len() as u64, hash }))
 }
 
+/// Most events a page reserves room for before it is read: a page of at most this many
+/// (plus the rest of its last chunk) is read without growing; a larger one grows as it goes.
+const PAGE_EVENTS_RESERVED_MAX: usize = 8192;
+
+/// Records a chunk holds beyond a page's limit, at most, in all but rare cases: a chunk is
+/// [`CHUNK_BYTES_MAX`] bytes and a record rarely less than a hundred.
+const CHUNK_EVENTS_SLACK: usize = 1024;
+
+fn page_with_room(limit: usize) -> Vec<Envelope> {
+    Vec::with_capacity(limit.min(PAGE_EVENTS_RESERVED_MAX) + CHUNK_EVENTS_SLACK)
+}
+
 /// Decodes the events after `after` from chunks that start with the chunk holding `after + 1`.
 pub fn collect_after(
     shop: &ShopId,
@@ -73,16 +85,16 @@ pub fn collect_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<Envelope>, StoreError> {
-    let mut out = Vec::new();
     if limit == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    let mut out = page_with_room(limit);
     for chunk in chunks {
         let (first, bytes) = chunk?;
-        let (envelopes, _) = log::decode_records(&bytes, first, [0; 32], Check::Checksum)
+        log::decode_records_into(&bytes, first, [0; 32], Check::Checksum, after, &mut out)
             .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
-        out.extend(envelopes.into_iter().filter(|e| e.position > after).take(limit - out.len()));
         if out.len() >= limit {
+            out.truncate(limit);
             break;
         }
     }
@@ -99,7 +111,7 @@ pub fn verify_chunks(
     after: u64,
     anchor: Hash,
 ) -> Result<(VerifyReport, Head), StoreError> {
-    check_chunks(shop, chunks, after, anchor, |_| true)
+    check_chunks(shop, chunks, after, anchor, None)
 }
 
 /// What [`verify_chunks`] checks, returning the events after `after` as it goes: at least
@@ -112,23 +124,21 @@ pub fn read_verified(
     anchor: Hash,
     limit: usize,
 ) -> Result<(Vec<Envelope>, Hash), StoreError> {
-    let mut out: Vec<Envelope> = Vec::new();
-    let (_, head) = check_chunks(shop, chunks, after, anchor, |envelopes| {
-        out.extend(envelopes.into_iter().filter(|e| e.position > after));
-        out.len() < limit
-    })?;
+    let mut out = page_with_room(limit);
+    let (_, head) = check_chunks(shop, chunks, after, anchor, Some((&mut out, limit)))?;
     assert!(out.last().is_none_or(|e| e.position == head.last_position), "the page ends where its hash does");
     Ok((out, head.hash))
 }
 
-/// Checks chunks as [`verify_chunks`] says, handing each chunk's envelopes to `keep`, and
-/// stops early when `keep` returns false. The head is that of the last chunk checked.
+/// Checks chunks as [`verify_chunks`] says. With a page, appends the envelopes after
+/// `after` to it and stops after the chunk that brings it to its limit; without one, keeps
+/// nothing and checks to the end. The head is that of the last chunk checked.
 fn check_chunks(
     shop: &ShopId,
     chunks: impl Iterator<Item = Result<Chunk, StoreError>>,
     after: u64,
     anchor: Hash,
-    mut keep: impl FnMut(Vec<Envelope>) -> bool,
+    mut page: Option<(&mut Vec<Envelope>, usize)>,
 ) -> Result<(VerifyReport, Head), StoreError> {
     let corrupt = |position: u64, reason: String| StoreError::Corrupt {
         shop: shop.clone(),
@@ -148,14 +158,21 @@ fn check_chunks(
             }
             _ => {}
         }
-        let (envelopes, last) = log::decode_records(&bytes, first, hash, check)
+        // Verifying alone keeps nothing: every record is decoded and checked, none pushed.
+        let mut nothing = Vec::new();
+        let (keep_after, out) = match &mut page {
+            Some((out, _)) => (after, &mut **out),
+            None => (u64::MAX, &mut nothing),
+        };
+        let (records, last) = log::decode_records_into(&bytes, first, hash, check, keep_after, out)
             .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
-        if envelopes.is_empty() {
+        debug_assert!(nothing.is_empty());
+        if records == 0 {
             return Err(corrupt(first, "empty chunk".to_owned()));
         }
-        next = Some(first + envelopes.len() as u64);
+        next = Some(first + records);
         hash = last;
-        if !keep(envelopes) {
+        if page.as_ref().is_some_and(|(out, limit)| out.len() >= *limit) {
             break;
         }
     }
