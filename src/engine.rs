@@ -333,7 +333,7 @@ impl Engine {
     }
 
     async fn start(&self, shop: &ShopId) -> Result<(), OpenError> {
-        let entry = match Core::recover(self.store.as_ref(), shop, &self.config, self.clock.now()).await {
+        let entry = match Core::recover(&self.store, shop, &self.config, self.clock.now()).await {
             Ok(core) => {
                 self.recovered_from
                     .lock()
@@ -592,6 +592,53 @@ enum Tail {
 /// Events read per page while recovering.
 const RECOVERY_PAGE_EVENTS: usize = 4096;
 
+/// Pages read ahead of the one recovery is folding.
+const RECOVERY_PAGES_AHEAD_MAX: usize = 2;
+
+/// Reads (and with [`Tail::Verify`], verifies) the log after `after` page by page on a
+/// blocking thread, at most [`RECOVERY_PAGES_AHEAD_MAX`] pages ahead of the receiver: on two
+/// cores, decoding the next page overlaps folding this one. The channel closes after the
+/// last page or the first error; the reader stops when the receiver is dropped.
+fn read_ahead(
+    store: Arc<dyn EventStore>,
+    shop: ShopId,
+    after: u64,
+    mut tail: Tail,
+) -> mpsc::Receiver<Result<Vec<Envelope>, StoreError>> {
+    let (sender, receiver) = mpsc::channel(RECOVERY_PAGES_AHEAD_MAX);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut after = after;
+        loop {
+            let page = runtime.block_on(async {
+                match &mut tail {
+                    Tail::Verify { anchor } => {
+                        let (page, next) = store.read_verified(&shop, after, *anchor, RECOVERY_PAGE_EVENTS).await?;
+                        *anchor = next;
+                        Ok(page)
+                    }
+                    Tail::Verified { .. } => store.read_from(&shop, after, RECOVERY_PAGE_EVENTS).await,
+                }
+            });
+            match page {
+                Ok(page) => {
+                    let Some(last) = page.last().map(|envelope| envelope.position) else { return };
+                    assert!(last > after, "a page reads forward");
+                    if sender.blocking_send(Ok(page)).is_err() {
+                        return;
+                    }
+                    after = last;
+                }
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    receiver
+}
+
 /// What an engine snapshot holds, as a tuple (postcard encodes it like a struct): the state,
 /// stream versions, remembered commands oldest first, the last recorded time, and the hash
 /// of the record at the snapshot's position.
@@ -651,7 +698,7 @@ impl Core {
     }
 
     async fn recover(
-        store: &dyn EventStore,
+        store: &Arc<dyn EventStore>,
         shop: &ShopId,
         config: &EngineConfig,
         now: Timestamp,
@@ -660,10 +707,10 @@ impl Core {
             return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
         }
         let resumed = match &config.snapshots {
-            Some(snapshots) => Core::from_snapshot(store, shop, snapshots).await,
+            Some(snapshots) => Core::from_snapshot(store.as_ref(), shop, snapshots).await,
             None => None,
         };
-        let (mut core, mut tail) = match resumed {
+        let (mut core, tail) = match resumed {
             Some((core, events)) => (core, Tail::Verified { events }),
             None => {
                 let core = Core {
@@ -680,19 +727,14 @@ impl Core {
         // The policy in force is the engine's, however the state was rebuilt.
         core.state.set_policy(config.policy);
         let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
-        loop {
-            let page = match &mut tail {
-                Tail::Verify { anchor } => {
-                    let (page, next) =
-                        store.read_verified(shop, core.last_position, *anchor, RECOVERY_PAGE_EVENTS).await?;
-                    *anchor = next;
-                    page
-                }
-                Tail::Verified { .. } => store.read_from(shop, core.last_position, RECOVERY_PAGE_EVENTS).await?,
-            };
-            if page.is_empty() {
-                break;
-            }
+        let verified_events = match tail {
+            Tail::Verified { events } => Some(events),
+            Tail::Verify { .. } => None,
+        };
+        let mut pages = read_ahead(store.clone(), shop.clone(), core.last_position, tail);
+        while let Some(page) = pages.recv().await {
+            let page = page?;
+            assert!(!page.is_empty(), "the reader sends no empty page");
             for envelope in &page {
                 assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
                 core.state.apply(&envelope.event);
@@ -717,7 +759,7 @@ impl Core {
                 }
             }
         }
-        if let Tail::Verified { events } = tail {
+        if let Some(events) = verified_events {
             assert_eq!(core.last_position, events, "the log changed while recovering");
         }
         let mut rejections = store.rejections(shop).await?;
@@ -1051,7 +1093,7 @@ impl Writer {
                 let _ = p.reply.send(Err(self.unavailable("storage failed, an earlier batch was not written")));
             }
         }
-        self.core = Core::recover(self.store.as_ref(), &self.shop, &self.config, now).await.ok();
+        self.core = Core::recover(&self.store, &self.shop, &self.config, now).await.ok();
         false
     }
 

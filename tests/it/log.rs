@@ -182,6 +182,45 @@ async fn a_corrupt_shop_is_refused_naming_the_position_and_the_others_are_served
     assert!(engine.execute(&other, Request::new("tester", list("S2", dec!(1)))).await.is_ok());
 }
 
+/// Recovery decodes the next pages of the log while it folds this one: a log of several
+/// pages opens to the state its events fold to, and a record broken pages into it refuses
+/// the shop at that record.
+#[tokio::test]
+async fn a_log_of_many_pages_opens_to_its_state_and_a_break_pages_in_is_refused_there() {
+    let dir = temp_dir();
+    let last = write_shop_log(dir.path(), 7_000, 64).await;
+    assert!(last > 3 * 4096, "{last} events: more than three recovery pages");
+    let shop = ShopId::main();
+    let open = |store: Arc<SledStore>| async {
+        Engine::open(store, Arc::new(ManualClock::new(DAY_START)), EngineConfig::default()).await.expect("opens")
+    };
+    {
+        let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
+        let events = store.read_from(&shop, 0, usize::MAX).await.expect("readable");
+        assert_eq!(events.len() as u64, last);
+        let mut folded = emporium::State::new();
+        for envelope in &events {
+            folded.apply(&envelope.event);
+        }
+        let engine = open(store).await;
+        let recovered = engine.read(&shop, |state| state.clone()).await.expect("served");
+        assert_eq!(recovered.orders().count(), 7_000);
+        assert!(recovered == folded, "the recovered state is the log folded");
+        engine.close().await;
+    }
+
+    let (position, key, start, length) = raw_records(dir.path())[12_345].clone();
+    assert_eq!(position, 12_346);
+    flip_byte(dir.path(), &key, start + length / 2);
+    let engine = open(Arc::new(SledStore::open(dir.path()).expect("opens"))).await;
+    match engine.read(&shop, |state| state.orders().count()).await {
+        Err(CommandError::Unavailable { reason, .. }) => {
+            assert!(reason.contains(&format!("position {position}")), "{reason}")
+        }
+        other => panic!("expected the shop to be refused, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn opening_from_zero_refuses_a_broken_chain_that_every_checksum_passes() {
     let dir = temp_dir();
