@@ -9,9 +9,11 @@ use emporium::engine::{ENGINE_SNAPSHOT_SCHEMA, Engine, EngineConfig, ManualClock
 use emporium::log::Envelope;
 use emporium::sim::{self, DayConfig};
 use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore};
-use emporium::views::{Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views};
+use emporium::views::{
+    Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, PARALLEL_FOLD_FACTS_MIN, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views,
+};
 use emporium::{OrderId, ShopId, State, Timestamp, demo};
-use emporium_projections::AsOf;
+use emporium_projections::{AsOf, Gap};
 use emporium_snapshots::{Snapshot, SnapshotStore};
 use rust_decimal::{Decimal, dec};
 
@@ -208,6 +210,31 @@ async fn the_histories_view_agrees_with_the_stream_index() {
             placed += usize::from(kept.is_some());
         }
         assert!(placed > 0 && (through < last) == (placed < orders.len()), "{placed} placed as of {through}");
+    }
+}
+
+/// From `PARALLEL_FOLD_FACTS_MIN` facts, the shop view folds on one thread and the other
+/// views on another; piece by piece below it, all fold on one. The views end the same, and
+/// at a gap every view stops before it and names it.
+#[tokio::test]
+async fn views_folded_on_two_threads_equal_views_folded_on_one() {
+    let (_, _, events) = generated_day_2000().await;
+    assert!(events.len() > 2 * PARALLEL_FOLD_FACTS_MIN, "{} events", events.len());
+    let whole = rebuilt(&events, AsOf::End);
+    let mut pieces = Views::new();
+    for piece in events.chunks(PARALLEL_FOLD_FACTS_MIN - 1) {
+        pieces.catch_up(piece, AsOf::End).expect("gap-free");
+    }
+    assert_eq!(whole.checkpoint(), events.len() as u64);
+    assert_eq!(whole.hashes(), pieces.hashes());
+
+    // One thread, then two.
+    for (facts, missing) in [(PARALLEL_FOLD_FACTS_MIN - 1, 1_001), (events.len(), 3_001)] {
+        let with_gap: Vec<&Envelope> = events[..facts].iter().filter(|e| e.position != missing).collect();
+        let mut gapped = Views::new();
+        let gap = gapped.catch_up(with_gap.iter().copied(), AsOf::End);
+        assert_eq!(gap, Err(Gap { expected: missing, found: missing + 1 }));
+        assert_eq!(gapped.hashes(), rebuilt(&events[..missing as usize - 1], AsOf::End).hashes(), "{facts} facts");
     }
 }
 
