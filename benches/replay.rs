@@ -5,7 +5,10 @@
 //! - `replay/state`: folding every event into the domain state (events/s); freeing the
 //!   state afterwards is not timed;
 //! - `replay/views`: folding every event into all five views (events/s), likewise;
-//! - `open/full_replay`: `Engine::open` with no snapshot: verify and replay the whole log;
+//! - `open/full_replay`: `Engine::open` with no snapshot: verify and replay the whole log
+//!   into the state;
+//! - `open/full_replay_and_views`: the same, and until the views (which fold the log behind
+//!   the engine, reading it again) have folded all of it;
 //! - `open/from_snapshot`: `Engine::open` from the engine snapshot taken at the end of the
 //!   log: verify and replay only what follows it (nothing, here).
 
@@ -55,11 +58,17 @@ fn restart_clock(envelopes: &[Envelope]) -> Arc<ManualClock> {
     Arc::new(ManualClock::new(envelopes.last().map_or(demo::DAY_START, |e| e.recorded_at)))
 }
 
-/// Opens the engine on the log in `data`, returns how long `Engine::open` took, and closes it.
-async fn open_once(data: &Path, snapshots: bool, clock: Arc<ManualClock>) -> Duration {
+/// Opens the engine on the log in `data` and returns how long `Engine::open` took, or with
+/// `views` until the views had folded the whole log too; then closes it.
+async fn open_once(data: &Path, snapshots: bool, views: bool, clock: Arc<ManualClock>) -> Duration {
     let store = Arc::new(SledStore::open(&emporium::layout::log_dir(data)).expect("opens"));
+    let last = store.last_position(&ShopId::main()).await.expect("readable");
     let started = Instant::now();
     let engine = Engine::open(store, clock, config(data, snapshots)).await.expect("opens");
+    if views {
+        let reached = engine.views_reach(&ShopId::main(), last, Duration::from_secs(600)).await;
+        assert_eq!(reached, Ok(last), "the views folded the log");
+    }
     let took = started.elapsed();
     assert_eq!(engine.recovered_from(&ShopId::main()).is_some(), snapshots, "started as intended");
     engine.close().await;
@@ -108,11 +117,12 @@ fn replay(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("open");
     group.sample_size(10).measurement_time(Duration::from_secs(30));
-    for (name, snapshots) in [("full_replay", false), ("from_snapshot", true)] {
+    let starts = [("full_replay", false, false), ("full_replay_and_views", false, true), ("from_snapshot", true, false)];
+    for (name, snapshots, views) in starts {
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 let clock = || restart_clock(&envelopes);
-                (0..iterations).map(|_| runtime.block_on(open_once(dir.path(), snapshots, clock()))).sum()
+                (0..iterations).map(|_| runtime.block_on(open_once(dir.path(), snapshots, views, clock()))).sum()
             })
         });
     }
