@@ -117,7 +117,8 @@ fn replay(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("open");
     group.sample_size(10).measurement_time(Duration::from_secs(30));
-    let starts = [("full_replay", false, false), ("full_replay_and_views", false, true), ("from_snapshot", true, false)];
+    let starts =
+        [("full_replay", false, false), ("full_replay_and_views", false, true), ("from_snapshot", true, false)];
     for (name, snapshots, views) in starts {
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
