@@ -127,7 +127,7 @@ impl SnapshotConfig {
 pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 2;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
-pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 4;
+pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;
 
 /// How the engine batches, queues and remembers.
 #[derive(Clone, Debug)]

@@ -728,7 +728,7 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
             views.checkpoint() as f64 / seconds.max(1e-9)
         )?;
         print_hashes("from zero", &views)?;
-        if let Err(broken) = views.ledger.projection().check(views.shop.projection().state()) {
+        if let Err(broken) = views.ledger.projection().check(views.shop.projection()) {
             differences.push(format!("shop {shop}: the ledger does not hold: {broken}"));
         }
         if check {

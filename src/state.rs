@@ -380,6 +380,10 @@ impl Policy {
     }
 }
 
+/// What each open order not yet shipped in full keeps back, per SKU ([`Order::held`]):
+/// all that a stock-only fold ([`State::apply_stock`]) keeps of the orders.
+pub type Holds = IdMap<OrderId, Vec<(Sku, u64)>>;
+
 /// The state of one shop.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -531,19 +535,7 @@ impl State {
                 payment_due_by,
                 reservation_id,
             } => {
-                // The hold's units and the order's are one net change: a recorded shortfall is
-                // only resolved once both are applied.
-                let released = match reservation_id {
-                    Some(reservation_id) => self.end_reservation(reservation_id, ReservationStatus::Consumed),
-                    None => Vec::new(),
-                };
-                for line in lines {
-                    let stock = &mut self.product_mut(&line.sku).stock;
-                    stock.reserved = add(stock.reserved, line.quantity);
-                }
-                for sku in released.iter().chain(lines.iter().map(|l| &l.sku)) {
-                    resolve_shortfall(&mut self.product_mut(sku).stock);
-                }
+                self.stock_placed(reservation_id.as_ref(), lines);
                 let order = Order {
                     id: order_id.clone(),
                     customer_id: customer_id.clone(),
@@ -584,15 +576,7 @@ impl State {
                 self.close_order(order_id, Closure::Expired { at: *expired_at });
             }
             Event::ShipmentDispatched { order_id, shipment_id, carrier, tracking_number, lines, shipped_at } => {
-                for line in lines {
-                    let stock = &mut self.product_mut(&line.sku).stock;
-                    stock.on_hand = sub(stock.on_hand, line.quantity);
-                    stock.reserved = sub(stock.reserved, line.quantity);
-                    stock.shipped = add(stock.shipped, line.quantity);
-                    stock.value -= line.cost;
-                    stock.value_shipped += line.cost;
-                    resolve_shortfall(stock);
-                }
+                self.stock_shipped(lines);
                 let order = self.order_mut(order_id);
                 assert!(order.payment.is_some() && order.closure.is_none());
                 for line in lines {
@@ -651,22 +635,7 @@ impl State {
                 assert!(request.received_at.is_none());
                 request.received_at = Some(*received_at);
                 request.inspected = lines.clone();
-                for line in lines {
-                    let stock = &mut self.product_mut(&line.sku).stock;
-                    match line.condition {
-                        Condition::Resellable => {
-                            stock.on_hand = add(stock.on_hand, line.quantity);
-                            stock.restocked = add(stock.restocked, line.quantity);
-                            stock.value += line.cost;
-                            stock.value_restocked += line.cost;
-                            resolve_shortfall(stock);
-                        }
-                        Condition::Damaged => {
-                            stock.written_off = add(stock.written_off, line.quantity);
-                            stock.value_written_off += line.cost;
-                        }
-                    }
-                }
+                self.stock_returned(lines);
             }
             Event::RefundIssued { order_id, refund_id, amount, return_id, allocation, refunded_at } => {
                 let order = self.order_mut(order_id);
@@ -737,10 +706,164 @@ impl State {
         if let Some(due_by) = unpaid_due {
             assert!(self.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
         }
+        self.stock_released(&held);
+    }
+
+    // The stock effects of order events, shared by `apply` and `apply_stock`, so the shop
+    // view's stock cannot drift from the writer's.
+
+    /// An order placed: its hold (if any) consumed and its lines reserved.
+    fn stock_placed(&mut self, reservation_id: Option<&ReservationId>, lines: &[PricedLine]) {
+        // The hold's units and the order's are one net change: a recorded shortfall is
+        // only resolved once both are applied.
+        let released = match reservation_id {
+            Some(reservation_id) => self.end_reservation(reservation_id, ReservationStatus::Consumed),
+            None => Vec::new(),
+        };
+        for line in lines {
+            let stock = &mut self.product_mut(&line.sku).stock;
+            stock.reserved = add(stock.reserved, line.quantity);
+        }
+        for sku in released.iter().chain(lines.iter().map(|l| &l.sku)) {
+            resolve_shortfall(&mut self.product_mut(sku).stock);
+        }
+    }
+
+    /// An order closed: what it held returns to sale.
+    fn stock_released(&mut self, held: &[(Sku, u64)]) {
         for (sku, quantity) in held {
-            let stock = &mut self.product_mut(&sku).stock;
-            stock.reserved = sub(stock.reserved, quantity);
+            let stock = &mut self.product_mut(sku).stock;
+            stock.reserved = sub(stock.reserved, *quantity);
             resolve_shortfall(stock);
+        }
+    }
+
+    /// A parcel left: its units leave the shelf and the reservation, at their recorded cost.
+    fn stock_shipped(&mut self, lines: &[CostedLine]) {
+        for line in lines {
+            let stock = &mut self.product_mut(&line.sku).stock;
+            stock.on_hand = sub(stock.on_hand, line.quantity);
+            stock.reserved = sub(stock.reserved, line.quantity);
+            stock.shipped = add(stock.shipped, line.quantity);
+            stock.value -= line.cost;
+            stock.value_shipped += line.cost;
+            resolve_shortfall(stock);
+        }
+    }
+
+    /// A return inspected: resellable units back on the shelf, damaged ones written off.
+    fn stock_returned(&mut self, lines: &[InspectedLine]) {
+        for line in lines {
+            let stock = &mut self.product_mut(&line.sku).stock;
+            match line.condition {
+                Condition::Resellable => {
+                    stock.on_hand = add(stock.on_hand, line.quantity);
+                    stock.restocked = add(stock.restocked, line.quantity);
+                    stock.value += line.cost;
+                    stock.value_restocked += line.cost;
+                    resolve_shortfall(stock);
+                }
+                Condition::Damaged => {
+                    stock.written_off = add(stock.written_off, line.quantity);
+                    stock.value_written_off += line.cost;
+                }
+            }
+        }
+    }
+
+    /// Applies the stock effects of `event` to a state that keeps no orders, with `holds`
+    /// standing in for them: what each open order not yet shipped in full keeps back, as
+    /// [`Order::held`] gives it. Products and checkout holds end as [`State::apply`] leaves
+    /// them; events that change only an order (paid, delivered, return requested, refunded)
+    /// change nothing here. This is the shop view's fold: stock levels without a second
+    /// copy of every order.
+    pub fn apply_stock(&mut self, event: &Event, holds: &mut Holds) {
+        assert!(self.orders.is_empty(), "a stock-only fold keeps no orders");
+        match event {
+            Event::OrderPlaced { order_id, lines, reservation_id, .. } => {
+                self.stock_placed(reservation_id.as_ref(), lines);
+                self.check_stock_of(lines.iter().map(|line| &line.sku));
+                let held = lines.iter().map(|line| (line.sku.clone(), line.quantity)).collect();
+                assert!(holds.insert(order_id.clone(), held).is_none(), "order {order_id} placed twice");
+            }
+            Event::OrderCancelled { order_id, .. } | Event::OrderExpired { order_id, .. } => {
+                let Some(held) = holds.remove(order_id) else {
+                    panic!("closing order {order_id}, which holds nothing")
+                };
+                self.stock_released(&held);
+                self.check_stock_of(held.iter().map(|(sku, _)| sku));
+            }
+            Event::ShipmentDispatched { order_id, lines, .. } => {
+                self.stock_shipped(lines);
+                self.check_stock_of(lines.iter().map(|line| &line.sku));
+                let Some(held) = holds.get_mut(order_id) else {
+                    panic!("shipping order {order_id}, which holds nothing")
+                };
+                for line in lines {
+                    let Some((_, quantity)) = held.iter_mut().find(|(sku, _)| sku == &line.sku) else {
+                        panic!("shipping SKU {} that order {order_id} does not hold", line.sku);
+                    };
+                    *quantity = sub(*quantity, line.quantity);
+                }
+                if held.iter().all(|(_, quantity)| *quantity == 0) {
+                    holds.remove(order_id);
+                }
+            }
+            Event::ReturnReceived { lines, .. } => {
+                self.stock_returned(lines);
+                self.check_stock_of(lines.iter().map(|line| &line.sku));
+            }
+            Event::OrderPaid { .. }
+            | Event::ShipmentDelivered { .. }
+            | Event::ReturnRequested { .. }
+            | Event::RefundIssued { .. } => {}
+            Event::ProductListed { .. }
+            | Event::PriceChanged { .. }
+            | Event::ProductDelisted { .. }
+            | Event::ProductRelisted { .. }
+            | Event::StockReceived { .. }
+            | Event::StockCounted { .. }
+            | Event::StockReserved { .. }
+            | Event::ReservationReleased { .. }
+            | Event::ReservationExpired { .. } => self.apply(event),
+        }
+    }
+
+    /// In debug builds and tests, checks the stock invariants of `skus`.
+    fn check_stock_of<'a>(&self, skus: impl Iterator<Item = &'a Sku>) {
+        if cfg!(debug_assertions) {
+            for sku in skus {
+                if let Some(product) = self.products.get(sku) {
+                    check_stock(product);
+                }
+            }
+        }
+    }
+
+    /// Checks the invariants of a stock-only fold ([`State::apply_stock`]): every product's,
+    /// and reserved = what active checkout holds and `holds` keep back.
+    pub fn check_stock_invariants(&self, holds: &Holds) {
+        assert!(self.orders.is_empty(), "a stock-only fold keeps no orders");
+        let mut held: BTreeMap<&Sku, u64> = BTreeMap::new();
+        for reservation in self.reservations.values().filter(|r| r.status == ReservationStatus::Active) {
+            for line in &reservation.lines {
+                *held.entry(&line.sku).or_default() += line.quantity;
+            }
+        }
+        for (order_id, lines) in holds {
+            assert!(lines.iter().any(|(_, quantity)| *quantity > 0), "order {order_id} is held but holds nothing");
+            for (sku, quantity) in lines {
+                *held.entry(sku).or_default() += quantity;
+            }
+        }
+        for product in self.products.values() {
+            check_stock(product);
+            let expected = held.get(&product.sku).copied().unwrap_or(0);
+            assert_eq!(
+                product.stock.reserved, expected,
+                "reserved units of {} are not what holds keep back",
+                product.sku
+            );
         }
     }
 

@@ -864,7 +864,7 @@ fn check_books(views: &Views, failures: &mut Vec<String>) -> Decimal {
     if !trial_balance.is_zero() {
         failures.push(format!("the trial balance is {trial_balance}, not zero"));
     }
-    if let Err(broken) = ledger.check(views.shop.projection().state()) {
+    if let Err(broken) = ledger.check(views.shop.projection()) {
         failures.push(format!("the ledger does not hold: {broken}"));
     }
     trial_balance

@@ -193,17 +193,17 @@ impl Ledger {
         self.refunds
     }
 
-    /// Checks the books against themselves and against the shop's `state` at the same
-    /// position; returns the first broken rule. Every entry balances (checked as it is
-    /// posted), the trial balance sums to zero, Inventory equals the sum of the SKUs'
-    /// inventory values, Cash equals payments less refunds (in the ledger and in the orders),
-    /// and customer deposits are never overdrawn.
-    pub fn check(&self, state: &crate::state::State) -> Result<(), String> {
+    /// Checks the books against themselves and against the shop view at the same position;
+    /// returns the first broken rule. Every entry balances (checked as it is posted), the
+    /// trial balance sums to zero, Inventory equals the sum of the SKUs' inventory values,
+    /// Cash equals payments less refunds (as the ledger counted them and as the shop view
+    /// did), and customer deposits are never overdrawn.
+    pub fn check(&self, shop: &super::ShopView) -> Result<(), String> {
         let trial: Decimal = self.balances.values().copied().sum();
         if !trial.is_zero() {
             return Err(format!("the trial balance sums to {trial}"));
         }
-        let stock_value: Decimal = state.products().map(|p| p.stock.value).sum();
+        let stock_value: Decimal = shop.products().map(|p| p.stock.value).sum();
         if self.balance(Account::Inventory) != stock_value {
             return Err(format!("Inventory is {}, the SKUs hold {stock_value}", self.balance(Account::Inventory)));
         }
@@ -211,8 +211,7 @@ impl Ledger {
         if cash != self.payments - self.refunds {
             return Err(format!("Cash is {cash}, payments less refunds {}", self.payments - self.refunds));
         }
-        let (paid, refunded): (Decimal, Decimal) =
-            state.orders().fold((Decimal::ZERO, Decimal::ZERO), |(p, r), o| (p + o.paid(), r + o.refunded));
+        let (paid, refunded) = (shop.paid(), shop.refunded());
         if cash != paid - refunded {
             return Err(format!("Cash is {cash}, the orders were paid {paid} and refunded {refunded}"));
         }

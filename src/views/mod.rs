@@ -5,7 +5,7 @@
 //! hashed deterministically so that two builds can be compared. Views never append events and
 //! never read a clock: "now", where a question needs it, is the time of the last event folded.
 //!
-//! - [`ShopView`] (`shop`): stock levels and order status;
+//! - [`ShopView`] (`shop`): stock levels, without a copy of the orders;
 //! - [`Ledger`] (`ledger`): the double-entry books;
 //! - [`Analytics`] (`analytics`): figures by hour and day;
 //! - [`Customers`] (`customers`): buyers' records;

@@ -1,5 +1,10 @@
-//! Stock levels and order status: the domain state itself, folded from the log, with the
-//! sales history that stock questions need (days of cover, slow movers).
+//! Stock levels: the products and checkout holds of the domain state, folded from the log
+//! by the same rules as the writer's state ([`State::apply_stock`]), with the sales history
+//! that stock questions need (days of cover, slow movers).
+//!
+//! The view keeps no orders: of each open order not yet shipped in full it keeps only what
+//! the order holds back, and of the rest only running totals of money paid and refunded.
+//! An order's own questions are the writer's state's to answer.
 //!
 //! "Now" for these questions is the time of the last event folded, never a clock, so a view
 //! built as of a past point answers as the shop stood then.
@@ -13,7 +18,7 @@ use crate::event::Event;
 use crate::idmap::IdMap;
 use crate::ids::{Sku, Timestamp};
 use crate::log::Envelope;
-use crate::state::State;
+use crate::state::{Holds, Product, State};
 
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -50,10 +55,18 @@ pub struct StockLevel {
     pub slow_mover: bool,
 }
 
-/// The domain state with sales history.
+/// Stock with sales history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShopView {
+    /// Products and checkout holds; never an order.
     state: State,
+    /// What each open order not yet shipped in full keeps back.
+    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    holds: Holds,
+    /// Money ever paid for orders.
+    paid: Decimal,
+    /// Money ever refunded.
+    refunded: Decimal,
     /// Units paid per SKU per day (day number since the epoch).
     daily_units: BTreeMap<(Sku, u64), u64>,
     /// The last payment of each SKU, or its listing when never sold.
@@ -68,9 +81,75 @@ impl ShopView {
         ShopView::default()
     }
 
-    /// The shop's state as of the last event folded.
-    pub fn state(&self) -> &State {
-        &self.state
+    /// Every product with its stock, by SKU, as of the last event folded.
+    pub fn products(&self) -> impl Iterator<Item = &Product> {
+        self.state.products()
+    }
+
+    /// What each open order not yet shipped in full keeps back, per SKU.
+    pub fn holds(&self) -> &Holds {
+        &self.holds
+    }
+
+    /// Money ever paid for orders.
+    pub fn paid(&self) -> Decimal {
+        self.paid
+    }
+
+    /// Money ever refunded.
+    pub fn refunded(&self) -> Decimal {
+        self.refunded
+    }
+
+    /// Whether this view's products, holds and money totals are what the writer's `state`
+    /// at the same position gives; the first difference otherwise.
+    pub fn matches(&self, state: &State) -> Result<(), String> {
+        let mut theirs = state.products();
+        for product in self.state.products() {
+            match theirs.next() {
+                Some(their) if their == product => {}
+                Some(their) => {
+                    return Err(format!("product {} is {product:?} here, {their:?} in the state", product.sku));
+                }
+                None => return Err(format!("product {} is not in the state", product.sku)),
+            }
+        }
+        if let Some(their) = theirs.next() {
+            return Err(format!("product {} is missing here", their.sku));
+        }
+        let mut held = 0;
+        for order in state.orders() {
+            let expected: Vec<(Sku, u64)> = order.held().map(|(sku, quantity)| (sku.clone(), quantity)).collect();
+            if expected.iter().all(|(_, quantity)| *quantity == 0) {
+                continue;
+            }
+            held += 1;
+            if self.holds.get(&order.id) != Some(&expected) {
+                return Err(format!(
+                    "order {} holds {:?} here, {expected:?} in the state",
+                    order.id,
+                    self.holds.get(&order.id)
+                ));
+            }
+        }
+        if held != self.holds.len() {
+            return Err(format!("{} orders hold stock here, {held} in the state", self.holds.len()));
+        }
+        let paid: Decimal = state.orders().map(|order| order.paid()).sum();
+        let refunded: Decimal = state.orders().map(|order| order.refunded).sum();
+        if (paid, refunded) != (self.paid, self.refunded) {
+            return Err(format!(
+                "paid {} and refunded {} here, {paid} and {refunded} in the state",
+                self.paid, self.refunded
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the stock invariants, reserved units against holds included; panics naming
+    /// the first broken one.
+    pub fn check_invariants(&self) {
+        self.state.check_stock_invariants(&self.holds);
     }
 
     /// The time of the last event folded.
@@ -120,25 +199,27 @@ impl emporium_projections::Projection for ShopView {
     }
 
     fn apply(&mut self, envelope: &Envelope) {
-        self.state.apply(&envelope.event);
+        self.state.apply_stock(&envelope.event, &mut self.holds);
         self.now = self.now.max(envelope.recorded_at);
         match &envelope.event {
             Event::ProductListed { sku, .. } => {
                 self.last_sale_at.insert(sku.clone(), envelope.recorded_at);
             }
-            Event::OrderPaid { order_id, .. } => {
+            Event::OrderPaid { order_id, amount, .. } => {
+                self.paid += *amount;
                 let day = envelope.recorded_at.0 / DAY_MS;
-                if let Some(order) = self.state.order(order_id) {
-                    for line in &order.lines {
-                        *self.daily_units.entry((line.sku.clone(), day)).or_insert(0) += line.quantity;
-                        // Every SKU sold was listed, so it has an entry: no key to clone.
-                        let Some(last_sale_at) = self.last_sale_at.get_mut(&line.sku) else {
-                            panic!("SKU {} sold but never listed", line.sku);
-                        };
-                        *last_sale_at = envelope.recorded_at;
-                    }
+                // A paid order was open and had shipped nothing, so it holds every unit it ordered.
+                let Some(held) = self.holds.get(order_id) else { panic!("order {order_id} paid but holds nothing") };
+                for (sku, quantity) in held {
+                    *self.daily_units.entry((sku.clone(), day)).or_insert(0) += *quantity;
+                    // Every SKU sold was listed, so it has an entry: no key to clone.
+                    let Some(last_sale_at) = self.last_sale_at.get_mut(sku) else {
+                        panic!("SKU {sku} sold but never listed");
+                    };
+                    *last_sale_at = envelope.recorded_at;
                 }
             }
+            Event::RefundIssued { amount, .. } => self.refunded += *amount,
             _ => {}
         }
     }

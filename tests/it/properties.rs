@@ -285,11 +285,12 @@ proptest! {
                 };
                 ledger.apply(&envelope).map_err(|gap| TestCaseError::fail(gap.to_string()))?;
                 shop.apply(&envelope).map_err(|gap| TestCaseError::fail(gap.to_string()))?;
-                if let Err(broken) = ledger.projection().check(shop.projection().state()) {
+                if let Err(broken) = ledger.projection().check(shop.projection()) {
                     return Err(TestCaseError::fail(format!("after {} at {position}: {broken}", event.kind())));
                 }
             }
-            prop_assert_eq!(shop.projection().state(), state);
+            shop.projection().check_invariants();
+            prop_assert_eq!(shop.projection().matches(state), Ok(()));
             Ok(())
         })?;
         prop_assert!(ledger.projection().name() == "ledger");
