@@ -844,20 +844,28 @@ impl State {
     /// and reserved = what active checkout holds and `holds` keep back.
     pub fn check_stock_invariants(&self, holds: &Holds) {
         assert!(self.orders.is_empty(), "a stock-only fold keeps no orders");
+        for product in self.products.values() {
+            check_stock(product);
+        }
+        for (order_id, lines) in holds {
+            assert!(lines.iter().any(|(_, quantity)| *quantity > 0), "order {order_id} is held but holds nothing");
+        }
+        self.check_reserved(holds.values().flatten().map(|(sku, quantity)| (sku, *quantity)));
+    }
+
+    /// Checks that every product's reserved units are what active checkout holds keep back
+    /// plus `orders_hold`, the units open orders keep back.
+    fn check_reserved<'a>(&'a self, orders_hold: impl Iterator<Item = (&'a Sku, u64)>) {
         let mut held: BTreeMap<&Sku, u64> = BTreeMap::new();
         for reservation in self.reservations.values().filter(|r| r.status == ReservationStatus::Active) {
             for line in &reservation.lines {
                 *held.entry(&line.sku).or_default() += line.quantity;
             }
         }
-        for (order_id, lines) in holds {
-            assert!(lines.iter().any(|(_, quantity)| *quantity > 0), "order {order_id} is held but holds nothing");
-            for (sku, quantity) in lines {
-                *held.entry(sku).or_default() += quantity;
-            }
+        for (sku, quantity) in orders_hold {
+            *held.entry(sku).or_default() += quantity;
         }
         for product in self.products.values() {
-            check_stock(product);
             let expected = held.get(&product.sku).copied().unwrap_or(0);
             assert_eq!(
                 product.stock.reserved, expected,
@@ -899,32 +907,16 @@ impl State {
         for order in self.orders.values() {
             check_order(order);
         }
-        let mut held: BTreeMap<&Sku, u64> = BTreeMap::new();
-        for reservation in self.reservations.values() {
-            if reservation.status == ReservationStatus::Active {
-                for line in &reservation.lines {
-                    *held.entry(&line.sku).or_default() += line.quantity;
-                }
-                let due = (reservation.expires_at, Deadline::Reservation(reservation.id.clone()));
-                assert!(self.deadlines.contains(&due), "active reservation {} has no deadline", reservation.id);
-            }
+        for reservation in self.reservations.values().filter(|r| r.status == ReservationStatus::Active) {
+            let due = (reservation.expires_at, Deadline::Reservation(reservation.id.clone()));
+            assert!(self.deadlines.contains(&due), "active reservation {} has no deadline", reservation.id);
         }
         for order in self.orders.values() {
-            for (sku, quantity) in order.held() {
-                *held.entry(sku).or_default() += quantity;
-            }
             let awaiting = order.payment.is_none() && order.closure.is_none();
             let due = (order.payment_due_by, Deadline::Payment(order.id.clone()));
             assert_eq!(self.deadlines.contains(&due), awaiting, "payment deadline of order {}", order.id);
         }
-        for product in self.products.values() {
-            let expected = held.get(&product.sku).copied().unwrap_or(0);
-            assert_eq!(
-                product.stock.reserved, expected,
-                "reserved units of {} are not what holds keep back",
-                product.sku
-            );
-        }
+        self.check_reserved(self.orders.values().flat_map(|order| order.held()));
         let active = self.reservations.values().filter(|r| r.status == ReservationStatus::Active).count();
         let awaiting = self.orders.values().filter(|o| o.payment.is_none() && o.closure.is_none()).count();
         assert_eq!(self.deadlines.len(), active + awaiting, "stale deadlines");
