@@ -176,6 +176,12 @@ async fn a_generated_day_rebuilds_identically_from_zero_from_a_snapshot_and_live
     zero.shop.projection().check_invariants();
     assert_eq!(zero.shop.projection().matches(&live_state), Ok(()));
     assert!(zero.shop.projection().holds().len() < live_state.orders().count() / 2, "the view keeps no settled order");
+    // A view one shipment short of the state does not match it.
+    let Some(shipped) = events.iter().rposition(|e| e.event.kind() == "shipment_dispatched") else {
+        panic!("the day ships")
+    };
+    let short = rebuilt(&events[..shipped], AsOf::End);
+    assert!(short.shop.projection().matches(&live_state).is_err(), "a view behind the state differs from it");
 
     assert_eq!(engine.views_reach(&shop, last, Duration::from_secs(60)).await, Ok(last));
     let live = engine.views(&shop, |views| views.hashes()).expect("served");
@@ -215,8 +221,8 @@ async fn the_histories_view_agrees_with_the_stream_index() {
     }
 }
 
-/// From `PARALLEL_FOLD_FACTS_MIN` facts, the shop view folds on one thread and the other
-/// views on another; piece by piece below it, all fold on one. The views end the same, and
+/// From `PARALLEL_FOLD_FACTS_MIN` facts, the shop view and the ledger fold on one thread
+/// and the other views on another; piece by piece below it, all fold on one. The views end the same, and
 /// at a gap every view stops before it and names it.
 #[tokio::test]
 async fn views_folded_on_two_threads_equal_views_folded_on_one() {
