@@ -75,7 +75,7 @@ fn shop(scenario: &Scenario, zipf: &Zipf) -> State {
         let plan = loadgen::plan(scenario, zipf, n);
         if state.execute(NOW, &place(&plan)).is_ok() && plan.pays {
             let order = state.order(&plan.order_id.as_str().into()).expect("placed");
-            let payment = pay(order);
+            let payment = pay(&order);
             state.execute(NOW, &payment).expect("the payment is accepted");
         }
     }
@@ -102,8 +102,12 @@ fn deciding(c: &mut Criterion) {
             Err(other) => panic!("an unexpected rejection: {other:?}"),
         }
     }
-    let payments: Vec<Command> =
-        state.orders().filter(|order| order.status() == OrderStatus::AwaitingPayment).take(PREPARED).map(pay).collect();
+    let payments: Vec<Command> = state
+        .orders()
+        .filter(|order| order.status() == OrderStatus::AwaitingPayment)
+        .take(PREPARED)
+        .map(|order| pay(&order))
+        .collect();
     assert_eq!(payments.len(), PREPARED, "enough unpaid orders");
     for command in &payments {
         decide(&state, NOW, command).expect("the payment is accepted");

@@ -5,6 +5,7 @@
 //! or the first failing check becomes a typed [`Rejection`] and nothing is produced.
 //! `decide` is pure: it reads the state and the time it is given, nothing else.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
@@ -217,7 +218,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
                     refund_id: RefundId::from(CANCELLATION_REFUND_ID),
                     amount: refundable,
                     return_id: None,
-                    allocation: allocate_refund(order, refundable, None),
+                    allocation: allocate_refund(&order, refundable, None),
                     refunded_at: now,
                 });
             }
@@ -238,7 +239,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
             }
             let mut costed = Vec::with_capacity(lines.len());
             for line in lines {
-                let order_line = order_line_of(order, &line.sku)?;
+                let order_line = order_line_of(&order, &line.sku)?;
                 let remaining = order_line.quantity - order_line.shipped;
                 if line.quantity > remaining {
                     return Err(Rejection::ShipExceedsOrdered { sku: line.sku, requested: line.quantity, remaining });
@@ -289,7 +290,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
                 return Err(Rejection::ReturnExists { return_id: return_id.clone() });
             }
             for line in &lines {
-                let order_line = order_line_of(order, &line.sku)?;
+                let order_line = order_line_of(&order, &line.sku)?;
                 let returnable = order_line.shipped - order_line.return_requested;
                 if line.quantity > returnable {
                     return Err(Rejection::ReturnExceedsShipped {
@@ -346,7 +347,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
             let mut returned: BTreeMap<&Sku, (u64, Decimal)> = BTreeMap::new();
             let mut lines = Vec::with_capacity(inspections.len());
             for inspection in &inspections {
-                let order_line = order_line_of(order, &inspection.sku)?;
+                let order_line = order_line_of(&order, &inspection.sku)?;
                 let (units, cost) =
                     returned.entry(&inspection.sku).or_insert((order_line.returned, order_line.returned_cost));
                 let line_cost =
@@ -388,12 +389,12 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
                 let Some(request) = order.returns.iter().find(|r| &r.id == return_id) else {
                     return Err(Rejection::UnknownReturn { return_id: return_id.clone() });
                 };
-                let refundable: Decimal = refund_targets(order, Some(request)).iter().map(|(_, w)| *w).sum();
+                let refundable: Decimal = refund_targets(&order, Some(request)).iter().map(|(_, w)| *w).sum();
                 if amount > refundable {
                     return Err(Rejection::RefundExceedsReturned { requested: amount, refundable });
                 }
             }
-            let allocation = allocate_refund(order, amount, return_id.as_ref());
+            let allocation = allocate_refund(&order, amount, return_id.as_ref());
             Ok(vec![Event::RefundIssued {
                 order_id: order_id.clone(),
                 refund_id: refund_id.clone(),
@@ -556,11 +557,11 @@ fn active_reservation<'s>(state: &'s State, reservation_id: &ReservationId) -> R
     Ok(reservation)
 }
 
-fn known_order<'s>(state: &'s State, order_id: &OrderId) -> Result<&'s Order, Rejection> {
+fn known_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     state.order(order_id).ok_or_else(|| Rejection::UnknownOrder { order_id: order_id.clone() })
 }
 
-fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<&'s Order, Rejection> {
+fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     let order = known_order(state, order_id)?;
     if order.closure.is_some() {
         return Err(Rejection::OrderClosed { order_id: order_id.clone(), status: order.status() });

@@ -144,6 +144,9 @@ pub struct EngineConfig {
     pub policy: Policy,
     /// Snapshots of state and views; none by default.
     pub snapshots: Option<SnapshotConfig>,
+    /// Most orders a shop's writer keeps as values; the rest are kept encoded and decoded
+    /// when a command names them ([`State::set_orders_hot_max`]).
+    pub orders_hot_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -155,6 +158,7 @@ impl Default for EngineConfig {
             tick_interval_ms: 1000,
             policy: Policy::default(),
             snapshots: None,
+            orders_hot_max: crate::tiered::HOT_DEFAULT_MAX,
         }
     }
 }
@@ -726,6 +730,7 @@ impl Core {
         };
         // The policy in force is the engine's, however the state was rebuilt.
         core.state.set_policy(config.policy);
+        core.state.set_orders_hot_max(config.orders_hot_max);
         let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
         let verified_events = match tail {
             Tail::Verified { events } => Some(events),

@@ -37,6 +37,7 @@ pub mod service;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod tiered;
 pub mod transfer;
 pub mod views;
 

@@ -14,6 +14,7 @@
 //! - refunded <= paid, per order and per line; refunds for a return <= the returned units' price;
 //! - reserved = what active holds and open orders keep back (checked by `check_invariants`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
@@ -23,6 +24,7 @@ use crate::command::{Condition, Line, Party};
 use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject};
 use crate::idmap::IdMap;
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
+use crate::tiered::TieredMap;
 
 /// Stock of one SKU. Available = on hand - reserved.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,10 +398,10 @@ pub struct State {
     products: IdMap<Sku, Product>,
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
-    /// Boxed: an order is a few hundred bytes, and a table of a million of them would move
-    /// all of that at once whenever it grows.
-    orders: IdMap<OrderId, Box<Order>>,
+    /// The orders changed most recently are kept as values, the rest encoded: a promotion
+    /// day places millions, and most are never touched again once paid or shipped. Serialized
+    /// as a map in key order, whichever tier holds an order.
+    orders: TieredMap<OrderId, Order>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
 
@@ -442,14 +444,31 @@ impl State {
         self.reservations.get(id)
     }
 
-    /// An order by id.
-    pub fn order(&self, id: &OrderId) -> Option<&Order> {
-        self.orders.get(id).map(|order| &**order)
+    /// An order by id: borrowed when it changed recently, else a decoded copy.
+    pub fn order(&self, id: &OrderId) -> Option<Cow<'_, Order>> {
+        self.orders.get(id)
     }
 
-    /// Every order, in no particular order.
-    pub fn orders(&self) -> impl Iterator<Item = &Order> {
-        self.orders.values().map(|order| &**order)
+    /// Every order, in no particular order; those not changed recently decoded one by one.
+    pub fn orders(&self) -> impl Iterator<Item = Cow<'_, Order>> {
+        self.orders.values()
+    }
+
+    /// Orders in all.
+    pub fn orders_len(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Orders kept encoded rather than as values.
+    pub fn orders_frozen(&self) -> usize {
+        self.orders.frozen_len()
+    }
+
+    /// Keeps at most `hot_max` (at least 1) orders as values, encoding the ones changed
+    /// longest ago beyond that. A setting, not a fact: it changes memory, never what the
+    /// state holds or how it compares or serializes.
+    pub fn set_orders_hot_max(&mut self, hot_max: usize) {
+        self.orders.set_hot_max(hot_max);
     }
 
     /// Deadlines at or before `now`, earliest first, at most `limit`.
@@ -554,10 +573,7 @@ impl State {
                     refunds: Vec::new(),
                     closure: None,
                 };
-                assert!(
-                    self.orders.insert(order_id.clone(), Box::new(order)).is_none(),
-                    "order {order_id} placed twice"
-                );
+                assert!(!self.orders.insert(order_id.clone(), order), "order {order_id} placed twice");
                 self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
             }
             Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
@@ -889,14 +905,10 @@ impl State {
             Subject::Order(id) => order_id = Some(id),
         }
         if let Some(order) = order_id.and_then(|id| self.orders.get(id)) {
-            check_order(order);
-            skus.extend(order.lines.iter().map(|l| &l.sku));
+            check_order(&order);
+            self.check_stock_of(order.lines.iter().map(|l| &l.sku));
         }
-        for sku in skus {
-            if let Some(product) = self.products.get(sku) {
-                check_stock(product);
-            }
-        }
+        self.check_stock_of(skus.into_iter());
     }
 
     /// Checks every invariant of the whole shop; panics naming the first broken one.
@@ -904,21 +916,22 @@ impl State {
         for product in self.products.values() {
             check_stock(product);
         }
-        for order in self.orders.values() {
-            check_order(order);
-        }
         for reservation in self.reservations.values().filter(|r| r.status == ReservationStatus::Active) {
             let due = (reservation.expires_at, Deadline::Reservation(reservation.id.clone()));
             assert!(self.deadlines.contains(&due), "active reservation {} has no deadline", reservation.id);
         }
+        // One pass: orders not changed recently are decoded once each.
+        let (mut held, mut awaiting) = (Vec::new(), 0);
         for order in self.orders.values() {
-            let awaiting = order.payment.is_none() && order.closure.is_none();
+            check_order(&order);
+            let unpaid = order.payment.is_none() && order.closure.is_none();
             let due = (order.payment_due_by, Deadline::Payment(order.id.clone()));
-            assert_eq!(self.deadlines.contains(&due), awaiting, "payment deadline of order {}", order.id);
+            assert_eq!(self.deadlines.contains(&due), unpaid, "payment deadline of order {}", order.id);
+            awaiting += usize::from(unpaid);
+            held.extend(order.held().map(|(sku, quantity)| (sku.clone(), quantity)));
         }
-        self.check_reserved(self.orders.values().flat_map(|order| order.held()));
+        self.check_reserved(held.iter().map(|(sku, quantity)| (sku, *quantity)));
         let active = self.reservations.values().filter(|r| r.status == ReservationStatus::Active).count();
-        let awaiting = self.orders.values().filter(|o| o.payment.is_none() && o.closure.is_none()).count();
         assert_eq!(self.deadlines.len(), active + awaiting, "stale deadlines");
     }
 }

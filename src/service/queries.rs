@@ -80,7 +80,7 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
         .engine
         .read(&shop, move |state| {
             state.order(&id).map(|order| {
-                let mut value = serde_json::to_value(order).unwrap_or(Value::Null);
+                let mut value = serde_json::to_value(&*order).unwrap_or(Value::Null);
                 if let Value::Object(fields) = &mut value {
                     fields.insert("status".to_owned(), json!(order.status()));
                     fields.insert("paid".to_owned(), json!(order.paid()));

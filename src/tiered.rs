@@ -1,0 +1,339 @@
+//! A map that keeps its newest entries as values and the rest encoded, for the maps that
+//! grow with every order.
+//!
+//! Guarantees:
+//! - It is one map: [`TieredMap::get`], iteration, equality, `Debug` and serialization see
+//!   the same entries whichever tier holds them, and serialize exactly as
+//!   [`crate::idmap::sorted_map`] does, so a snapshot does not depend on the tiers.
+//! - At most `hot_max` entries are kept as values (*hot*). Inserting or changing an entry
+//!   makes it hot; when that makes too many, the one made hot longest ago is encoded with
+//!   postcard (*frozen*). An encoded order is a quarter of its size as a value.
+//! - Reading a frozen entry decodes a copy and leaves it frozen; changing one decodes it
+//!   back into the hot tier.
+//!
+//! It never does IO: both tiers are in memory. The tiering is a cache policy, decided by the
+//! order of changes alone, so folding the same events gives the same tiers.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::idmap::IdMap;
+
+/// Hot entries kept unless the owner sets another bound.
+pub const HOT_DEFAULT_MAX: usize = 65_536;
+
+/// A map whose oldest-changed entries are kept encoded. See the module documentation.
+pub struct TieredMap<K, V> {
+    hot: IdMap<K, V>,
+    frozen: IdMap<K, Box<[u8]>>,
+    /// The hot keys, each once, in the order they became hot.
+    queue: VecDeque<K>,
+    hot_max: usize,
+}
+
+impl<K, V> Default for TieredMap<K, V> {
+    fn default() -> Self {
+        TieredMap { hot: IdMap::default(), frozen: IdMap::default(), queue: VecDeque::new(), hot_max: HOT_DEFAULT_MAX }
+    }
+}
+
+impl<K, V> TieredMap<K, V>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Serialize + DeserializeOwned,
+{
+    /// An empty map keeping at most `hot_max` (at least 1) entries as values.
+    pub fn with_hot_max(hot_max: usize) -> Self {
+        TieredMap { hot_max: hot_max.max(1), ..TieredMap::default() }
+    }
+
+    /// Keeps at most `hot_max` (at least 1) entries as values from now on, freezing the
+    /// oldest beyond it.
+    pub fn set_hot_max(&mut self, hot_max: usize) {
+        self.hot_max = hot_max.max(1);
+        self.freeze_excess();
+    }
+
+    /// Entries in both tiers.
+    pub fn len(&self) -> usize {
+        self.hot.len() + self.frozen.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries kept encoded.
+    pub fn frozen_len(&self) -> usize {
+        self.frozen.len()
+    }
+
+    /// Whether `key` has an entry.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.hot.contains_key(key) || self.frozen.contains_key(key)
+    }
+
+    /// The entry of `key`: borrowed when hot, a decoded copy when frozen.
+    pub fn get(&self, key: &K) -> Option<Cow<'_, V>> {
+        if let Some(value) = self.hot.get(key) {
+            return Some(Cow::Borrowed(value));
+        }
+        self.frozen.get(key).map(|bytes| Cow::Owned(thaw(bytes)))
+    }
+
+    /// The entry of `key` to change, made hot first.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        if !self.hot.contains_key(key) {
+            let bytes = self.frozen.remove(key)?;
+            self.hot.insert(key.clone(), thaw(&bytes));
+            self.queue.push_back(key.clone());
+            // `key` is the newest hot entry and at least one stays hot: it is not frozen.
+            self.freeze_excess();
+        }
+        self.hot.get_mut(key)
+    }
+
+    /// Inserts or replaces the entry of `key`, hot. Returns whether it had one.
+    pub fn insert(&mut self, key: K, value: V) -> bool {
+        let was_frozen = self.frozen.remove(&key).is_some();
+        let was_hot = self.hot.insert(key.clone(), value).is_some();
+        if !was_hot {
+            self.queue.push_back(key);
+            self.freeze_excess();
+        }
+        was_hot || was_frozen
+    }
+
+    /// Every entry, hot ones first, in no particular order; frozen ones decoded one by one.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, Cow<'_, V>)> {
+        let hot = self.hot.iter().map(|(key, value)| (key, Cow::Borrowed(value)));
+        hot.chain(self.frozen.iter().map(|(key, bytes)| (key, Cow::Owned(thaw(bytes)))))
+    }
+
+    /// Every value, as [`TieredMap::iter`] gives them.
+    pub fn values(&self) -> impl Iterator<Item = Cow<'_, V>> {
+        self.iter().map(|(_, value)| value)
+    }
+
+    /// Freezes the oldest hot entries until at most `hot_max` are hot. An entry that does
+    /// not encode stays hot at the back.
+    fn freeze_excess(&mut self) {
+        // Each hot key is in the queue once, so a round over it ends the loop.
+        let mut turns = self.queue.len();
+        while self.hot.len() > self.hot_max && turns > 0 {
+            turns -= 1;
+            let Some(key) = self.queue.pop_front() else { break };
+            let Some(value) = self.hot.get(&key) else { continue };
+            match postcard::to_allocvec(value) {
+                Ok(bytes) => {
+                    self.hot.remove(&key);
+                    self.frozen.insert(key, bytes.into_boxed_slice());
+                }
+                Err(_) => self.queue.push_back(key),
+            }
+        }
+        debug_assert_eq!(self.queue.len(), self.hot.len(), "every hot key is queued once");
+    }
+}
+
+/// Decodes a frozen entry. The bytes were encoded from a value of the same type in this
+/// process, so failing to decode them is a broken invariant.
+fn thaw<V: DeserializeOwned>(bytes: &[u8]) -> V {
+    match postcard::from_bytes(bytes) {
+        Ok(value) => value,
+        Err(error) => panic!("a frozen entry does not decode: {error}"),
+    }
+}
+
+impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
+    fn clone(&self) -> Self {
+        TieredMap {
+            hot: self.hot.clone(),
+            frozen: self.frozen.clone(),
+            queue: self.queue.clone(),
+            hot_max: self.hot_max,
+        }
+    }
+}
+
+impl<K, V> PartialEq for TieredMap<K, V>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + PartialEq + Serialize + DeserializeOwned,
+{
+    /// Equal when both hold the same entries, whichever tiers hold them.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.iter().all(|(key, value)| other.get(key).is_some_and(|theirs| theirs == value))
+    }
+}
+
+impl<K, V> Eq for TieredMap<K, V>
+where
+    K: Hash + Eq + Clone,
+    V: Clone + Eq + Serialize + DeserializeOwned,
+{
+}
+
+impl<K, V> fmt::Debug for TieredMap<K, V>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+    V: Clone + fmt::Debug + Serialize + DeserializeOwned,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K, V> Serialize for TieredMap<K, V>
+where
+    K: Hash + Eq + Clone + Ord + Serialize,
+    V: Clone + Serialize + DeserializeOwned,
+{
+    /// A map in key order, frozen entries decoded one at a time.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut keys: Vec<&K> = self.hot.keys().chain(self.frozen.keys()).collect();
+        keys.sort_unstable();
+        let mut map = serializer.serialize_map(Some(keys.len()))?;
+        for key in keys {
+            match self.get(key) {
+                Some(value) => map.serialize_entry(key, &value)?,
+                None => unreachable!("every key listed has an entry"),
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for TieredMap<K, V>
+where
+    K: Hash + Eq + Clone + Deserialize<'de>,
+    V: Clone + Serialize + DeserializeOwned,
+{
+    /// From a map, tiered as inserted in its order with the default bound.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<K, V>(PhantomData<(K, V)>);
+
+        impl<'de, K, V> Visitor<'de> for Entries<K, V>
+        where
+            K: Hash + Eq + Clone + Deserialize<'de>,
+            V: Clone + Serialize + DeserializeOwned,
+        {
+            type Value = TieredMap<K, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut map = TieredMap::default();
+                while let Some((key, value)) = access.next_entry::<K, V>()? {
+                    if map.insert(key, value) {
+                        return Err(serde::de::Error::custom("a key appears twice"));
+                    }
+                }
+                Ok(map)
+            }
+        }
+
+        deserializer.deserialize_map(Entries(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A change to the map, and what is then expected of it.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Insert(u32, u64),
+        Change(u32, u64),
+    }
+
+    /// Runs `steps` on a map with `hot_max` beside a `BTreeMap`, and after every step checks
+    /// that the two hold the same entries, that the hot tier keeps its bound, and that the
+    /// map serializes as the ordered one does. Returns the entries frozen at the end.
+    fn check(hot_max: usize, steps: &[Step], frozen_expected: usize) {
+        let mut map: TieredMap<String, Vec<u64>> = TieredMap::with_hot_max(hot_max);
+        let mut model: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for step in steps {
+            match *step {
+                Step::Insert(key, value) => {
+                    let had = map.insert(key.to_string(), vec![value]);
+                    assert_eq!(had, model.insert(key.to_string(), vec![value]).is_some(), "{step:?}");
+                }
+                Step::Change(key, value) => {
+                    let theirs = model.get_mut(&key.to_string()).map(|v| {
+                        v.push(value);
+                        v.clone()
+                    });
+                    let ours = map.get_mut(&key.to_string()).map(|v| {
+                        v.push(value);
+                        v.clone()
+                    });
+                    assert_eq!(ours, theirs, "{step:?}");
+                }
+            }
+            assert!(map.len() - map.frozen_len() <= hot_max.max(1), "{step:?}: too many hot");
+            assert_eq!(map.len(), model.len());
+            for (key, value) in &model {
+                assert_eq!(map.get(key).as_deref(), Some(value), "{step:?}: {key}");
+            }
+            let iterated: BTreeMap<String, Vec<u64>> = map.iter().map(|(k, v)| (k.clone(), v.into_owned())).collect();
+            assert_eq!(iterated, model);
+        }
+        assert_eq!(map.frozen_len(), frozen_expected);
+        let bytes = postcard::to_allocvec(&map).expect("encodes");
+        assert_eq!(bytes, postcard::to_allocvec(&model).expect("encodes"), "serialized as an ordered map");
+        let back: TieredMap<String, Vec<u64>> = postcard::from_bytes(&bytes).expect("decodes");
+        assert!(back == map, "a round trip keeps every entry");
+        let mut all_hot = TieredMap::with_hot_max(usize::MAX);
+        for (key, value) in &model {
+            all_hot.insert(key.clone(), value.clone());
+        }
+        assert!(all_hot == map, "equal whichever tier holds an entry");
+        assert!(map == all_hot, "and the other way round");
+        all_hot.insert("other".to_owned(), vec![0]);
+        assert!(all_hot != map, "an entry more is a difference");
+    }
+
+    #[test]
+    fn one_map_whatever_the_tiers() {
+        use Step::{Change, Insert};
+        check(8, &[Insert(1, 10), Insert(2, 20), Change(1, 11)], 0);
+        // Three hot at most: the first two freeze, changing one thaws it and freezes the
+        // oldest hot one.
+        check(3, &[Insert(1, 1), Insert(2, 2), Insert(3, 3), Insert(4, 4), Insert(5, 5)], 2);
+        check(3, &[Insert(1, 1), Insert(2, 2), Insert(3, 3), Insert(4, 4), Change(1, 9), Change(2, 8)], 1);
+        // Replacing a frozen entry makes it hot and replaces it.
+        check(1, &[Insert(1, 1), Insert(2, 2), Insert(1, 7), Change(2, 3), Change(9, 9)], 1);
+        let many: Vec<Step> =
+            (0..200).map(|n| if n % 3 == 2 { Change(n / 2, 5) } else { Insert(n, n.into()) }).collect();
+        check(16, &many, 134 - 16);
+        check(0, &[Insert(1, 1), Insert(2, 2)], 1);
+    }
+
+    #[test]
+    fn a_smaller_bound_freezes_the_oldest_first() {
+        let mut map: TieredMap<u32, u64> = TieredMap::with_hot_max(10);
+        for key in 0..10 {
+            map.insert(key, u64::from(key));
+        }
+        assert_eq!(map.frozen_len(), 0);
+        map.set_hot_max(4);
+        assert_eq!(map.frozen_len(), 6);
+        assert!((0..6).all(|key| matches!(map.get(&key), Some(Cow::Owned(_)))), "the oldest are frozen");
+        assert!((6..10).all(|key| matches!(map.get(&key), Some(Cow::Borrowed(_)))), "the newest stay hot");
+    }
+}
