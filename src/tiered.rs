@@ -20,8 +20,8 @@ use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 
-use serde::de::{DeserializeOwned, MapAccess, Visitor};
-use serde::ser::SerializeMap;
+use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::idmap::IdMap;
@@ -248,6 +248,186 @@ where
     }
 }
 
+/// An item of a [`BlockLog`]: its key, which never decreases along the log.
+pub trait Keyed {
+    /// The key; a log's items are in key order.
+    fn key(&self) -> u64;
+}
+
+/// Items kept per encoded block of a [`BlockLog`].
+pub const BLOCK_ITEMS: usize = 1024;
+
+/// An append-only sequence whose full blocks of [`BLOCK_ITEMS`] are kept postcard-encoded,
+/// for journals that grow with every order and are read a page at a time.
+///
+/// Guarantees: it is one sequence; iteration, equality, `Debug` and serialization see the
+/// items in order whichever are encoded, and serialize exactly as a `Vec` does. Only the
+/// last, open block is kept as values. Reading a page decodes the blocks it spans.
+pub struct BlockLog<T> {
+    sealed: Vec<Block>,
+    open: Vec<T>,
+}
+
+/// Encoded items, with the last one's key and how many there are.
+#[derive(Clone)]
+struct Block {
+    key_last: u64,
+    items: usize,
+    bytes: Box<[u8]>,
+}
+
+impl<T> Default for BlockLog<T> {
+    fn default() -> Self {
+        BlockLog { sealed: Vec::new(), open: Vec::new() }
+    }
+}
+
+impl<T: Clone> Clone for BlockLog<T> {
+    fn clone(&self) -> Self {
+        BlockLog { sealed: self.sealed.clone(), open: self.open.clone() }
+    }
+}
+
+impl<T> BlockLog<T>
+where
+    T: Keyed + Clone + Serialize + DeserializeOwned,
+{
+    /// Items in all.
+    pub fn len(&self) -> usize {
+        self.sealed.iter().map(|block| block.items).sum::<usize>() + self.open.len()
+    }
+
+    /// Whether it holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.open.is_empty()
+    }
+
+    /// Items kept encoded.
+    pub fn sealed_len(&self) -> usize {
+        self.sealed.iter().map(|block| block.items).sum()
+    }
+
+    /// The key of the last item.
+    fn key_last(&self) -> Option<u64> {
+        self.open.last().map(Keyed::key).or_else(|| self.sealed.last().map(|block| block.key_last))
+    }
+
+    /// Appends `item`, whose key must not be below the last one's; seals the open block
+    /// when it is full. A block that does not encode stays open and is tried again.
+    pub fn push(&mut self, item: T) {
+        if let Some(last) = self.key_last() {
+            assert!(item.key() >= last, "a block log is appended in key order: {} after {last}", item.key());
+        }
+        self.open.push(item);
+        if self.open.len() < BLOCK_ITEMS {
+            return;
+        }
+        if let (Ok(bytes), Some(last)) = (postcard::to_allocvec(&self.open), self.open.last()) {
+            let block = Block { key_last: last.key(), items: self.open.len(), bytes: bytes.into_boxed_slice() };
+            self.sealed.push(block);
+            self.open = Vec::new();
+        }
+    }
+
+    /// Every item in order, sealed blocks decoded one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = Cow<'_, T>> {
+        let sealed = self.sealed.iter().flat_map(|block| unseal::<T>(block).into_iter().map(Cow::Owned));
+        sealed.chain(self.open.iter().map(Cow::Borrowed))
+    }
+
+    /// The items whose key is above `after`, at most `limit`, in order.
+    pub fn after(&self, after: u64, limit: usize) -> Vec<T> {
+        let mut page = Vec::new();
+        let first = self.sealed.partition_point(|block| block.key_last <= after);
+        for block in &self.sealed[first..] {
+            if page.len() >= limit {
+                return page;
+            }
+            let items = unseal::<T>(block);
+            page.extend(items.into_iter().filter(|item| item.key() > after).take(limit - page.len()));
+        }
+        let start = self.open.partition_point(|item| item.key() <= after);
+        page.extend(self.open[start..].iter().take(limit.saturating_sub(page.len())).cloned());
+        page
+    }
+}
+
+/// Decodes a block this log encoded; failing to is a broken invariant.
+fn unseal<T: DeserializeOwned>(block: &Block) -> Vec<T> {
+    let items: Vec<T> = thaw(&block.bytes);
+    assert_eq!(items.len(), block.items, "a sealed block holds what it was sealed with");
+    items
+}
+
+impl<T> PartialEq for BlockLog<T>
+where
+    T: Keyed + Clone + PartialEq + Serialize + DeserializeOwned,
+{
+    /// Equal when both hold the same items in the same order, whichever are encoded.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(ours, theirs)| ours == theirs)
+    }
+}
+
+impl<T> Eq for BlockLog<T> where T: Keyed + Clone + Eq + Serialize + DeserializeOwned {}
+
+impl<T> fmt::Debug for BlockLog<T>
+where
+    T: Keyed + Clone + fmt::Debug + Serialize + DeserializeOwned,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T> Serialize for BlockLog<T>
+where
+    T: Keyed + Clone + Serialize + DeserializeOwned,
+{
+    /// A sequence, as a `Vec` of the items would be.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for item in self.iter() {
+            seq.serialize_element(&item)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de, T> Deserialize<'de> for BlockLog<T>
+where
+    T: Keyed + Clone + Serialize + DeserializeOwned,
+{
+    /// From a sequence in key order, sealed as it is read.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Items<T>(PhantomData<T>);
+
+        impl<'de, T> Visitor<'de> for Items<T>
+        where
+            T: Keyed + Clone + Serialize + DeserializeOwned,
+        {
+            type Value = BlockLog<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence in key order")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut log = BlockLog::default();
+                while let Some(item) = access.next_element::<T>()? {
+                    if log.key_last().is_some_and(|last| item.key() < last) {
+                        return Err(serde::de::Error::custom("items out of key order"));
+                    }
+                    log.push(item);
+                }
+                Ok(log)
+            }
+        }
+
+        deserializer.deserialize_seq(Items(PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -335,5 +515,60 @@ mod tests {
         assert_eq!(map.frozen_len(), 6);
         assert!((0..6).all(|key| matches!(map.get(&key), Some(Cow::Owned(_)))), "the oldest are frozen");
         assert!((6..10).all(|key| matches!(map.get(&key), Some(Cow::Borrowed(_)))), "the newest stay hot");
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    struct Item(u64, String);
+
+    impl Keyed for Item {
+        fn key(&self) -> u64 {
+            self.0
+        }
+    }
+
+    /// A log of `items` (keys `key_of(n)` for n in 0..items) against a `Vec` of the same:
+    /// pages after every `after` in `afters`, iteration and serialization agree.
+    fn check_log(items: u64, key_of: fn(u64) -> u64, afters: &[u64], sealed_expected: usize) {
+        let mut log: BlockLog<Item> = BlockLog::default();
+        let mut model: Vec<Item> = Vec::new();
+        for n in 0..items {
+            let item = Item(key_of(n), format!("entry {n}"));
+            log.push(item.clone());
+            model.push(item);
+        }
+        assert_eq!(log.len(), model.len());
+        assert_eq!(log.sealed_len(), sealed_expected);
+        assert_eq!(log.iter().map(Cow::into_owned).collect::<Vec<_>>(), model);
+        for &after in afters {
+            for limit in [0, 1, 7, BLOCK_ITEMS - 1, BLOCK_ITEMS + 1, usize::MAX] {
+                let expected: Vec<Item> = model.iter().filter(|i| i.0 > after).take(limit).cloned().collect();
+                assert_eq!(log.after(after, limit), expected, "after {after}, limit {limit}");
+            }
+        }
+        let bytes = postcard::to_allocvec(&log).expect("encodes");
+        assert_eq!(bytes, postcard::to_allocvec(&model).expect("encodes"), "serialized as a Vec");
+        let back: BlockLog<Item> = postcard::from_bytes(&bytes).expect("decodes");
+        assert!(back == log);
+        assert_eq!(back.sealed_len(), sealed_expected, "sealed again as it is read");
+        let mut longer = log.clone();
+        longer.push(Item(u64::MAX, String::new()));
+        assert!(longer != log);
+    }
+
+    #[test]
+    fn a_block_log_is_one_sequence_whatever_is_sealed() {
+        check_log(0, |n| n, &[0, 5], 0);
+        check_log(10, |n| n + 1, &[0, 5, 10, 11], 0);
+        let n = BLOCK_ITEMS as u64;
+        // Keys repeat (several entries per position) and jump.
+        check_log(3 * n + 5, |k| k / 3 * 10, &[0, 10, 2_550, 3_410, 3 * n * 10, u64::MAX - 1], 3 * BLOCK_ITEMS);
+        check_log(2 * n, |k| k + 1, &[0, n - 1, n, n + 1, 2 * n], 2 * BLOCK_ITEMS);
+    }
+
+    #[test]
+    fn a_block_log_refuses_items_out_of_key_order_when_read() {
+        let items = vec![Item(2, String::new()), Item(1, String::new())];
+        let bytes = postcard::to_allocvec(&items).expect("encodes");
+        assert!(postcard::from_bytes::<BlockLog<Item>>(&bytes).is_err());
     }
 }

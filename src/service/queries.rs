@@ -192,10 +192,9 @@ pub async fn journal(State(app): AppState, params: Params, headers: HeaderMap, u
     let (shop, _) = reader(&app, &headers, params)?;
     let PageQuery { after, limit } = query(&uri)?;
     let limit = page_limit(limit, JOURNAL_PAGE_MAX)?;
-    let (at, entries) = with_views(&app, &shop, |views| {
-        (views.checkpoint(), views.ledger.projection().journal_after(after, limit).to_vec())
-    })
-    .await?;
+    let (at, entries) =
+        with_views(&app, &shop, |views| (views.checkpoint(), views.ledger.projection().journal_after(after, limit)))
+            .await?;
     Ok(axum::Json(json!({"as_of_position": at, "entries": entries})).into_response())
 }
 

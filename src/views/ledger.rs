@@ -18,6 +18,7 @@
 //! Cancellations and expiries post nothing themselves: an unpaid order never touched money,
 //! and a paid one's refund is its own event.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
@@ -25,10 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Condition;
 use crate::event::{Event, RefundTarget};
-use crate::idmap::IdMap;
 use crate::ids::{OrderId, Sku, Timestamp};
 use crate::log::Envelope;
 use crate::money;
+use crate::tiered::{BlockLog, Keyed, TieredMap};
 
 /// The chart of accounts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -92,6 +93,12 @@ pub struct JournalEntry {
     pub postings: Vec<(Account, Decimal)>,
 }
 
+impl Keyed for JournalEntry {
+    fn key(&self) -> u64 {
+        self.position
+    }
+}
+
 /// What the ledger remembers of one order line to split money between deposits and revenue.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct LineBook {
@@ -131,10 +138,12 @@ impl OrderBook {
 /// The ledger projection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
-    journal: Vec<JournalEntry>,
+    /// Full blocks of entries are kept encoded: the journal grows with every payment and
+    /// shipment, and is read a page at a time.
+    journal: BlockLog<JournalEntry>,
     balances: BTreeMap<Account, Decimal>,
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
-    books: IdMap<OrderId, OrderBook>,
+    /// The books of orders not posted to recently are kept encoded.
+    books: TieredMap<OrderId, OrderBook>,
     payments: Decimal,
     refunds: Decimal,
 }
@@ -162,15 +171,13 @@ impl Ledger {
     }
 
     /// Every journal entry, in log order.
-    pub fn journal(&self) -> &[JournalEntry] {
-        &self.journal
+    pub fn journal(&self) -> impl Iterator<Item = Cow<'_, JournalEntry>> {
+        self.journal.iter()
     }
 
     /// Journal entries after event position `after`, at most `limit`.
-    pub fn journal_after(&self, after: u64, limit: usize) -> &[JournalEntry] {
-        let start = self.journal.partition_point(|e| e.position <= after);
-        let end = start.saturating_add(limit).min(self.journal.len());
-        &self.journal[start..end]
+    pub fn journal_after(&self, after: u64, limit: usize) -> Vec<JournalEntry> {
+        self.journal.after(after, limit)
     }
 
     /// The balance of an account: debits minus credits.
