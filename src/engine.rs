@@ -18,7 +18,8 @@
 //!   its original outcome (the same positions, or the same rejection) without appending, also
 //!   after a restart: accepted ids are rebuilt from the log, rejected ones from the store's
 //!   rejection records. The same id with a different command is
-//!   [`CommandError::IdempotencyConflict`]. Older ids are forgotten and run as new commands.
+//!   [`CommandError::IdempotencyConflict`]. Older ids are forgotten, at most an eighth of the
+//!   window later, and then run as new commands.
 //! - **Time.** Every decision takes its time from the engine [`Clock`], never earlier than
 //!   the last recorded time. Before deciding a batch, and when a shop has been idle for
 //!   `tick_interval_ms`, the writer records every hold and unpaid order whose deadline has
@@ -30,7 +31,7 @@
 //!   never waits for it.
 
 use compact_str::CompactString;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -47,6 +48,7 @@ use crate::ids::{CommandId, ShopId, Timestamp};
 use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::metrics::Histogram;
 use crate::rejection::Rejection;
+use crate::remembered::{GENERATIONS, Remembered};
 use crate::state::{Policy, State};
 use crate::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
 use crate::views::Views;
@@ -546,31 +548,8 @@ struct Known {
     outcome: Outcome,
 }
 
-/// Remembered command ids, forgotten after the window.
-#[derive(Default)]
-struct Idempotency {
-    known: IdMap<CommandId, Known>,
-    by_time: VecDeque<(Timestamp, CommandId)>,
-}
-
-impl Idempotency {
-    fn remember(&mut self, at: Timestamp, command_id: CommandId, known: Known) {
-        if self.known.insert(command_id.clone(), known).is_none() {
-            self.by_time.push_back((at, command_id));
-        }
-    }
-
-    fn forget_before(&mut self, horizon: Timestamp) {
-        while let Some((at, _)) = self.by_time.front() {
-            if *at >= horizon {
-                break;
-            }
-            if let Some((_, command_id)) = self.by_time.pop_front() {
-                self.known.remove(&command_id);
-            }
-        }
-    }
-}
+/// Remembered command ids, forgotten after the window (in generations: see [`Remembered`]).
+type Idempotency = Remembered<CommandId, Known>;
 
 /// A shop's in-memory side, rebuilt from its log.
 struct Core {
@@ -651,18 +630,13 @@ type CoreImage = (State, BTreeMap<CompactString, u64>, Vec<(Timestamp, CommandId
 impl Core {
     fn encode_image(&self, head: Hash) -> Result<Vec<u8>, postcard::Error> {
         let streams: BTreeMap<&CompactString, &u64> = self.stream_versions.iter().collect();
-        let known: Vec<(&Timestamp, &CommandId, &Known)> = self
-            .idempotency
-            .by_time
-            .iter()
-            .filter_map(|(at, id)| self.idempotency.known.get(id).map(|known| (at, id, known)))
-            .collect();
+        let known: Vec<(Timestamp, &CommandId, &Known)> = self.idempotency.iter().collect();
         postcard::to_allocvec(&(&self.state, streams, known, self.last_recorded_at, head))
     }
 
-    fn from_image(image: CoreImage, position: u64) -> Core {
+    fn from_image(image: CoreImage, position: u64, window_ms: u64) -> Core {
         let (state, streams, known, last_recorded_at, _) = image;
-        let mut idempotency = Idempotency::default();
+        let mut idempotency = Idempotency::new(window_ms);
         for (at, command_id, entry) in known {
             idempotency.remember(at, command_id, entry);
         }
@@ -678,7 +652,12 @@ impl Core {
 
     /// The newest usable engine snapshot of `shop`: decoded, and its log still carrying the
     /// snapshot's head at its position. Unusable ones are skipped with a warning.
-    async fn from_snapshot(store: &dyn EventStore, shop: &ShopId, config: &SnapshotConfig) -> Option<(Core, u64)> {
+    async fn from_snapshot(
+        store: &dyn EventStore,
+        shop: &ShopId,
+        config: &SnapshotConfig,
+        window_ms: u64,
+    ) -> Option<(Core, u64)> {
         let snapshots = config.store(shop, "engine").ok()?;
         let loaded = snapshots.load_newest(ENGINE_SNAPSHOT_SCHEMA).ok()?;
         for skipped in &loaded.skipped {
@@ -693,7 +672,7 @@ impl Core {
             }
         };
         match store.verify_after(shop, snapshot.position, image.4).await {
-            Ok(report) => Some((Core::from_image(image, snapshot.position), report.events)),
+            Ok(report) => Some((Core::from_image(image, snapshot.position, window_ms), report.events)),
             Err(error) => {
                 tracing::warn!(shop = %shop, position = snapshot.position, %error, "engine snapshot does not fit the log; replaying it");
                 None
@@ -711,7 +690,7 @@ impl Core {
             return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
         }
         let resumed = match &config.snapshots {
-            Some(snapshots) => Core::from_snapshot(store.as_ref(), shop, snapshots).await,
+            Some(snapshots) => Core::from_snapshot(store.as_ref(), shop, snapshots, config.idempotency_window_ms).await,
             None => None,
         };
         let (mut core, tail) = match resumed {
@@ -720,7 +699,7 @@ impl Core {
                 let core = Core {
                     state: State::new(),
                     stream_versions: IdMap::default(),
-                    idempotency: Idempotency::default(),
+                    idempotency: Idempotency::new(config.idempotency_window_ms),
                     last_position: 0,
                     last_recorded_at: Timestamp(0),
                     resumed_from: None,
@@ -750,7 +729,7 @@ impl Core {
                 core.last_recorded_at = core.last_recorded_at.max(envelope.recorded_at);
                 if envelope.recorded_at >= horizon {
                     // A command's events are consecutive: extend its range, or start one.
-                    match core.idempotency.known.get_mut(&envelope.command_id) {
+                    match core.idempotency.get_mut(&envelope.command_id) {
                         Some(Known { outcome: Outcome::Accepted(Some(positions)), .. }) => {
                             positions.last = envelope.position;
                         }
@@ -776,7 +755,6 @@ impl Core {
                 core.idempotency.remember(record.recorded_at, record.command_id, known);
             }
         }
-        core.idempotency.by_time.make_contiguous().sort_by_key(|(at, _)| *at);
         Ok(core)
     }
 }
@@ -990,6 +968,8 @@ impl Writer {
             Some(open) => open,
             None => {
                 core.idempotency.forget_before(Timestamp(now.0.saturating_sub(self.config.idempotency_window_ms)));
+                // Every id was remembered at or before `now`, and what is left ends after the horizon.
+                assert!(core.idempotency.generations() as u64 <= GENERATIONS + 2, "idempotency generations bounded");
                 let mut batch = AppendBatch { expected_last: core.last_position, ..AppendBatch::default() };
                 // The tick: expiries due now are recorded before anything else is decided.
                 let mut ticks = 0;
@@ -1352,7 +1332,7 @@ fn decide_one(
 ) -> Result<Accepted, CommandError> {
     let Some(command_id) = request.command_id else { unreachable!("every request has an id by now") };
     let fingerprint = fingerprint(&request.command);
-    if let Some(known) = core.idempotency.known.get(&command_id) {
+    if let Some(known) = core.idempotency.get(&command_id) {
         if known.fingerprint != fingerprint {
             return Err(CommandError::IdempotencyConflict { command_id });
         }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod money;
 pub mod process;
 pub mod rejection;
+pub mod remembered;
 pub mod service;
 pub mod sim;
 pub mod state;

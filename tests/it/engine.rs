@@ -130,6 +130,42 @@ async fn known_command_ids_answer_as_before_also_after_a_restart() {
     assert_eq!(store.last_position(&shop).await, Ok(4));
 }
 
+/// An id is remembered for the window, also when rebuilt from the log after a restart, and
+/// forgotten at most an eighth of the window later, when it runs as a new command.
+#[tokio::test]
+async fn command_ids_are_forgotten_after_the_window_and_not_before() {
+    const WINDOW_MS: u64 = 80 * MINUTE_MS;
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(demo::DAY_START));
+    let config = EngineConfig { idempotency_window_ms: WINDOW_MS, ..EngineConfig::default() };
+    let shop = ShopId::main();
+    let start = |store: Arc<dyn EventStore>| {
+        let (clock, config) = (clock.clone(), config.clone());
+        async move { Engine::open(store, clock, config).await.expect("opens") }
+    };
+    let engine = start(store.clone()).await;
+    engine.create_shop(&shop).await.expect("created");
+    engine.execute(&shop, Request::new("tester", list("S1", dec!(5.00)))).await.expect("listed");
+    let receive_one = Request::new("tester", receive("S1", 1, dec!(2.00))).with_id(id("receive-1"));
+    async fn replayed(engine: &Engine, request: &Request) -> Result<bool, CommandError> {
+        engine.execute(&ShopId::main(), request.clone()).await.map(|accepted| accepted.replayed)
+    }
+    assert_eq!(replayed(&engine, &receive_one).await, Ok(false));
+    clock.advance_ms(WINDOW_MS);
+    assert_eq!(replayed(&engine, &receive_one).await, Ok(true), "remembered for the whole window");
+    engine.close().await;
+
+    let engine = start(store.clone()).await;
+    clock.advance_ms(WINDOW_MS / 8 - 1);
+    assert_eq!(replayed(&engine, &receive_one).await, Ok(true), "rebuilt from the log, kept up to an eighth longer");
+    clock.advance_ms(1);
+    assert_eq!(replayed(&engine, &receive_one).await, Ok(false), "forgotten: it ran again");
+    let on_hand = engine.read(&shop, |state: &State| state.product(&"S1".into()).map(|p| p.stock.on_hand)).await;
+    assert_eq!(on_hand, Ok(Some(2)));
+    assert_eq!(store.last_position(&shop).await, Ok(3));
+    engine.close().await;
+}
+
 #[tokio::test]
 async fn sixty_four_tasks_race_for_a_hundred_units_and_exactly_a_hundred_win() {
     let dir = temp_dir();
