@@ -31,7 +31,7 @@
 //!   never waits for it.
 
 use compact_str::CompactString;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -126,7 +126,7 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`] or of the remembered command ids changes, so older snapshots are ignored.
-pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 2;
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 3;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
 pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;
@@ -361,6 +361,7 @@ impl Engine {
                     core: Some(core),
                     generated: 0,
                     last_snapshot,
+                    saving: None,
                     in_flight: None,
                     open: None,
                     durable,
@@ -625,13 +626,14 @@ fn read_ahead(
 /// What an engine snapshot holds, as a tuple (postcard encodes it like a struct): the state,
 /// stream versions, remembered commands oldest first, the last recorded time, and the hash
 /// of the record at the snapshot's position.
-type CoreImage = (State, BTreeMap<CompactString, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
+type CoreImage = (State, IdMap<CompactString, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
 
 impl Core {
     fn encode_image(&self, head: Hash) -> Result<Vec<u8>, postcard::Error> {
-        let streams: BTreeMap<&CompactString, &u64> = self.stream_versions.iter().collect();
+        // Neither the orders nor the stream versions are sorted: an engine snapshot is read
+        // back, never compared or hashed.
         let known: Vec<(Timestamp, &CommandId, &Known)> = self.idempotency.iter().collect();
-        postcard::to_allocvec(&(&self.state, streams, known, self.last_recorded_at, head))
+        postcard::to_allocvec(&(&self.state, &self.stream_versions, known, self.last_recorded_at, head))
     }
 
     fn from_image(image: CoreImage, position: u64, window_ms: u64) -> Core {
@@ -642,7 +644,7 @@ impl Core {
         }
         Core {
             state,
-            stream_versions: streams.into_iter().collect(),
+            stream_versions: streams,
             idempotency,
             last_position: position,
             last_recorded_at,
@@ -782,6 +784,8 @@ struct Writer {
     generated: u64,
     /// The position of the last engine snapshot (or of recovery).
     last_snapshot: u64,
+    /// The engine snapshot being written, at most one.
+    saving: Option<tokio::task::JoinHandle<()>>,
     /// The batch being appended, whose answers wait for it; at most one.
     in_flight: Option<InFlight>,
     /// The batch being decided while another is appended.
@@ -915,7 +919,9 @@ impl Writer {
             let Some(first) = first else {
                 // Closing: a snapshot of where the shop stands makes the next start short.
                 self.flush().await;
+                self.wait_for_saving().await;
                 self.snapshot(1).await;
+                self.wait_for_saving().await;
                 break;
             };
             let mut jobs: Vec<(Request, Reply)> = Vec::new();
@@ -1082,31 +1088,59 @@ impl Writer {
         false
     }
 
-    /// Writes an engine snapshot when at least `min_events` events passed since the last
-    /// one. A failed snapshot is only a slower next start: it is logged, never fatal.
+    /// Takes an engine snapshot when at least `min_events` events passed since the last one
+    /// and no earlier one is still being written. The writer only encodes it; a blocking
+    /// task writes and syncs the file while the writer goes on deciding. A failed snapshot
+    /// is only a slower next start: it is logged, never fatal.
     async fn snapshot(&mut self, min_events: u64) {
         let (Some(core), Some(config)) = (self.core.as_ref(), self.config.snapshots.as_ref()) else { return };
         if core.last_position < self.last_snapshot.saturating_add(min_events) {
             return;
         }
+        if self.saving.as_ref().is_some_and(|saving| !saving.is_finished()) {
+            return;
+        }
         let position = core.last_position;
-        let written = async {
+        let started = std::time::Instant::now();
+        let encoded = async {
             let (head_position, head) = self.store.head(&self.shop).await.map_err(|e| e.to_string())?;
             if head_position != position {
                 return Err(format!("the log ends at {head_position}, not {position}"));
             }
             let state = core.encode_image(head).map_err(|e| e.to_string())?;
             let snapshots = config.store(&self.shop, "engine").map_err(|e| e.to_string())?;
-            let snapshot = Snapshot { position, schema_version: ENGINE_SNAPSHOT_SCHEMA, state };
-            tokio::task::spawn_blocking(move || snapshots.save(&snapshot))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
+            Ok((snapshots, Snapshot { position, schema_version: ENGINE_SNAPSHOT_SCHEMA, state }))
         }
         .await;
-        match written {
-            Ok(_) => self.last_snapshot = position,
-            Err(error) => tracing::warn!(shop = %self.shop, position, %error, "engine snapshot not written"),
+        let (snapshots, snapshot) = match encoded {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                tracing::warn!(shop = %self.shop, position, %error, "engine snapshot not written");
+                return;
+            }
+        };
+        let encode_ms = started.elapsed().as_millis() as u64;
+        self.wait_for_saving().await;
+        let shop = self.shop.clone();
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            let bytes = snapshot.state.len();
+            match snapshots.save(&snapshot) {
+                Ok(_) => {
+                    tracing::info!(shop = %shop, position, bytes, encode_ms, total_ms = started.elapsed().as_millis() as u64, "engine snapshot written")
+                }
+                Err(error) => tracing::warn!(shop = %shop, position, %error, "engine snapshot not written"),
+            }
+        }));
+        // The next is due `every_events` after this one, whether or not its write succeeds.
+        self.last_snapshot = position;
+    }
+
+    /// Waits until the snapshot being written, if any, is written or has failed.
+    async fn wait_for_saving(&mut self) {
+        if let Some(saving) = self.saving.take()
+            && let Err(error) = saving.await
+        {
+            tracing::warn!(shop = %self.shop, %error, "engine snapshot write did not finish");
         }
     }
 }

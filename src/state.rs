@@ -399,8 +399,10 @@ pub struct State {
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
     /// The orders changed most recently are kept as values, the rest encoded: a promotion
-    /// day places millions, and most are never touched again once paid or shipped. Serialized
-    /// as a map in key order, whichever tier holds an order.
+    /// day places millions, and most are never touched again once paid or shipped.
+    /// Serialized as the tiers hold them ([`crate::tiered::image`]): only engine snapshots
+    /// serialize a state, and they are read back by the same build.
+    #[serde(with = "crate::tiered::image")]
     orders: TieredMap<OrderId, Order>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }

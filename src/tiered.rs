@@ -4,7 +4,8 @@
 //! Guarantees:
 //! - It is one map: [`TieredMap::get`], iteration, equality, `Debug` and serialization see
 //!   the same entries whichever tier holds them, and serialize exactly as
-//!   [`crate::idmap::sorted_map`] does, so a snapshot does not depend on the tiers.
+//!   [`crate::idmap::sorted_map`] does, so a view snapshot or hash does not depend on the
+//!   tiers. Only [`image`], for engine snapshots, writes the tiers as they are held.
 //! - At most `hot_max` entries are kept as values (*hot*). Inserting or changing an entry
 //!   makes it hot; when that makes too many, the one made hot longest ago is encoded with
 //!   postcard (*frozen*). An encoded order is a quarter of its size as a value.
@@ -248,6 +249,135 @@ where
     }
 }
 
+/// A [`TieredMap`] as it is held, for an engine snapshot that only this build reads back:
+/// the hot entries in the order they became hot, then the frozen ones as their encoded
+/// bytes. Nothing is sorted, decoded or encoded again, so writing it costs about a copy of
+/// the bytes, and reading it back leaves frozen entries frozen. The order of the frozen
+/// entries follows the map's random hash seed: the bytes are not canonical, and never hashed.
+///
+/// Use with `#[serde(with = "crate::tiered::image")]`.
+pub mod image {
+    use super::*;
+    use serde::ser::SerializeTuple;
+
+    struct Hot<'a, K, V>(&'a TieredMap<K, V>);
+
+    impl<K: Hash + Eq + Serialize, V: Serialize> Serialize for Hot<'_, K, V> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(Some(self.0.hot.len()))?;
+            for key in &self.0.queue {
+                match self.0.hot.get(key) {
+                    Some(value) => seq.serialize_element(&(key, value))?,
+                    None => unreachable!("every queued key is hot"),
+                }
+            }
+            seq.end()
+        }
+    }
+
+    struct Frozen<'a, K>(&'a IdMap<K, Box<[u8]>>);
+
+    impl<K: Serialize> Serialize for Frozen<'_, K> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+            for (key, bytes) in self.0 {
+                seq.serialize_element(&(key, Raw(bytes)))?;
+            }
+            seq.end()
+        }
+    }
+
+    /// Encoded bytes, written as bytes rather than as a sequence of numbers.
+    struct Raw<'a>(&'a [u8]);
+
+    impl Serialize for Raw<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+
+    struct RawBuf(Box<[u8]>);
+
+    impl<'de> Deserialize<'de> for RawBuf {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Bytes;
+
+            impl Visitor<'_> for Bytes {
+                type Value = RawBuf;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("encoded bytes")
+                }
+
+                fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<RawBuf, E> {
+                    Ok(RawBuf(bytes.into()))
+                }
+            }
+
+            deserializer.deserialize_bytes(Bytes)
+        }
+    }
+
+    struct FrozenMap<K>(IdMap<K, Box<[u8]>>);
+
+    impl<'de, K: Hash + Eq + Deserialize<'de>> Deserialize<'de> for FrozenMap<K> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Entries<K>(PhantomData<K>);
+
+            impl<'de, K: Hash + Eq + Deserialize<'de>> Visitor<'de> for Entries<K> {
+                type Value = FrozenMap<K>;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a sequence of keys and encoded entries")
+                }
+
+                fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                    let mut map = IdMap::default();
+                    map.reserve(access.size_hint().unwrap_or(0));
+                    while let Some((key, RawBuf(bytes))) = access.next_element::<(K, RawBuf)>()? {
+                        if map.insert(key, bytes).is_some() {
+                            return Err(serde::de::Error::custom("a key appears twice"));
+                        }
+                    }
+                    Ok(FrozenMap(map))
+                }
+            }
+
+            deserializer.deserialize_seq(Entries(PhantomData))
+        }
+    }
+
+    /// Writes `map` as it is held.
+    pub fn serialize<K, V, S>(map: &TieredMap<K, V>, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        K: Hash + Eq + Serialize,
+        V: Serialize,
+        S: Serializer,
+    {
+        let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&Hot(map))?;
+        tuple.serialize_element(&Frozen(&map.frozen))?;
+        tuple.end()
+    }
+
+    /// Reads a map written by [`serialize`], with the default bound; the owner sets its own.
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<TieredMap<K, V>, D::Error>
+    where
+        K: Hash + Eq + Clone + Deserialize<'de>,
+        V: Clone + Serialize + DeserializeOwned,
+        D: Deserializer<'de>,
+    {
+        let (hot, FrozenMap(frozen)): (Vec<(K, V)>, FrozenMap<K>) = Deserialize::deserialize(deserializer)?;
+        let mut map = TieredMap { frozen, ..TieredMap::default() };
+        for (key, value) in hot {
+            if map.insert(key, value) {
+                return Err(serde::de::Error::custom("a key appears twice"));
+            }
+        }
+        Ok(map)
+    }
+}
+
 /// An item of a [`BlockLog`]: its key, which never decreases along the log.
 pub trait Keyed {
     /// The key; a log's items are in key order.
@@ -478,6 +608,16 @@ mod tests {
         assert_eq!(bytes, postcard::to_allocvec(&model).expect("encodes"), "serialized as an ordered map");
         let back: TieredMap<String, Vec<u64>> = postcard::from_bytes(&bytes).expect("decodes");
         assert!(back == map, "a round trip keeps every entry");
+        // As held: the same entries in the same tiers, hot ones in the order they became hot.
+        #[derive(Serialize, Deserialize)]
+        struct Held(#[serde(with = "image")] TieredMap<String, Vec<u64>>);
+        let held = postcard::to_allocvec(&Held(map.clone())).expect("encodes");
+        let Held(mut back) = postcard::from_bytes(&held).expect("decodes");
+        assert!(back == map, "an image keeps every entry");
+        assert_eq!((back.frozen_len(), back.queue.clone()), (map.frozen_len(), map.queue.clone()));
+        assert_eq!(back.frozen, map.frozen, "frozen entries are neither decoded nor encoded again");
+        back.set_hot_max(hot_max);
+        assert_eq!(back.frozen_len(), map.frozen_len(), "its bound set again, nothing more freezes");
         let mut all_hot = TieredMap::with_hot_max(usize::MAX);
         for (key, value) in &model {
             all_hot.insert(key.clone(), value.clone());
@@ -502,6 +642,22 @@ mod tests {
             (0..200).map(|n| if n % 3 == 2 { Change(n / 2, 5) } else { Insert(n, n.into()) }).collect();
         check(16, &many, 134 - 16);
         check(0, &[Insert(1, 1), Insert(2, 2)], 1);
+    }
+
+    #[test]
+    fn an_image_with_a_key_twice_is_refused() {
+        #[derive(Serialize, Deserialize)]
+        struct Held(#[serde(with = "image")] TieredMap<u32, u64>);
+        let mut map = TieredMap::with_hot_max(1);
+        map.insert(1, 10);
+        map.insert(2, 20);
+        let bytes = postcard::to_allocvec(&Held(map)).expect("encodes");
+        // The image is (hot: [(2, 20)], frozen: [(1, bytes)]); make the hot key 1 too.
+        let mut twice = bytes.clone();
+        assert_eq!(&twice[..3], &[1, 2, 20]);
+        twice[1] = 1;
+        assert!(postcard::from_bytes::<Held>(&twice).is_err());
+        assert!(postcard::from_bytes::<Held>(&bytes).is_ok());
     }
 
     #[test]
