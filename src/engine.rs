@@ -126,7 +126,7 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`] or of the remembered command ids changes, so older snapshots are ignored.
-pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 3;
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 4;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
 pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;
@@ -535,12 +535,31 @@ fn check_label(what: &str, text: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// What happened to a remembered command.
+/// What happened to a remembered command, in 16 bytes: millions are remembered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Outcome {
-    Accepted(Option<Positions>),
-    /// Boxed: most remembered commands were accepted, and millions are remembered.
+    /// Accepted, its events at positions `first` to `first + more`.
+    Appended { first: u64, more: u32 },
+    /// Accepted, and nothing appended.
+    Unchanged,
+    /// Boxed: most remembered commands were accepted.
     Rejected(Box<Rejection>),
+}
+
+impl Outcome {
+    fn accepted(positions: Option<Positions>) -> Outcome {
+        match positions {
+            Some(Positions { first, last }) => Outcome::Appended { first, more: events_after(first, last) },
+            None => Outcome::Unchanged,
+        }
+    }
+}
+
+/// How many events a command appended after its first: far fewer than `u32::MAX`, since a
+/// batch holds a bounded number of commands of a bounded number of lines.
+fn events_after(first: u64, last: u64) -> u32 {
+    assert!(first <= last, "positions in order");
+    u32::try_from(last - first).unwrap_or_else(|_| panic!("one command appended positions {first} to {last}"))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -548,6 +567,8 @@ struct Known {
     fingerprint: Fingerprint,
     outcome: Outcome,
 }
+
+const _: () = assert!(std::mem::size_of::<Known>() == 32, "a remembered command's outcome stays small");
 
 /// Remembered command ids, forgotten after the window (in generations: see [`Remembered`]).
 type Idempotency = Remembered<CommandId, Known>;
@@ -732,13 +753,13 @@ impl Core {
                 if envelope.recorded_at >= horizon {
                     // A command's events are consecutive: extend its range, or start one.
                     match core.idempotency.get_mut(&envelope.command_id) {
-                        Some(Known { outcome: Outcome::Accepted(Some(positions)), .. }) => {
-                            positions.last = envelope.position;
+                        Some(Known { outcome: Outcome::Appended { first, more }, .. }) => {
+                            *more = events_after(*first, envelope.position);
                         }
                         _ => {
                             let single = Positions { first: envelope.position, last: envelope.position };
                             let known =
-                                Known { fingerprint: envelope.fingerprint, outcome: Outcome::Accepted(Some(single)) };
+                                Known { fingerprint: envelope.fingerprint, outcome: Outcome::accepted(Some(single)) };
                             core.idempotency.remember(envelope.recorded_at, envelope.command_id.clone(), known);
                         }
                     }
@@ -1371,9 +1392,11 @@ fn decide_one(
             return Err(CommandError::IdempotencyConflict { command_id });
         }
         return match &known.outcome {
-            Outcome::Accepted(positions) => {
-                Ok(Accepted { command_id, positions: *positions, replayed: true, events: Vec::new() })
+            Outcome::Appended { first, more } => {
+                let positions = Some(Positions { first: *first, last: first + u64::from(*more) });
+                Ok(Accepted { command_id, positions, replayed: true, events: Vec::new() })
             }
+            Outcome::Unchanged => Ok(Accepted { command_id, positions: None, replayed: true, events: Vec::new() }),
             Outcome::Rejected(rejection) => Err(CommandError::Rejected((**rejection).clone())),
         };
     }
@@ -1405,7 +1428,7 @@ fn decide_one(
             }
             core.last_recorded_at = now;
             let positions = (core.last_position >= first).then_some(Positions { first, last: core.last_position });
-            let known = Known { fingerprint, outcome: Outcome::Accepted(positions) };
+            let known = Known { fingerprint, outcome: Outcome::accepted(positions) };
             core.idempotency.remember(now, command_id.clone(), known);
             Ok(Accepted { command_id, positions, replayed: false, events })
         }

@@ -151,6 +151,13 @@ async fn command_ids_are_forgotten_after_the_window_and_not_before() {
         engine.execute(&ShopId::main(), request.clone()).await.map(|accepted| accepted.replayed)
     }
     assert_eq!(replayed(&engine, &receive_one).await, Ok(false));
+    // A command of two events: a paid order cancelled, and refunded with it.
+    for command in [place("O-1", &[("S1", 1)]), pay("O-1", dec!(5.00))] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    let cancel_one = Request::new("tester", cancel("O-1")).with_id(id("cancel-1"));
+    let cancelled = engine.execute(&shop, cancel_one.clone()).await.map(|accepted| accepted.positions);
+    assert_eq!(cancelled, Ok(Some(Positions { first: 5, last: 6 })));
     clock.advance_ms(WINDOW_MS);
     assert_eq!(replayed(&engine, &receive_one).await, Ok(true), "remembered for the whole window");
     engine.close().await;
@@ -158,11 +165,17 @@ async fn command_ids_are_forgotten_after_the_window_and_not_before() {
     let engine = start(store.clone()).await;
     clock.advance_ms(WINDOW_MS / 8 - 1);
     assert_eq!(replayed(&engine, &receive_one).await, Ok(true), "rebuilt from the log, kept up to an eighth longer");
+    let again = engine.execute(&shop, cancel_one.clone()).await.map(|accepted| (accepted.replayed, accepted.positions));
+    assert_eq!(
+        again,
+        Ok((true, Some(Positions { first: 5, last: 6 }))),
+        "both events' positions, rebuilt from the log"
+    );
     clock.advance_ms(1);
     assert_eq!(replayed(&engine, &receive_one).await, Ok(false), "forgotten: it ran again");
     let on_hand = engine.read(&shop, |state: &State| state.product(&"S1".into()).map(|p| p.stock.on_hand)).await;
     assert_eq!(on_hand, Ok(Some(2)));
-    assert_eq!(store.last_position(&shop).await, Ok(3));
+    assert_eq!(store.last_position(&shop).await, Ok(7));
     engine.close().await;
 }
 
