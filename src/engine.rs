@@ -362,6 +362,7 @@ impl Engine {
                     generated: 0,
                     last_snapshot,
                     saving: None,
+                    image_bytes_last: 0,
                     in_flight: None,
                     open: None,
                     durable,
@@ -650,11 +651,13 @@ fn read_ahead(
 type CoreImage = (State, IdMap<CompactString, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
 
 impl Core {
-    fn encode_image(&self, head: Hash) -> Result<Vec<u8>, postcard::Error> {
+    /// The image, appended to `buffer` (reserved for the size expected, so that it does not
+    /// grow by doubling).
+    fn encode_image(&self, head: Hash, buffer: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
         // Neither the orders nor the stream versions are sorted: an engine snapshot is read
         // back, never compared or hashed.
         let known: Vec<(Timestamp, &CommandId, &Known)> = self.idempotency.iter().collect();
-        postcard::to_allocvec(&(&self.state, &self.stream_versions, known, self.last_recorded_at, head))
+        postcard::to_extend(&(&self.state, &self.stream_versions, known, self.last_recorded_at, head), buffer)
     }
 
     fn from_image(image: CoreImage, position: u64, window_ms: u64) -> Core {
@@ -807,6 +810,8 @@ struct Writer {
     last_snapshot: u64,
     /// The engine snapshot being written, at most one.
     saving: Option<tokio::task::JoinHandle<()>>,
+    /// The size of the last engine snapshot's image, to reserve for the next.
+    image_bytes_last: usize,
     /// The batch being appended, whose answers wait for it; at most one.
     in_flight: Option<InFlight>,
     /// The batch being decided while another is appended.
@@ -1128,7 +1133,8 @@ impl Writer {
             if head_position != position {
                 return Err(format!("the log ends at {head_position}, not {position}"));
             }
-            let state = core.encode_image(head).map_err(|e| e.to_string())?;
+            let buffer = Vec::with_capacity(snapshot_bytes_expected(self.image_bytes_last));
+            let state = core.encode_image(head, buffer).map_err(|e| e.to_string())?;
             let snapshots = config.store(&self.shop, "engine").map_err(|e| e.to_string())?;
             Ok((snapshots, Snapshot { position, schema_version: ENGINE_SNAPSHOT_SCHEMA, state }))
         }
@@ -1141,6 +1147,7 @@ impl Writer {
             }
         };
         let encode_ms = started.elapsed().as_millis() as u64;
+        self.image_bytes_last = snapshot.state.len();
         self.wait_for_saving().await;
         let shop = self.shop.clone();
         self.saving = Some(tokio::task::spawn_blocking(move || {
@@ -1181,6 +1188,8 @@ struct Follower {
     checkpoint: watch::Sender<u64>,
     snapshots: Option<(SnapshotStore, u64)>,
     last_snapshot: u64,
+    /// The size of the last view snapshot, to reserve for the next.
+    snapshot_bytes_last: usize,
 }
 
 /// Events a follower folds at once; readers wait at most for one page.
@@ -1214,6 +1223,7 @@ impl Follower {
             checkpoint: watch::channel(0).0,
             snapshots,
             last_snapshot: 0,
+            snapshot_bytes_last: 0,
         })
     }
 
@@ -1367,7 +1377,9 @@ impl Follower {
         if checkpoint < self.last_snapshot.saturating_add(min_events) {
             return;
         }
-        let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode();
+        let buffer = Vec::with_capacity(snapshot_bytes_expected(self.snapshot_bytes_last));
+        let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode_into(buffer);
+        self.snapshot_bytes_last = state.len();
         let snapshot = Snapshot { position: checkpoint, schema_version: VIEWS_SNAPSHOT_SCHEMA, state };
         let snapshots = snapshots.clone();
         match tokio::task::spawn_blocking(move || snapshots.save(&snapshot)).await {
@@ -1376,6 +1388,13 @@ impl Follower {
             Err(error) => tracing::warn!(shop = %self.shop, checkpoint, %error, "view snapshot not written"),
         }
     }
+}
+
+/// Room to reserve for a snapshot whose last one took `last_bytes`: twice as much, for what
+/// was added since (a promotion day's image grows by half between two), and nothing before
+/// the first. Room never written to is address space, not resident memory.
+fn snapshot_bytes_expected(last_bytes: usize) -> usize {
+    last_bytes.saturating_mul(2)
 }
 
 /// Decides one request into `batch`: its events, or its rejection, and remembers its outcome.

@@ -32,7 +32,13 @@ use crate::log::Envelope;
 
 /// The canonical encoding of a view's state: postcard of ordered maps and vectors only.
 pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
-    match postcard::to_allocvec(state) {
+    encode_into(state, Vec::new())
+}
+
+/// [`encode`], appended to `buffer`: one reserved for the size expected does not grow by
+/// doubling, which would hold the old buffer and one twice its size at once.
+pub(crate) fn encode_into<T: Serialize>(state: &T, buffer: Vec<u8>) -> Vec<u8> {
+    match postcard::to_extend(state, buffer) {
         Ok(bytes) => bytes,
         // Views hold plain data (maps, vectors, numbers, strings): encoding cannot fail.
         Err(error) => panic!("a view's state does not encode: {error}"),
@@ -135,13 +141,21 @@ impl Views {
 
     /// Every view's state in one canonical encoding, for a snapshot.
     pub fn encode(&self) -> Vec<u8> {
-        encode(&(
-            self.shop.projection(),
-            self.ledger.projection(),
-            self.analytics.projection(),
-            self.customers.projection(),
-            self.histories.projection(),
-        ))
+        self.encode_into(Vec::new())
+    }
+
+    /// [`Views::encode`], appended to `buffer` (reserve it for the size expected).
+    pub fn encode_into(&self, buffer: Vec<u8>) -> Vec<u8> {
+        encode_into(
+            &(
+                self.shop.projection(),
+                self.ledger.projection(),
+                self.analytics.projection(),
+                self.customers.projection(),
+                self.histories.projection(),
+            ),
+            buffer,
+        )
     }
 
     /// Views from [`Views::encode`]'s bytes, as folded up to `checkpoint`; `None` when the
