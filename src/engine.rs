@@ -664,7 +664,7 @@ impl Core {
         let (state, streams, known, last_recorded_at, _) = image;
         let mut idempotency = Idempotency::new(window_ms);
         for (at, command_id, entry) in known {
-            idempotency.remember(at, command_id, entry);
+            idempotency.remember_new(at, command_id, entry);
         }
         Core {
             state,
@@ -755,15 +755,18 @@ impl Core {
                 core.last_recorded_at = core.last_recorded_at.max(envelope.recorded_at);
                 if envelope.recorded_at >= horizon {
                     // A command's events are consecutive: extend its range, or start one.
+                    let started = Known {
+                        fingerprint: envelope.fingerprint,
+                        outcome: Outcome::Appended { first: envelope.position, more: 0 },
+                    };
                     match core.idempotency.get_mut(&envelope.command_id) {
                         Some(Known { outcome: Outcome::Appended { first, more }, .. }) => {
                             *more = events_after(*first, envelope.position);
                         }
-                        _ => {
-                            let single = Positions { first: envelope.position, last: envelope.position };
-                            let known =
-                                Known { fingerprint: envelope.fingerprint, outcome: Outcome::accepted(Some(single)) };
-                            core.idempotency.remember(envelope.recorded_at, envelope.command_id.clone(), known);
+                        // From a snapshot: what the id did before it was forgotten and used again.
+                        Some(stale) => *stale = started,
+                        None => {
+                            core.idempotency.remember_new(envelope.recorded_at, envelope.command_id.clone(), started)
                         }
                     }
                 }
@@ -1448,7 +1451,7 @@ fn decide_one(
             core.last_recorded_at = now;
             let positions = (core.last_position >= first).then_some(Positions { first, last: core.last_position });
             let known = Known { fingerprint, outcome: Outcome::accepted(positions) };
-            core.idempotency.remember(now, command_id.clone(), known);
+            core.idempotency.remember_new(now, command_id.clone(), known);
             Ok(Accepted { command_id, positions, replayed: false, events })
         }
         Err(rejection) => {
@@ -1459,7 +1462,7 @@ fn decide_one(
                 recorded_at: now,
             });
             let known = Known { fingerprint, outcome: Outcome::Rejected(Box::new(rejection.clone())) };
-            core.idempotency.remember(now, command_id, known);
+            core.idempotency.remember_new(now, command_id, known);
             Err(CommandError::Rejected(rejection))
         }
     }

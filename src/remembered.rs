@@ -58,10 +58,16 @@ impl<K: Hash + Eq, V> Remembered<K, V> {
 
     /// Remembers `value` for `key` at time `at`, replacing what was remembered of it.
     pub fn remember(&mut self, at: Timestamp, key: K, value: V) {
-        if let Some(known) = self.get_mut(&key) {
-            *known = value;
-            return;
+        match self.get_mut(&key) {
+            Some(known) => *known = value,
+            None => self.remember_new(at, key, value),
         }
+    }
+
+    /// Remembers `value` for `key` at time `at`. Precondition: nothing is remembered of
+    /// `key`, as a lookup just found; this does not probe every generation again.
+    pub fn remember_new(&mut self, at: Timestamp, key: K, value: V) {
+        debug_assert!(self.get(&key).is_none(), "remembered once");
         let span_ms = self.span_ms;
         // The oldest generation that has not ended by `at`: never one that ends before it.
         let index = self.generations.iter().position(|generation| at.0 < generation.start.0.saturating_add(span_ms));
@@ -168,5 +174,8 @@ mod tests {
         }
         assert_eq!(rebuilt.iter().collect::<Vec<_>>(), remembered.iter().collect::<Vec<_>>());
         assert!(!rebuilt.is_empty() && Remembered::<u8, u8>::new(0).is_empty());
+        // A new key goes into the generation for its time, as `remember` puts it.
+        rebuilt.remember_new(Timestamp(55), "c", 5);
+        assert_eq!((rebuilt.get(&"c"), rebuilt.len(), rebuilt.generations()), (Some(&5), 3, 2));
     }
 }
