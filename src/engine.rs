@@ -948,7 +948,6 @@ impl Writer {
             let Some(first) = first else {
                 // Closing: a snapshot of where the shop stands makes the next start short.
                 self.flush().await;
-                self.wait_for_saving().await;
                 self.snapshot(1).await;
                 self.wait_for_saving().await;
                 break;
@@ -1061,7 +1060,9 @@ impl Writer {
             self.in_flight = Some(InFlight { task, pending, last, now, launched });
         }
         let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
-        if last >= self.last_snapshot.saturating_add(every) {
+        // While one is being written the next waits: settling for it now would only stop
+        // the pipeline, batch after batch.
+        if last >= self.last_snapshot.saturating_add(every) && !self.saving() {
             self.settle().await;
             self.snapshot(every).await;
         }
@@ -1117,16 +1118,18 @@ impl Writer {
         false
     }
 
-    /// Takes an engine snapshot when at least `min_events` events passed since the last one
-    /// and no earlier one is still being written. The writer only encodes it; a blocking
-    /// task writes and syncs the file while the writer goes on deciding. A failed snapshot
-    /// is only a slower next start: it is logged, never fatal.
+    /// Whether an engine snapshot is still being written.
+    fn saving(&self) -> bool {
+        self.saving.as_ref().is_some_and(|saving| !saving.is_finished())
+    }
+
+    /// Takes an engine snapshot when at least `min_events` events passed since the last one.
+    /// The writer only encodes it; a blocking task writes and syncs the file while the
+    /// writer goes on deciding, after the one before it (if any) is written. A failed
+    /// snapshot is only a slower next start: it is logged, never fatal.
     async fn snapshot(&mut self, min_events: u64) {
         let (Some(core), Some(config)) = (self.core.as_ref(), self.config.snapshots.as_ref()) else { return };
         if core.last_position < self.last_snapshot.saturating_add(min_events) {
-            return;
-        }
-        if self.saving.as_ref().is_some_and(|saving| !saving.is_finished()) {
             return;
         }
         let position = core.last_position;
