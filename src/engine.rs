@@ -1384,7 +1384,7 @@ impl Follower {
             return;
         }
         let buffer = Vec::with_capacity(snapshot_bytes_expected(self.snapshot_bytes_last));
-        let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode_into(buffer);
+        let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode(buffer);
         self.snapshot_bytes_last = state.len();
         let snapshot = Snapshot { position: checkpoint, schema_version: VIEWS_SNAPSHOT_SCHEMA, state };
         let snapshots = snapshots.clone();

@@ -306,15 +306,15 @@ fn encode_header(snapshot: &Snapshot) -> [u8; HEADER_SIZE_BYTES] {
     header
 }
 
-/// Creates `path` (which must not exist), writes the encoded snapshot whole, and fsyncs it.
 /// A snapshot's state is written this much at a time, each piece synced before the next.
 const WRITE_PIECE_BYTES: usize = 8 << 20;
 
+/// Creates `path` (which must not exist), writes the encoded snapshot, and fsyncs it.
 fn write_synced(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
     write_synced_in_pieces(path, snapshot, WRITE_PIECE_BYTES)
 }
 
-/// Writes the file `piece_bytes` of state at a time and syncs each piece: a large snapshot
+/// [`write_synced`], `piece_bytes` of state at a time, each piece synced: a large snapshot
 /// never leaves hundreds of megabytes dirty for one final sync to push out at once, which
 /// anything else syncing on the same disk (a log) would wait behind.
 fn write_synced_in_pieces(path: &Path, snapshot: &Snapshot, piece_bytes: usize) -> io::Result<()> {

@@ -139,13 +139,9 @@ impl Views {
         self.shop.checkpoint()
     }
 
-    /// Every view's state in one canonical encoding, for a snapshot.
-    pub fn encode(&self) -> Vec<u8> {
-        self.encode_into(Vec::new())
-    }
-
-    /// [`Views::encode`], appended to `buffer` (reserve it for the size expected).
-    pub fn encode_into(&self, buffer: Vec<u8>) -> Vec<u8> {
+    /// Every view's state in one canonical encoding, for a snapshot, appended to `buffer`
+    /// (reserve it for the size expected).
+    pub fn encode(&self, buffer: Vec<u8>) -> Vec<u8> {
         encode_into(
             &(
                 self.shop.projection(),
