@@ -36,6 +36,7 @@ pub mod rejection;
 pub mod remembered;
 pub mod service;
 pub mod sim;
+pub mod spill;
 pub mod state;
 pub mod store;
 pub mod tiered;

@@ -11,21 +11,31 @@
 //!   postcard (*frozen*). An encoded order is a quarter of its size as a value.
 //! - Reading a frozen entry decodes a copy and leaves it frozen; changing one decodes it
 //!   back into the hot tier.
+//! - With a [`Spill`] attached, the owner's shell may move frozen entries out of memory
+//!   ([`TieredMap::spill_frozen`]); only each one's [`Spot`] stays (*spilled*). Serialization,
+//!   equality and [`TieredMap::fetch`] read spilled entries back, and report a failed read.
 //!
-//! It never does IO: both tiers are in memory. The tiering is a cache policy, decided by the
-//! order of changes alone, so folding the same events gives the same tiers.
+//! The map itself does no IO except in those named, fallible methods. In particular
+//! [`TieredMap::get`] and [`TieredMap::get_mut`], which a pure core calls, never read the
+//! spill: the shell first [`TieredMap::load`]s what the core will touch, and reaching a
+//! spilled entry there is a broken invariant (a panic). The tiering is a cache policy,
+//! decided by the order of changes alone, so folding the same events gives the same hot and
+//! frozen tiers; which frozen entries are spilled depends on when the shell spilled.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::Hash;
+use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::idmap::IdMap;
+use crate::spill::{Spill, Spot};
 
 /// Hot entries kept unless the owner sets another bound.
 pub const HOT_DEFAULT_MAX: usize = 65_536;
@@ -34,14 +44,35 @@ pub const HOT_DEFAULT_MAX: usize = 65_536;
 pub struct TieredMap<K, V> {
     hot: IdMap<K, V>,
     frozen: IdMap<K, Box<[u8]>>,
+    /// Frozen entries moved to `spill`, by where they are there.
+    spilled: IdMap<K, Spot>,
     /// The hot keys, each once, in the order they became hot.
     queue: VecDeque<K>,
     hot_max: usize,
+    /// Where frozen entries may move; set by the owner's shell.
+    spill: Option<Arc<Spill>>,
 }
 
 impl<K, V> Default for TieredMap<K, V> {
     fn default() -> Self {
-        TieredMap { hot: IdMap::default(), frozen: IdMap::default(), queue: VecDeque::new(), hot_max: HOT_DEFAULT_MAX }
+        TieredMap {
+            hot: IdMap::default(),
+            frozen: IdMap::default(),
+            spilled: IdMap::default(),
+            queue: VecDeque::new(),
+            hot_max: HOT_DEFAULT_MAX,
+            spill: None,
+        }
+    }
+}
+
+impl<K, V> TieredMap<K, V> {
+    /// The bytes of a spilled entry.
+    fn read_bytes(&self, spot: Spot) -> io::Result<Vec<u8>> {
+        match &self.spill {
+            Some(spill) => spill.read(spot),
+            None => Err(io::Error::other("a spilled entry without a spill")),
+        }
     }
 }
 
@@ -62,9 +93,9 @@ where
         self.freeze_excess();
     }
 
-    /// Entries in both tiers.
+    /// Entries in every tier.
     pub fn len(&self) -> usize {
-        self.hot.len() + self.frozen.len()
+        self.hot.len() + self.frozen.len() + self.spilled.len()
     }
 
     /// Whether the map is empty.
@@ -72,28 +103,44 @@ where
         self.len() == 0
     }
 
-    /// Entries kept encoded.
+    /// Entries kept encoded, in memory or spilled.
     pub fn frozen_len(&self) -> usize {
-        self.frozen.len()
+        self.frozen.len() + self.spilled.len()
+    }
+
+    /// Entries spilled: out of memory but for where they are.
+    pub fn spilled_len(&self) -> usize {
+        self.spilled.len()
     }
 
     /// Whether `key` has an entry.
     pub fn contains_key(&self, key: &K) -> bool {
-        self.hot.contains_key(key) || self.frozen.contains_key(key)
+        self.hot.contains_key(key) || self.frozen.contains_key(key) || self.spilled.contains_key(key)
     }
 
     /// The entry of `key`: borrowed when hot, a decoded copy when frozen.
+    ///
+    /// Panics when the entry is spilled: [`TieredMap::load`] it first, or [`TieredMap::fetch`].
     pub fn get(&self, key: &K) -> Option<Cow<'_, V>> {
         if let Some(value) = self.hot.get(key) {
             return Some(Cow::Borrowed(value));
         }
-        self.frozen.get(key).map(|bytes| Cow::Owned(thaw(bytes)))
+        if let Some(bytes) = self.frozen.get(key) {
+            return Some(Cow::Owned(thaw(bytes)));
+        }
+        assert!(!self.spilled.contains_key(key), "a spilled entry is read without being loaded first");
+        None
     }
 
     /// The entry of `key` to change, made hot first.
+    ///
+    /// Panics when the entry is spilled: [`TieredMap::load`] it first.
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         if !self.hot.contains_key(key) {
-            let bytes = self.frozen.remove(key)?;
+            let Some(bytes) = self.frozen.remove(key) else {
+                assert!(!self.spilled.contains_key(key), "a spilled entry is changed without being loaded first");
+                return None;
+            };
             self.hot.insert(key.clone(), thaw(&bytes));
             self.queue.push_back(key.clone());
             // `key` is the newest hot entry and at least one stays hot: it is not frozen.
@@ -104,7 +151,7 @@ where
 
     /// Inserts or replaces the entry of `key`, hot. Returns whether it had one.
     pub fn insert(&mut self, key: K, value: V) -> bool {
-        let was_frozen = self.frozen.remove(&key).is_some();
+        let was_frozen = self.frozen.remove(&key).is_some() || self.spilled.remove(&key).is_some();
         let was_hot = self.hot.insert(key.clone(), value).is_some();
         if !was_hot {
             self.queue.push_back(key);
@@ -114,7 +161,15 @@ where
     }
 
     /// Every entry, hot ones first, in no particular order; frozen ones decoded one by one.
+    ///
+    /// Panics when an entry is spilled: use [`TieredMap::try_iter`] on a map that spills.
     pub fn iter(&self) -> impl Iterator<Item = (&K, Cow<'_, V>)> {
+        assert!(self.spilled.is_empty(), "a map with spilled entries is iterated without reading them back");
+        self.in_memory()
+    }
+
+    /// The hot and frozen entries.
+    fn in_memory(&self) -> impl Iterator<Item = (&K, Cow<'_, V>)> {
         let hot = self.hot.iter().map(|(key, value)| (key, Cow::Borrowed(value)));
         hot.chain(self.frozen.iter().map(|(key, bytes)| (key, Cow::Owned(thaw(bytes)))))
     }
@@ -122,6 +177,84 @@ where
     /// Every value, as [`TieredMap::iter`] gives them.
     pub fn values(&self) -> impl Iterator<Item = Cow<'_, V>> {
         self.iter().map(|(_, value)| value)
+    }
+
+    /// Every entry as [`TieredMap::iter`] gives them, then the spilled ones read back one at a
+    /// time; a failed read is an item of its own, and iteration goes on after it.
+    pub fn try_iter(&self) -> impl Iterator<Item = io::Result<(&K, Cow<'_, V>)>> {
+        let spilled = self.spilled.iter().map(|(key, spot)| Ok((key, Cow::Owned(self.read_spilled(*spot)?))));
+        self.in_memory().map(Ok).chain(spilled)
+    }
+
+    /// The entry of `key`, as [`TieredMap::get`] gives it, or read back from the spill.
+    pub fn fetch(&self, key: &K) -> io::Result<Option<Cow<'_, V>>> {
+        match self.spilled.get(key) {
+            Some(spot) => Ok(Some(Cow::Owned(self.read_spilled(*spot)?))),
+            None => Ok(self.get(key)),
+        }
+    }
+
+    /// Lets [`TieredMap::spill_frozen`] move frozen entries to `spill` from now on.
+    pub fn attach(&mut self, spill: Arc<Spill>) {
+        assert!(self.spilled.is_empty(), "a map's spilled entries stay in the spill they were written to");
+        self.spill = Some(spill);
+    }
+
+    /// Moves every frozen entry held in memory to the spill, with one write; returns how
+    /// many moved. Without a spill attached, nothing moves. On failure nothing moves either.
+    pub fn spill_frozen(&mut self) -> io::Result<usize> {
+        let Some(spill) = &self.spill else { return Ok(0) };
+        let keys: Vec<K> = self
+            .frozen
+            .iter()
+            .filter(|(_, bytes)| bytes.len() <= crate::spill::RECORD_BYTES_MAX)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let records = keys.iter().filter_map(|key| self.frozen.get(key).map(|bytes| &bytes[..]));
+        let spots = spill.append(records)?;
+        assert_eq!(spots.len(), keys.len(), "a spot per record");
+        for (key, spot) in keys.into_iter().zip(spots) {
+            let bytes = self.frozen.remove(&key);
+            debug_assert_eq!(bytes.map(|b| b.len()), Some(spot.len()));
+            assert!(self.spilled.insert(key, spot).is_none(), "an entry is in one tier");
+        }
+        Ok(self.spilled.len())
+    }
+
+    /// The spilled entries, for an owner that writes them out of an [`image`]: where they
+    /// are, and the spill to read them from. The spill only grows, so the spots stay valid
+    /// however the map changes afterwards.
+    pub fn spilled(&self) -> SpilledEntries<K> {
+        let spots = self.spilled.iter().map(|(key, spot)| (key.clone(), *spot)).collect();
+        SpilledEntries { spill: self.spill.clone(), spots }
+    }
+
+    /// Adds encoded entries, frozen, as [`TieredMap::spilled`] took them out: for a map read
+    /// from an [`image`]. Refuses (and adds nothing) if a key is already in the map.
+    pub fn restore_frozen(&mut self, entries: Vec<(K, Box<[u8]>)>) -> Result<(), &'static str> {
+        let mut seen = IdMap::default();
+        for (key, _) in &entries {
+            if self.contains_key(key) || seen.insert(key.clone(), ()).is_some() {
+                return Err("a restored key is already in the map");
+            }
+        }
+        self.frozen.extend(entries);
+        Ok(())
+    }
+
+    /// Brings a spilled entry of `key` back into memory, frozen, so that [`TieredMap::get`]
+    /// and [`TieredMap::get_mut`] may reach it. Anything else is left as it is.
+    pub fn load(&mut self, key: &K) -> io::Result<()> {
+        let Some(spot) = self.spilled.get(key).copied() else { return Ok(()) };
+        let bytes = self.read_bytes(spot)?;
+        self.spilled.remove(key);
+        self.frozen.insert(key.clone(), bytes.into_boxed_slice());
+        Ok(())
+    }
+
+    fn read_spilled(&self, spot: Spot) -> io::Result<V> {
+        let bytes = self.read_bytes(spot)?;
+        postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// Freezes the oldest hot entries until at most `hot_max` are hot. An entry that does
@@ -145,6 +278,57 @@ where
     }
 }
 
+/// A map's spilled entries, taken out by [`TieredMap::spilled`]. It serializes as a
+/// sequence of keys and encoded entries, each read back from the spill as it is written; a
+/// failed read fails the serialization. That is the shape [`TieredMap::restore_frozen`]
+/// takes, decoded as `Vec<(K, Vec<u8>)>`.
+pub struct SpilledEntries<K> {
+    spill: Option<Arc<Spill>>,
+    spots: Vec<(K, Spot)>,
+}
+
+impl<K> SpilledEntries<K> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.spots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spots.is_empty()
+    }
+
+    /// The encoded entries' bytes in all, keys and framing aside.
+    pub fn entry_bytes(&self) -> usize {
+        self.spots.iter().map(|(_, spot)| spot.len()).sum()
+    }
+}
+
+impl<K: Serialize> Serialize for SpilledEntries<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.spots.len()))?;
+        for (key, spot) in &self.spots {
+            let bytes = match &self.spill {
+                Some(spill) => spill.read(*spot).map_err(serde::ser::Error::custom)?,
+                None => return Err(serde::ser::Error::custom("spilled entries without a spill")),
+            };
+            seq.serialize_element(&(key, serde_bytes_ref(&bytes)))?;
+        }
+        seq.end()
+    }
+}
+
+/// Bytes that serialize as bytes (postcard writes them as a `Vec<u8>` would be written).
+fn serde_bytes_ref(bytes: &[u8]) -> impl Serialize + '_ {
+    struct AsBytes<'a>(&'a [u8]);
+    impl Serialize for AsBytes<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+    AsBytes(bytes)
+}
+
 /// Decodes a frozen entry. The bytes were encoded from a value of the same type in this
 /// process, so failing to decode them is a broken invariant.
 fn thaw<V: DeserializeOwned>(bytes: &[u8]) -> V {
@@ -159,8 +343,10 @@ impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
         TieredMap {
             hot: self.hot.clone(),
             frozen: self.frozen.clone(),
+            spilled: self.spilled.clone(),
             queue: self.queue.clone(),
             hot_max: self.hot_max,
+            spill: self.spill.clone(),
         }
     }
 }
@@ -170,10 +356,13 @@ where
     K: Hash + Eq + Clone,
     V: Clone + PartialEq + Serialize + DeserializeOwned,
 {
-    /// Equal when both hold the same entries, whichever tiers hold them.
+    /// Equal when both hold the same entries, whichever tiers hold them. An entry that
+    /// cannot be read back from its spill is not shown equal to anything.
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len()
-            && self.iter().all(|(key, value)| other.get(key).is_some_and(|theirs| theirs == value))
+            && self.try_iter().all(|entry| {
+                entry.is_ok_and(|(key, value)| other.fetch(key).is_ok_and(|theirs| theirs.is_some_and(|t| t == value)))
+            })
     }
 }
 
@@ -190,7 +379,14 @@ where
     V: Clone + fmt::Debug + Serialize + DeserializeOwned,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        let mut map = f.debug_map();
+        for entry in self.try_iter() {
+            match entry {
+                Ok((key, value)) => map.entry(key, &value),
+                Err(error) => map.entry(&"unreadable", &error),
+            };
+        }
+        map.finish()
     }
 }
 
@@ -199,13 +395,14 @@ where
     K: Hash + Eq + Clone + Ord + Serialize,
     V: Clone + Serialize + DeserializeOwned,
 {
-    /// A map in key order, frozen entries decoded one at a time.
+    /// A map in key order, frozen entries decoded one at a time; spilled ones are read back
+    /// and a failed read fails the serialization.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut keys: Vec<&K> = self.hot.keys().chain(self.frozen.keys()).collect();
+        let mut keys: Vec<&K> = self.hot.keys().chain(self.frozen.keys()).chain(self.spilled.keys()).collect();
         keys.sort_unstable();
         let mut map = serializer.serialize_map(Some(keys.len()))?;
         for key in keys {
-            match self.get(key) {
+            match self.fetch(key).map_err(serde::ser::Error::custom)? {
                 Some(value) => map.serialize_entry(key, &value)?,
                 None => unreachable!("every key listed has an entry"),
             }
@@ -254,6 +451,11 @@ where
 /// bytes. Nothing is sorted, decoded or encoded again, so writing it costs about a copy of
 /// the bytes, and reading it back leaves frozen entries frozen. The order of the frozen
 /// entries follows the map's random hash seed: the bytes are not canonical, and never hashed.
+///
+/// Spilled entries are not in the image, so that writing it never waits for the spill: the
+/// owner takes them apart ([`TieredMap::spilled`]), writes them where it likes (reading them
+/// back off its hot path), and gives them back to the map read from the image
+/// ([`TieredMap::restore_frozen`]).
 ///
 /// Use with `#[serde(with = "crate::tiered::image")]`.
 pub mod image {
@@ -626,6 +828,70 @@ mod tests {
         assert!(map == all_hot, "and the other way round");
         all_hot.insert("other".to_owned(), vec![0]);
         assert!(all_hot != map, "an entry more is a difference");
+        check_spilled(&map, &model, &bytes, frozen_expected);
+    }
+
+    /// `map` with its frozen entries spilled is still the same map for every reader that
+    /// may read the spill, and each entry loaded back is reachable by the core's reads.
+    fn check_spilled(
+        map: &TieredMap<String, Vec<u64>>,
+        model: &BTreeMap<String, Vec<u64>>,
+        bytes: &[u8],
+        frozen: usize,
+    ) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut spilled = map.clone();
+        spilled.attach(Arc::new(Spill::create_in(dir.path()).expect("spill")));
+        assert_eq!(spilled.spill_frozen().expect("spilled"), frozen);
+        assert_eq!((spilled.spilled_len(), spilled.frozen_len(), spilled.len()), (frozen, frozen, model.len()));
+        assert!(spilled.frozen.is_empty(), "nothing frozen is left in memory");
+        let read: BTreeMap<String, Vec<u64>> = spilled
+            .try_iter()
+            .map(|entry| entry.expect("read back"))
+            .map(|(k, v)| (k.clone(), v.into_owned()))
+            .collect();
+        assert_eq!(&read, model);
+        for (key, value) in model {
+            assert_eq!(spilled.fetch(key).expect("read back").as_deref(), Some(value), "{key}");
+            assert!(spilled.contains_key(key));
+        }
+        assert_eq!(postcard::to_allocvec(&spilled).expect("encodes"), bytes, "serialized as before");
+        assert!(spilled == *map, "equal whichever tier holds an entry");
+        assert!(map.eq(&spilled), "and the other way round");
+        #[derive(Serialize, Deserialize)]
+        struct Held(#[serde(with = "image")] TieredMap<String, Vec<u64>>);
+        let image = postcard::to_allocvec(&(Held(spilled.clone()), spilled.spilled())).expect("encodes");
+        let (Held(mut back), apart): (Held, Vec<(String, Vec<u8>)>) = postcard::from_bytes(&image).expect("decodes");
+        assert_eq!((back.len(), apart.len()), (model.len() - frozen, frozen), "spilled entries are written apart");
+        let apart: Vec<(String, Box<[u8]>)> = apart.into_iter().map(|(key, bytes)| (key, bytes.into())).collect();
+        if let Some((key, bytes)) = apart.first().cloned() {
+            let mut twice = apart.clone();
+            twice.push((key, bytes));
+            assert!(back.clone().restore_frozen(twice).is_err(), "a key restored twice is refused");
+        }
+        back.restore_frozen(apart).expect("restored");
+        assert!(back == *map, "the image and the entries written apart are the map");
+        assert_eq!((back.frozen_len(), back.spilled_len()), (frozen, 0));
+        for key in model.keys() {
+            spilled.load(key).expect("loaded");
+        }
+        assert_eq!((spilled.spilled_len(), spilled.frozen_len()), (0, frozen), "loaded entries are frozen in memory");
+        for (key, value) in model {
+            assert_eq!(spilled.get(key).as_deref(), Some(value), "{key}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "a spilled entry is read without being loaded first")]
+    fn the_core_never_reads_a_spilled_entry() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut map: TieredMap<u32, u64> = TieredMap::with_hot_max(1);
+        map.attach(Arc::new(Spill::create_in(dir.path()).expect("spill")));
+        map.insert(1, 10);
+        map.insert(2, 20);
+        assert_eq!(map.spill_frozen().expect("spilled"), 1);
+        assert_eq!(map.get(&2).as_deref(), Some(&20), "hot entries are read as ever");
+        map.get(&1);
     }
 
     #[test]

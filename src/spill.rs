@@ -1,0 +1,149 @@
+//! A scratch file for the coldest tier of a [`crate::tiered::TieredMap`]: encoded entries
+//! that have not changed for a while move here, and only where each one is stays in memory.
+//!
+//! Guarantees:
+//! - The file is this process's own: it is created under a name no other file has and
+//!   removed from its directory at once, so nothing else opens it and the system reclaims it
+//!   when the process ends, however it ends.
+//! - Records are only ever appended: a [`Spot`] handed out stays readable, with the same
+//!   bytes, for as long as the `Spill` lives. Nothing is rewritten in place.
+//! - Nothing is synced. The file is not durable and need not be: everything in it can be
+//!   rebuilt from the event log, and a process that restarts makes a new one.
+//! - Appending and reading take `&self`, so one spill can be shared behind an `Arc`; each
+//!   append reserves its range first, so concurrent appends never overlap.
+//!
+//! Every read and write is fallible and reports its `io::Error`: the caller (the engine's
+//! shell, never the pure core) decides what a failure means.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bits of a [`Spot`] that hold the offset: a spill holds at most 1 TiB.
+const OFFSET_BITS: u32 = 40;
+
+/// The largest file a spill grows to.
+pub const SPILL_BYTES_MAX: u64 = 1 << OFFSET_BITS;
+
+/// The largest record a spill takes (16 MiB less one byte); a larger one stays in memory.
+pub const RECORD_BYTES_MAX: usize = (1 << (64 - OFFSET_BITS)) - 1;
+
+/// Where a record is in a spill: its offset and length packed in 8 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spot(u64);
+
+impl Spot {
+    fn new(offset: u64, len: usize) -> Spot {
+        assert!(offset < SPILL_BYTES_MAX, "a spot's offset fits its bits");
+        assert!(len <= RECORD_BYTES_MAX, "a spot's length fits its bits");
+        Spot(offset | ((len as u64) << OFFSET_BITS))
+    }
+
+    /// Where the record starts.
+    pub fn offset(self) -> u64 {
+        self.0 & (SPILL_BYTES_MAX - 1)
+    }
+
+    /// The record's length in bytes.
+    pub fn len(self) -> usize {
+        (self.0 >> OFFSET_BITS) as usize
+    }
+
+    /// Whether the record is empty.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An append-only scratch file. See the module documentation.
+#[derive(Debug)]
+pub struct Spill {
+    file: File,
+    /// Bytes reserved so far: the next record starts here.
+    end_bytes: AtomicU64,
+}
+
+impl Spill {
+    /// A new, empty spill in `dir`, already removed from it.
+    pub fn create_in(dir: &Path) -> io::Result<Spill> {
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let serial = CREATED.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".spill-{}-{serial}", std::process::id()));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(Spill { file, end_bytes: AtomicU64::new(0) })
+    }
+
+    /// Bytes written so far, reclaimable or not.
+    pub fn len_bytes(&self) -> u64 {
+        self.end_bytes.load(Ordering::Acquire)
+    }
+
+    /// Appends `records` with one write, and returns where each one is, in order. On
+    /// failure nothing handed out refers to the range: the records are not in the spill.
+    pub fn append<'r>(&self, records: impl Iterator<Item = &'r [u8]> + Clone) -> io::Result<Vec<Spot>> {
+        let total_bytes = records.clone().try_fold(0u64, |total, record| {
+            (record.len() <= RECORD_BYTES_MAX).then(|| total.checked_add(record.len() as u64)).flatten()
+        });
+        let Some(total_bytes) = total_bytes else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record is larger than a spill takes"));
+        };
+        let start = self.end_bytes.fetch_add(total_bytes, Ordering::AcqRel);
+        if start.checked_add(total_bytes).is_none_or(|end| end > SPILL_BYTES_MAX) {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "the spill file is full"));
+        }
+        let mut buffer = Vec::with_capacity(total_bytes as usize);
+        let mut spots = Vec::new();
+        for record in records {
+            spots.push(Spot::new(start + buffer.len() as u64, record.len()));
+            buffer.extend_from_slice(record);
+        }
+        debug_assert_eq!(buffer.len() as u64, total_bytes);
+        self.file.write_all_at(&buffer, start)?;
+        Ok(spots)
+    }
+
+    /// The bytes of the record at `spot`.
+    pub fn read(&self, spot: Spot) -> io::Result<Vec<u8>> {
+        let end = spot.offset().checked_add(spot.len() as u64);
+        if end.is_none_or(|end| end > self.len_bytes()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a spot past the spill's end"));
+        }
+        let mut bytes = vec![0; spot.len()];
+        self.file.read_exact_at(&mut bytes, spot.offset())?;
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_written_and_the_file_has_no_name() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let spill = Spill::create_in(dir.path()).expect("spill");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("listed").count(), 0, "removed from its directory");
+        let records: Vec<Vec<u8>> = (0..50u8).map(|n| vec![n; usize::from(n) * 7]).collect();
+        let first = spill.append(records[..20].iter().map(Vec::as_slice)).expect("appended");
+        let second = spill.append(records[20..].iter().map(Vec::as_slice)).expect("appended");
+        let spots: Vec<Spot> = first.into_iter().chain(second).collect();
+        assert_eq!(spots.len(), records.len());
+        for (spot, record) in spots.iter().zip(&records) {
+            assert_eq!(&spill.read(*spot).expect("read"), record);
+        }
+        let total: usize = records.iter().map(Vec::len).sum();
+        assert_eq!(spill.len_bytes(), total as u64);
+        assert!(spill.read(Spot::new(total as u64, 1)).is_err(), "nothing past the end");
+    }
+
+    #[test]
+    fn a_spot_packs_offset_and_length() {
+        for (offset, len) in [(0, 0), (1, 1), (SPILL_BYTES_MAX - 1, RECORD_BYTES_MAX), (12_345, 678)] {
+            let spot = Spot::new(offset, len);
+            assert_eq!((spot.offset(), spot.len()), (offset, len));
+        }
+    }
+}
