@@ -224,3 +224,28 @@ pub enum Command {
     /// Record every hold and unpaid order whose deadline is at or before now.
     ExpireDue,
 }
+
+impl Command {
+    /// The order the command names, if it names one.
+    pub fn order_id(&self) -> Option<&OrderId> {
+        match self {
+            Command::PlaceOrder { order_id, .. }
+            | Command::Pay { order_id, .. }
+            | Command::Cancel { order_id, .. }
+            | Command::Ship { order_id, .. }
+            | Command::ConfirmDelivery { order_id, .. }
+            | Command::RequestReturn { order_id, .. }
+            | Command::ReceiveReturn { order_id, .. }
+            | Command::Refund { order_id, .. } => Some(order_id),
+            Command::ListProduct { .. }
+            | Command::ChangePrice { .. }
+            | Command::DelistProduct { .. }
+            | Command::RelistProduct { .. }
+            | Command::ReceiveStock { .. }
+            | Command::Stocktake { .. }
+            | Command::ReserveStock { .. }
+            | Command::ReleaseReservation { .. }
+            | Command::ExpireDue => None,
+        }
+    }
+}

@@ -133,7 +133,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
                 reservation_id.check()?;
             }
             let payment_due_by = later(now, state.policy().payment_ttl_ms, Field::OrderId)?;
-            if state.order(order_id).is_some() {
+            if state.has_order(order_id) {
                 return Err(Rejection::OrderExists { order_id: order_id.clone() });
             }
             let mut held = BTreeMap::new();

@@ -44,11 +44,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::command::Command;
 use crate::event::Event;
 use crate::idmap::IdMap;
-use crate::ids::{CommandId, ShopId, Timestamp};
+use crate::ids::{CommandId, OrderId, ShopId, Timestamp};
 use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::metrics::Histogram;
 use crate::rejection::Rejection;
 use crate::remembered::{GENERATIONS, Remembered};
+use crate::spill::Spill;
 use crate::state::{Policy, State};
 use crate::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
 use crate::views::Views;
@@ -126,7 +127,7 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`] or of the remembered command ids changes, so older snapshots are ignored.
-pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 4;
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 5;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
 pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;
@@ -149,6 +150,10 @@ pub struct EngineConfig {
     /// Most orders a shop's writer keeps as values; the rest are kept encoded and decoded
     /// when a command names them ([`State::set_orders_hot_max`]).
     pub orders_hot_max: usize,
+    /// Where a shop's writer spills the orders it keeps encoded, out of memory
+    /// ([`crate::spill`]): a scratch file per shop, unnamed, never synced, rebuilt on every
+    /// recovery. None keeps them in memory.
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -161,6 +166,7 @@ impl Default for EngineConfig {
             policy: Policy::default(),
             snapshots: None,
             orders_hot_max: crate::tiered::HOT_DEFAULT_MAX,
+            spill_dir: None,
         }
     }
 }
@@ -269,6 +275,7 @@ enum ShopEntry {
         views: Arc<RwLock<Views>>,
         views_at: watch::Receiver<u64>,
         log_position: Arc<AtomicU64>,
+        orders_spilled: Arc<AtomicU64>,
     },
     Refused(String),
 }
@@ -294,6 +301,8 @@ pub struct ShopProgress {
     pub log_position: u64,
     /// The last position its views folded.
     pub views_position: u64,
+    /// Orders its writer keeps out of memory, in the spill, as of the last batch.
+    pub orders_spilled: u64,
 }
 
 /// The engine. Cheap to share behind an `Arc`.
@@ -350,10 +359,12 @@ impl Engine {
                 // Ahead of the snapshot it started from (or of nothing), a shop snapshots at close.
                 let last_snapshot = core.resumed_from.unwrap_or(0);
                 let log_position = Arc::new(AtomicU64::new(core.last_position));
+                let orders_spilled = Arc::new(AtomicU64::new(core.state.orders_spilled() as u64));
                 let handover = Handover::new(core.last_position);
                 let writer = Writer {
                     stats: self.stats.clone(),
                     log_position: log_position.clone(),
+                    orders_spilled: orders_spilled.clone(),
                     shop: shop.clone(),
                     store: self.store.clone(),
                     clock: self.clock.clone(),
@@ -373,7 +384,7 @@ impl Engine {
                 let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 writers.push(tokio::spawn(writer.run(receiver)));
                 writers.push(tokio::spawn(follower.run(self.shutdown.subscribe())));
-                ShopEntry::Serving { sender, views, views_at, log_position }
+                ShopEntry::Serving { sender, views, views_at, log_position, orders_spilled }
             }
             Err(StoreError::Corrupt { corruption, .. }) => ShopEntry::Refused(corruption.to_string()),
             Err(error) => return Err(error.into()),
@@ -471,10 +482,11 @@ impl Engine {
         let mut progress: Vec<ShopProgress> = shops
             .iter()
             .filter_map(|(shop, entry)| match entry {
-                ShopEntry::Serving { views_at, log_position, .. } => Some(ShopProgress {
+                ShopEntry::Serving { views_at, log_position, orders_spilled, .. } => Some(ShopProgress {
                     shop: shop.clone(),
                     log_position: log_position.load(Ordering::Acquire),
                     views_position: *views_at.borrow(),
+                    orders_spilled: orders_spilled.load(Ordering::Acquire),
                 }),
                 ShopEntry::Refused(_) => None,
             })
@@ -690,7 +702,16 @@ impl Core {
             tracing::warn!(shop = %shop, path = %skipped.path.display(), reason = %skipped.reason, "engine snapshot skipped");
         }
         let snapshot = loaded.snapshot?;
-        let image: CoreImage = match postcard::from_bytes(&snapshot.state) {
+        // The image, then the orders that were spilled when it was taken.
+        let decoded = postcard::take_from_bytes::<CoreImage>(&snapshot.state).and_then(|(image, rest)| {
+            let spilled: Vec<(OrderId, Vec<u8>)> = postcard::from_bytes(rest)?;
+            Ok((image, spilled))
+        });
+        let restored = decoded.map_err(|e| e.to_string()).and_then(|(mut image, spilled)| {
+            let spilled = spilled.into_iter().map(|(id, bytes)| (id, bytes.into_boxed_slice())).collect();
+            image.0.restore_orders(spilled).map(|()| image).map_err(str::to_owned)
+        });
+        let image = match restored {
             Ok(image) => image,
             Err(error) => {
                 tracing::warn!(shop = %shop, position = snapshot.position, %error, "engine snapshot does not decode; replaying the log");
@@ -784,6 +805,13 @@ impl Core {
                 core.idempotency.remember(record.recorded_at, record.command_id, known);
             }
         }
+        if let Some(dir) = &config.spill_dir {
+            // Recovery folds in memory; from here on the writer spills after every batch.
+            let spill = Spill::create_in(dir).map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
+            core.state.attach_orders_spill(Arc::new(spill));
+            let spilled = core.state.spill_orders().map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
+            tracing::info!(shop = %shop, spilled, "orders kept encoded moved to the spill");
+        }
         Ok(core)
     }
 }
@@ -803,6 +831,8 @@ struct Writer {
     stats: Arc<EngineStats>,
     /// Published after every durable batch.
     log_position: Arc<AtomicU64>,
+    /// Published after every batch.
+    orders_spilled: Arc<AtomicU64>,
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
@@ -1011,7 +1041,7 @@ impl Writer {
                     ticks += 1;
                     let command_id = CommandId::generated("expire", core.last_position + batch.events.len() as u64 + 1);
                     let request = Request::new("engine", Command::ExpireDue).with_id(command_id);
-                    let _ = decide_one(core, &mut batch, now, request);
+                    let _ = decide_one(core, &self.shop, &mut batch, now, request);
                 }
                 self.open.insert(Open { batch, pending: Vec::new(), commands: ticks, now })
             }
@@ -1025,7 +1055,7 @@ impl Writer {
                     request.with_id(id)
                 }
             };
-            let answer = decide_one(core, &mut open.batch, now, request);
+            let answer = decide_one(core, &self.shop, &mut open.batch, now, request);
             open.pending.push(Pending { reply, answer });
             open.commands += 1;
         }
@@ -1058,6 +1088,16 @@ impl Writer {
             });
             let launched = std::time::Instant::now();
             self.in_flight = Some(InFlight { task, pending, last, now, launched });
+        }
+        // While the batch syncs: the orders this batch froze leave memory. A failure keeps
+        // them in memory, which is correct, only larger, and the next batch tries again.
+        if let Some(core) = self.core.as_mut() {
+            match core.state.spill_orders() {
+                Ok(spilled) => self.orders_spilled.store(spilled as u64, Ordering::Release),
+                Err(error) => {
+                    tracing::warn!(shop = %self.shop, %error, "orders could not be spilled; they stay in memory")
+                }
+            }
         }
         let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
         // While one is being written the next waits: settling for it now would only stop
@@ -1142,10 +1182,13 @@ impl Writer {
             let buffer = Vec::with_capacity(snapshot_bytes_expected(self.image_bytes_last));
             let state = core.encode_image(head, buffer).map_err(|e| e.to_string())?;
             let snapshots = config.store(&self.shop, "engine").map_err(|e| e.to_string())?;
-            Ok((snapshots, Snapshot { position, schema_version: ENGINE_SNAPSHOT_SCHEMA, state }))
+            // Only where the spilled orders are: they are read back and written after the
+            // image, off the writer.
+            let spilled = core.state.spilled_orders();
+            Ok((snapshots, Snapshot { position, schema_version: ENGINE_SNAPSHOT_SCHEMA, state }, spilled))
         }
         .await;
-        let (snapshots, snapshot) = match encoded {
+        let (snapshots, mut snapshot, spilled) = match encoded {
             Ok(encoded) => encoded,
             Err(error) => {
                 tracing::warn!(shop = %self.shop, position, %error, "engine snapshot not written");
@@ -1157,8 +1200,16 @@ impl Writer {
         self.wait_for_saving().await;
         let shop = self.shop.clone();
         self.saving = Some(tokio::task::spawn_blocking(move || {
+            // Each spilled order's bytes and a key of at most a few dozen bytes.
+            snapshot.state.reserve(spilled.entry_bytes() + spilled.len() * 48);
+            let saved = postcard::to_extend(&spilled, std::mem::take(&mut snapshot.state))
+                .map_err(|e| format!("the spilled orders: {e}"))
+                .and_then(|state| {
+                    snapshot.state = state;
+                    snapshots.save(&snapshot).map_err(|e| e.to_string())
+                });
             let bytes = snapshot.state.len();
-            match snapshots.save(&snapshot) {
+            match saved {
                 Ok(_) => {
                     tracing::info!(shop = %shop, position, bytes, encode_ms, total_ms = started.elapsed().as_millis() as u64, "engine snapshot written")
                 }
@@ -1406,6 +1457,7 @@ fn snapshot_bytes_expected(last_bytes: usize) -> usize {
 /// Decides one request into `batch`: its events, or its rejection, and remembers its outcome.
 fn decide_one(
     core: &mut Core,
+    shop: &ShopId,
     batch: &mut AppendBatch,
     now: Timestamp,
     request: Request,
@@ -1424,6 +1476,12 @@ fn decide_one(
             Outcome::Unchanged => Ok(Accepted { command_id, positions: None, replayed: true, events: Vec::new() }),
             Outcome::Rejected(rejection) => Err(CommandError::Rejected((**rejection).clone())),
         };
+    }
+    // The shell's part: what the command may read comes back from the spill first, so that
+    // deciding and applying never do IO. A failed read changes nothing and is not remembered.
+    if let Err(error) = core.state.load_for(now, &request.command) {
+        let reason = format!("an order could not be read back from the spill: {error}");
+        return Err(CommandError::Unavailable { shop: shop.clone(), reason });
     }
     match core.state.execute(now, &request.command) {
         Ok(events) => {

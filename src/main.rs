@@ -47,6 +47,10 @@ enum Action {
         /// neither, there is no authentication and only a loopback address is allowed.
         #[arg(long)]
         tokens: Option<PathBuf>,
+        /// Most orders each shop's writer keeps in memory as values. Older ones are kept
+        /// encoded and moved out of memory to an unnamed scratch file in the data directory.
+        #[arg(long, default_value_t = emporium::tiered::HOT_DEFAULT_MAX)]
+        orders_hot_max: usize,
     },
     /// Run the scripted shop day through the engine on sled and print stock and orders.
     /// Running it again on the same data answers every command from the log.
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
         data: PathBuf::from("./emporium-data"),
         listen: "127.0.0.1:8080".to_owned(),
         tokens: None,
+        orders_hot_max: emporium::tiered::HOT_DEFAULT_MAX,
     });
     // A rehearsal over HTTP runs on one thread: it shares the machine with the server it
     // measures, and its submitters only wait on sockets, so a second worker would only add
@@ -228,7 +233,9 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match action {
-        Action::Serve { data, listen, tokens } => runtime.block_on(serve(data, listen, tokens)),
+        Action::Serve { data, listen, tokens, orders_hot_max } => {
+            runtime.block_on(serve(data, listen, tokens, orders_hot_max))
+        }
         Action::Demo { data } => runtime.block_on(run_demo(data)),
         Action::Verify { data } => runtime.block_on(verify(data)),
         Action::Replay { data, as_of, check } => runtime.block_on(replay(data, as_of, check)),
@@ -290,7 +297,7 @@ async fn stop_signal() {
     }
 }
 
-async fn serve(data: PathBuf, listen: String, tokens: Option<PathBuf>) -> Result<(), String> {
+async fn serve(data: PathBuf, listen: String, tokens: Option<PathBuf>, orders_hot_max: usize) -> Result<(), String> {
     let address: std::net::SocketAddr =
         listen.parse().map_err(|e| format!("--listen takes an address such as 127.0.0.1:8080, not {listen:?}: {e}"))?;
     let tokens = load_tokens(tokens.as_deref())?;
@@ -301,9 +308,9 @@ async fn serve(data: PathBuf, listen: String, tokens: Option<PathBuf>) -> Result
         ));
     }
     let store = open_store(&data)?;
-    let engine = Engine::open(store, Arc::new(emporium::engine::SystemClock), engine_config(&data))
-        .await
-        .map_err(|e| e.to_string())?;
+    let config = EngineConfig { orders_hot_max, ..engine_config(&data) };
+    let engine =
+        Engine::open(store, Arc::new(emporium::engine::SystemClock), config).await.map_err(|e| e.to_string())?;
     let engine = Arc::new(engine);
     engine.create_shop(&ShopId::main()).await.map_err(|e| e.to_string())?;
     let listener =
@@ -327,7 +334,12 @@ fn open_store(data: &std::path::Path) -> Result<Arc<SledStore>, String> {
 }
 
 fn engine_config(data: &std::path::Path) -> EngineConfig {
-    EngineConfig { snapshots: Some(SnapshotConfig::new(layout::snapshot_dir(data))), ..EngineConfig::default() }
+    EngineConfig {
+        snapshots: Some(SnapshotConfig::new(layout::snapshot_dir(data))),
+        // Orders not changed for a while leave memory for an unnamed scratch file here.
+        spill_dir: Some(data.to_path_buf()),
+        ..EngineConfig::default()
+    }
 }
 
 async fn run_demo(data: PathBuf) -> Result<(), String> {
@@ -355,7 +367,7 @@ async fn run_demo(data: PathBuf) -> Result<(), String> {
         }
     }
     let last = engine.store().last_position(&shop).await.map_err(|e| e.to_string())?;
-    let report = engine.read(&shop, report).await.map_err(|e| e.to_string())?;
+    let report = engine.read(&shop, report).await.map_err(|e| e.to_string())??;
     // Closed before printing, so a reader that stops early cannot cut the close short.
     engine.close().await;
     out!(
@@ -365,7 +377,7 @@ async fn run_demo(data: PathBuf) -> Result<(), String> {
     out_raw!("{report}")
 }
 
-fn report(state: &State) -> String {
+fn report(state: &State) -> Result<String, String> {
     let mut out = String::from("\n");
     out += &format!(
         "{:<10} {:>8} {:>9} {:>10} {:>9} {:>12}  listed\n",
@@ -388,7 +400,9 @@ fn report(state: &State) -> String {
         "\n{:<8} {:<8} {:<18} {:>9} {:>9} {:>9}  returns    refunds\n",
         "order", "customer", "status", "total", "paid", "refunded"
     );
-    let mut orders: Vec<_> = state.orders().collect();
+    // Read back one by one: the engine's writer may keep orders in its spill.
+    let orders: Result<Vec<_>, _> = state.try_orders().collect();
+    let mut orders = orders.map_err(|e| format!("an order could not be read back from the spill: {e}"))?;
     orders.sort_by(|a, b| a.id.cmp(&b.id));
     for order in orders {
         out += &format!(
@@ -403,7 +417,7 @@ fn report(state: &State) -> String {
             order.refund_state()
         );
     }
-    out
+    Ok(out)
 }
 
 async fn verify(data: PathBuf) -> Result<(), String> {

@@ -218,17 +218,26 @@ fn refund_marker(order_id: &str, refund_id: &str, return_id: Option<&str>) -> Co
     }
 }
 
+/// The order, read back from the spill if the state keeps it there; one that cannot be read
+/// is priced as an unknown order is, and the engine then decides on the real one.
+fn order_of<'s>(
+    state: &'s crate::state::State,
+    order_id: &crate::ids::OrderId,
+) -> Option<std::borrow::Cow<'s, crate::state::Order>> {
+    state.fetch_order(order_id).ok().flatten()
+}
+
 /// Fills in the amount of a generated payment (the order's total) or refund (the price of
 /// the returned unit, or a tenth of what is refundable) from `state`; other commands are
 /// returned unchanged.
 pub fn price(state: &crate::state::State, command: Command) -> Command {
     match command {
         Command::Pay { order_id, payment_id, amount } if amount.is_zero() => {
-            let amount = state.order(&order_id).map_or(Decimal::ONE, |o| o.total);
+            let amount = order_of(state, &order_id).map_or(Decimal::ONE, |o| o.total);
             Command::Pay { order_id, payment_id, amount }
         }
         Command::Refund { order_id, refund_id, amount, return_id } if amount.is_zero() => {
-            let amount = state.order(&order_id).map_or(Decimal::ONE, |order| match &return_id {
+            let amount = order_of(state, &order_id).map_or(Decimal::ONE, |order| match &return_id {
                 Some(_) => {
                     order.lines.first().map_or(Decimal::ONE, |l| crate::money::share(l.net_amount, 1, l.quantity))
                 }

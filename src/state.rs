@@ -16,15 +16,19 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Condition, Line, Party};
+use crate::command::{Command, Condition, Line, Party};
 use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject};
 use crate::idmap::IdMap;
 use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
-use crate::tiered::TieredMap;
+use crate::limits::EXPIRIES_PER_TICK_MAX;
+use crate::spill::Spill;
+use crate::tiered::{SpilledEntries, TieredMap};
 
 /// Stock of one SKU. Available = on hand - reserved.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -447,13 +451,88 @@ impl State {
     }
 
     /// An order by id: borrowed when it changed recently, else a decoded copy.
+    ///
+    /// Panics when the order is spilled and not loaded ([`State::load_for`]): the core reads
+    /// only orders in memory. Readers outside the core use [`State::fetch_order`].
     pub fn order(&self, id: &OrderId) -> Option<Cow<'_, Order>> {
         self.orders.get(id)
     }
 
+    /// Whether an order has this id, wherever it is kept.
+    pub fn has_order(&self, id: &OrderId) -> bool {
+        self.orders.contains_key(id)
+    }
+
+    /// An order by id, read back from the spill if it is there.
+    pub fn fetch_order(&self, id: &OrderId) -> io::Result<Option<Cow<'_, Order>>> {
+        self.orders.fetch(id)
+    }
+
     /// Every order, in no particular order; those not changed recently decoded one by one.
+    ///
+    /// Panics when orders are spilled; use [`State::try_orders`] on a state that spills.
     pub fn orders(&self) -> impl Iterator<Item = Cow<'_, Order>> {
         self.orders.values()
+    }
+
+    /// Every order, spilled ones read back one at a time; a failed read is an item of its own.
+    pub fn try_orders(&self) -> impl Iterator<Item = io::Result<Cow<'_, Order>>> {
+        self.orders.try_iter().map(|entry| entry.map(|(_, order)| order))
+    }
+
+    /// Orders out of memory, in a spill.
+    pub fn orders_spilled(&self) -> usize {
+        self.orders.spilled_len()
+    }
+
+    /// The spilled orders, for an engine snapshot that writes them apart from the state's
+    /// image (`crate::tiered::image`), read back off the writer.
+    pub fn spilled_orders(&self) -> SpilledEntries<OrderId> {
+        self.orders.spilled()
+    }
+
+    /// Gives back the orders [`State::spilled_orders`] wrote apart, encoded, to a state read
+    /// from an image. Refuses (and changes nothing) if one is already in the state.
+    pub fn restore_orders(&mut self, orders: Vec<(OrderId, Box<[u8]>)>) -> Result<(), &'static str> {
+        self.orders.restore_frozen(orders)
+    }
+
+    /// Lets [`State::spill_orders`] move orders not changed recently to `spill`.
+    pub fn attach_orders_spill(&mut self, spill: Arc<Spill>) {
+        self.orders.attach(spill);
+    }
+
+    /// Moves the orders kept encoded in memory to the spill, if one is attached; returns how
+    /// many orders are spilled. On failure they stay in memory and nothing changes.
+    pub fn spill_orders(&mut self) -> io::Result<usize> {
+        self.orders.spill_frozen()
+    }
+
+    /// Brings back into memory every spilled order that deciding `command` at `now` may read
+    /// or change: the order it names, or for [`Command::ExpireDue`] those due. After this,
+    /// [`State::execute`] reads nothing spilled. On failure the state holds the same orders
+    /// (some may have come back into memory).
+    pub fn load_for(&mut self, now: Timestamp, command: &Command) -> io::Result<()> {
+        if self.orders.spilled_len() == 0 {
+            return Ok(());
+        }
+        if let Command::ExpireDue = command {
+            let due: Vec<OrderId> = self
+                .due(now, EXPIRIES_PER_TICK_MAX)
+                .filter_map(|(_, deadline)| match deadline {
+                    Deadline::Payment(order_id) => Some(order_id.clone()),
+                    Deadline::Reservation(_) => None,
+                })
+                .collect();
+            for order_id in &due {
+                self.orders.load(order_id)?;
+            }
+            return Ok(());
+        }
+        match command.order_id() {
+            Some(order_id) => self.orders.load(order_id),
+            None => Ok(()),
+        }
     }
 
     /// Orders in all.

@@ -826,8 +826,11 @@ fn check_state(
                 *sold.entry(*rank).or_insert(0) += units;
             }
         }
+        // Read back from the spill where the writer keeps an order there; unreadable is a mismatch.
         let held: Option<Vec<(String, u64)>> = state
-            .order(&order.order_id.as_str().into())
+            .fetch_order(&order.order_id.as_str().into())
+            .ok()
+            .flatten()
             .map(|o| o.lines.iter().map(|l| (l.sku.as_str().to_owned(), l.quantity)).collect());
         let planned: Vec<(String, u64)> = order.lines.iter().map(|(rank, units)| (sku_of(*rank), *units)).collect();
         if held.as_ref() != Some(&planned) {
@@ -852,7 +855,16 @@ fn check_state(
     if oversold_skus > 0 {
         failures.push(format!("{oversold_skus} SKUs sold more than they received"));
     }
-    let expired = state.orders().filter(|o| o.status() == crate::state::OrderStatus::Expired).count() as u64;
+    let (mut expired, mut unreadable) = (0, 0);
+    for order in state.try_orders() {
+        match order {
+            Ok(order) => expired += u64::from(order.status() == crate::state::OrderStatus::Expired),
+            Err(_) => unreadable += 1,
+        }
+    }
+    if unreadable > 0 {
+        failures.push(format!("{unreadable} orders could not be read back from the spill"));
+    }
     (oversold_skus, mismatched_orders, expired)
 }
 

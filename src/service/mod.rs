@@ -274,6 +274,11 @@ async fn metrics(State(app): AppState, headers: HeaderMap) -> Result<Response, A
         let lag = shop.log_position.saturating_sub(shop.views_position);
         let _ = writeln!(out, "emporium_projection_lag_events{{shop=\"{}\"}} {lag}", shop.shop);
     }
+    out += "# HELP emporium_orders_spilled Orders each shop's writer keeps out of memory, in its spill file.\n";
+    out += "# TYPE emporium_orders_spilled gauge\n";
+    for shop in &progress {
+        let _ = writeln!(out, "emporium_orders_spilled{{shop=\"{}\"}} {}", shop.shop, shop.orders_spilled);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
 }
 

@@ -79,7 +79,9 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
     let order = app
         .engine
         .read(&shop, move |state| {
-            state.order(&id).map(|order| {
+            // Not `State::order`: an order not changed for a while may be in the spill.
+            let order = state.fetch_order(&id).map_err(|error| error.to_string())?;
+            Ok::<_, String>(order.map(|order| {
                 let mut value = serde_json::to_value(&*order).unwrap_or(Value::Null);
                 if let Value::Object(fields) = &mut value {
                     fields.insert("status".to_owned(), json!(order.status()));
@@ -90,9 +92,10 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
                     fields.insert("refund_state".to_owned(), json!(order.refund_state()));
                 }
                 value
-            })
+            }))
         })
-        .await?;
+        .await?
+        .map_err(ApiError::storage)?;
     let order = order.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
     Ok(axum::Json(order).into_response())
 }

@@ -25,8 +25,13 @@ pub struct Server {
 impl Server {
     /// Starts `emporium serve` on `data`; with `tokens`, writes the three test tokens to a file.
     pub fn start(data: &Path, tokens: bool) -> Server {
+        Server::start_with(data, tokens, &[])
+    }
+
+    /// [`Server::start`] with more arguments for `serve`.
+    pub fn start_with(data: &Path, tokens: bool, args: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_emporium"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).args(args);
         command.env_remove("EMPORIUM_TOKENS");
         if tokens {
             let file = data.with_extension("tokens");

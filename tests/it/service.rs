@@ -121,7 +121,9 @@ fn log_end(client: &Client) -> u64 {
 #[test]
 fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
     let dir = temp_dir();
-    let server = Server::start(&dir.path().join("data"), false);
+    // One order in memory as a value: the others are spilled after every batch, so deciding
+    // on them and reading them back over HTTP both meet spilled orders.
+    let server = Server::start_with(&dir.path().join("data"), false, &["--orders-hot-max", "1"]);
     let client = server.client();
     let script = demo::shop_day();
     let (state, expected_events) = demo::run(&script).expect("the day runs in the core");
@@ -201,6 +203,8 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
     let metrics = String::from_utf8(client.get("/metrics").body).expect("text");
     assert!(metrics.contains("emporium_commands_total{kind=\"place_order\",outcome=\"accepted\"} 3"), "{metrics}");
     assert!(metrics.contains(&format!("emporium_log_position{{shop=\"main\"}} {end}")), "{metrics}");
+    // Three orders, one of them in memory: the orders read above came back from the spill.
+    assert!(metrics.contains("emporium_orders_spilled{shop=\"main\"} 2"), "{metrics}");
     assert!(metrics.contains("emporium_group_commit_commands_count"));
     assert!(metrics.contains("emporium_group_commit_seconds_count"));
     let openapi = client.get("/v1/openapi.json").json();
