@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Command;
-use crate::event::Event;
+use crate::event::{Event, Subject};
 use crate::idmap::IdMap;
 use crate::ids::{CommandId, OrderId, ShopId, Timestamp};
 use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
@@ -127,7 +127,7 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`] or of the remembered command ids changes, so older snapshots are ignored.
-pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 5;
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 6;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
 pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;
@@ -589,6 +589,8 @@ type Idempotency = Remembered<CommandId, Known>;
 /// A shop's in-memory side, rebuilt from its log.
 struct Core {
     state: State,
+    /// The versions of SKU and checkout-hold streams; an order counts its own stream's
+    /// ([`crate::state::Order::stream_version`]), so this does not grow with the orders.
     stream_versions: IdMap<CompactString, u64>,
     idempotency: Idempotency,
     last_position: u64,
@@ -769,9 +771,15 @@ impl Core {
             for envelope in &page {
                 assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
                 core.state.apply(&envelope.event);
-                let version = core.stream_versions.entry(envelope.stream.clone()).or_insert(0);
-                *version += 1;
-                assert_eq!(*version, envelope.stream_version, "stream {} out of order", envelope.stream);
+                let version = match envelope.event.subject() {
+                    Subject::Order(order_id) => core.state.order(order_id).map(|order| order.stream_version),
+                    Subject::Sku(_) | Subject::Reservation(_) => {
+                        let version = core.stream_versions.entry(envelope.stream.clone()).or_insert(0);
+                        *version += 1;
+                        Some(*version)
+                    }
+                };
+                assert_eq!(version, Some(envelope.stream_version), "stream {} out of order", envelope.stream);
                 core.last_position = envelope.position;
                 core.last_recorded_at = core.last_recorded_at.max(envelope.recorded_at);
                 if envelope.recorded_at >= horizon {
@@ -1454,6 +1462,37 @@ fn snapshot_bytes_expected(last_bytes: usize) -> usize {
     last_bytes.saturating_mul(2)
 }
 
+/// The stream version of each of `events`, which the state has just applied. An order's
+/// stream counts in the order itself ([`crate::state::Order::stream_version`]), now at its
+/// last event here: earlier events of the same order get their version by counting back.
+/// Other streams (SKUs, checkout holds) count in `core.stream_versions`.
+fn stream_versions(core: &mut Core, events: &[Event]) -> Vec<u64> {
+    let mut versions = vec![0; events.len()];
+    // Events of each order after the one at hand, in this command.
+    let mut later: IdMap<&OrderId, u64> = IdMap::default();
+    for (index, event) in events.iter().enumerate().rev() {
+        if let Subject::Order(order_id) = event.subject() {
+            let Some(order) = core.state.order(order_id) else { panic!("an applied event's order {order_id} exists") };
+            let after = later.entry(order_id).or_insert(0);
+            assert!(order.stream_version > *after, "order {order_id} counts every event applied");
+            versions[index] = order.stream_version - *after;
+            *after += 1;
+        }
+    }
+    for (event, version) in events.iter().zip(versions.iter_mut()) {
+        if !matches!(event.subject(), Subject::Order(_)) {
+            let stream = stream_of(event);
+            let counted = match core.stream_versions.get_mut(&stream) {
+                Some(counted) => counted,
+                None => core.stream_versions.entry(stream).or_insert(0),
+            };
+            *counted += 1;
+            *version = *counted;
+        }
+    }
+    versions
+}
+
 /// Decides one request into `batch`: its events, or its rejection, and remembers its outcome.
 fn decide_one(
     core: &mut Core,
@@ -1489,18 +1528,14 @@ fn decide_one(
             let correlation_id = CompactString::from(request.correlation_id.as_deref().unwrap_or(command_id.as_str()));
             let actor = CompactString::from(request.actor.as_str());
             let first = core.last_position + 1;
-            for event in events.iter().cloned() {
+            let versions = stream_versions(core, &events);
+            for (event, stream_version) in events.iter().cloned().zip(versions) {
                 core.last_position += 1;
                 let stream = stream_of(&event);
-                let version = match core.stream_versions.get_mut(&stream) {
-                    Some(version) => version,
-                    None => core.stream_versions.entry(stream.clone()).or_insert(0),
-                };
-                *version += 1;
                 batch.events.push(Envelope {
                     position: core.last_position,
                     stream,
-                    stream_version: *version,
+                    stream_version,
                     recorded_at: now,
                     command_id: command_id.clone(),
                     fingerprint,

@@ -255,6 +255,9 @@ pub struct Order {
     pub returns: Vec<Return>,
     pub refunds: Vec<Refund>,
     pub closure: Option<Closure>,
+    /// Events recorded about it so far: the version of its stream in the log. Kept here so
+    /// that the engine needs no map of every order's stream besides the orders.
+    pub stream_version: u64,
 }
 
 impl Order {
@@ -653,6 +656,7 @@ impl State {
                     returns: Vec::new(),
                     refunds: Vec::new(),
                     closure: None,
+                    stream_version: 1,
                 };
                 assert!(!self.orders.insert(order_id.clone(), order), "order {order_id} placed twice");
                 self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
@@ -754,6 +758,13 @@ impl State {
                     },
                 );
             }
+        }
+        // Every event about an order after the first counts in its stream's version.
+        if let Subject::Order(order_id) = event.subject()
+            && !matches!(event, Event::OrderPlaced { .. })
+        {
+            let order = self.order_mut(order_id);
+            order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
         }
         if cfg!(debug_assertions) {
             self.check_touched(event);
