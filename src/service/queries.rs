@@ -106,10 +106,9 @@ pub async fn history(State(app): AppState, params: Params, headers: HeaderMap) -
     let (shop, params) = reader(&app, &headers, params)?;
     let order_id = OrderId::from(param(&params, "order_id"));
     order_id.check().map_err(|r| ApiError::from_rejection(&r))?;
-    let (at, positions) = with_views(&app, &shop, |views| {
-        (views.checkpoint(), views.histories.projection().positions(&order_id).map(<[u64]>::to_vec))
-    })
-    .await?;
+    let (at, positions) =
+        with_views(&app, &shop, |views| (views.checkpoint(), views.histories.projection().positions(&order_id)))
+            .await?;
     let positions = positions.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
     let store = app.engine.store().as_ref();
     let history = crate::store::read_positions(store, &shop, &positions).await.map_err(ApiError::storage)?;

@@ -220,7 +220,7 @@ async fn the_histories_view_agrees_with_the_stream_index() {
             let stored =
                 emporium::store::order_history(store.as_ref(), &shop, order_id, through).await.expect("readable");
             let stored: Option<Vec<u64>> = stored.map(|events| events.iter().map(|e| e.position).collect());
-            let kept = views.histories.projection().positions(order_id).map(<[u64]>::to_vec);
+            let kept = views.histories.projection().positions(order_id);
             assert_eq!(kept, stored, "order {order_id} as of {through}");
             placed += usize::from(kept.is_some());
         }
@@ -471,8 +471,7 @@ async fn an_order_placed_from_a_hold_starts_its_history_with_the_hold() {
 
     // The histories view keeps the same positions, and the route reads them back.
     engine.views_reach(&shop, last, Duration::from_secs(10)).await.expect("caught up");
-    let kept =
-        engine.views(&shop, |views| views.histories.projection().positions(&OrderId::from("O-1")).map(<[u64]>::to_vec));
+    let kept = engine.views(&shop, |views| views.histories.projection().positions(&OrderId::from("O-1")));
     assert_eq!(kept.expect("served"), Some(vec![3, 5]));
     let read = emporium::store::read_positions(store.as_ref(), &shop, &[3, 5]).await.expect("readable");
     assert_eq!(
