@@ -1255,6 +1255,8 @@ struct Follower {
     last_snapshot: u64,
     /// The size of the last view snapshot, to reserve for the next.
     snapshot_bytes_last: usize,
+    /// Where the ledger spills what it keeps encoded; None keeps it in memory.
+    spill_dir: Option<PathBuf>,
 }
 
 /// Events a follower folds at once; readers wait at most for one page.
@@ -1289,6 +1291,7 @@ impl Follower {
             snapshots,
             last_snapshot: 0,
             snapshot_bytes_last: 0,
+            spill_dir: config.spill_dir.clone(),
         })
     }
 
@@ -1334,6 +1337,16 @@ impl Follower {
 
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.restore().await;
+        if let Some(dir) = &self.spill_dir {
+            // The views are restored or empty: from here on, the ledger spills after every fold.
+            match Spill::create_in(dir) {
+                Ok(spill) => {
+                    let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    views.attach_spill(Arc::new(spill));
+                }
+                Err(error) => tracing::warn!(shop = %self.shop, %error, "no spill for the views; they stay in memory"),
+            }
+        }
         loop {
             if *shutdown.borrow() {
                 let checkpoint = *self.checkpoint.borrow();
@@ -1411,8 +1424,8 @@ impl Follower {
                     let every = self.snapshots.as_ref().map_or(u64::MAX, |(_, every)| *every);
                     self.snapshot(checkpoint, every).await;
                 }
-                Err(gap) => {
-                    tracing::error!(shop = %self.shop, %gap, "views stopped following the log");
+                Err(error) => {
+                    tracing::error!(shop = %self.shop, %error, "views stopped following the log");
                     return;
                 }
             }
@@ -1430,10 +1443,16 @@ impl Follower {
         }
     }
 
-    /// Folds `envelopes`, which continue the views, and returns the new checkpoint.
-    fn fold(&self, envelopes: &[Envelope]) -> Result<u64, emporium_projections::Gap> {
+    /// Folds `envelopes`, which continue the views, and returns the new checkpoint. What the
+    /// fold touches comes back from the spill first, and what it froze goes out after.
+    fn fold(&self, envelopes: &[Envelope]) -> Result<u64, String> {
         let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        views.catch_up(envelopes, emporium_projections::AsOf::End).map(|_| views.checkpoint())
+        views.load_for(envelopes).map_err(|e| format!("the ledger's books could not be read back: {e}"))?;
+        let checkpoint = views.catch_up(envelopes, emporium_projections::AsOf::End).map(|_| views.checkpoint());
+        if let Err(error) = views.spill() {
+            tracing::warn!(shop = %self.shop, %error, "the ledger could not spill; it stays in memory");
+        }
+        checkpoint.map_err(|gap| gap.to_string())
     }
 
     /// Writes a view snapshot when at least `min_events` events were folded since the last.
@@ -1443,7 +1462,14 @@ impl Follower {
             return;
         }
         let buffer = Vec::with_capacity(snapshot_bytes_expected(self.snapshot_bytes_last));
-        let state = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode(buffer);
+        let encoded = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).encode(buffer);
+        let state = match encoded {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(shop = %self.shop, checkpoint, %error, "view snapshot not written");
+                return;
+            }
+        };
         self.snapshot_bytes_last = state.len();
         let snapshot = Snapshot { position: checkpoint, schema_version: VIEWS_SNAPSHOT_SCHEMA, state };
         let snapshots = snapshots.clone();

@@ -716,7 +716,7 @@ async fn rebuild(
 
 fn print_hashes(label: &str, views: &Views) -> Result<(), String> {
     out!("  {label} (as of position {}):", views.checkpoint())?;
-    for (name, hash) in views.hashes() {
+    for (name, hash) in views.hashes().map_err(|e| e.to_string())? {
         out!("    {name:<10} {hash}")?;
     }
     Ok(())
@@ -761,7 +761,7 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
                     rebuild(store.as_ref(), &shop, &mut resumed, as_of, &bar).await?;
                     bar.finish_and_clear();
                     print_hashes(&format!("from the snapshot at {position} and the tail"), &resumed)?;
-                    if resumed.hashes() != views.hashes() {
+                    if resumed.hashes().map_err(|e| e.to_string())? != views.hashes().map_err(|e| e.to_string())? {
                         differences.push(format!("shop {shop}: the snapshotted views differ"));
                     }
                 }
@@ -776,8 +776,9 @@ async fn replay(data: PathBuf, as_of: Option<String>, check: bool) -> Result<(),
         for (shop, views) in &rebuilt {
             let reached = engine.views_reach(shop, views.checkpoint(), std::time::Duration::from_secs(600)).await;
             let live = engine.views(shop, |live| (live.checkpoint(), live.hashes())).map_err(|e| e.to_string())?;
+            let live = (live.0, live.1.map_err(|e| e.to_string())?);
             out!("shop {shop}: live views reached {}", reached.map_err(|e| e.to_string())?)?;
-            if live.1 != views.hashes() {
+            if live.1 != views.hashes().map_err(|e| e.to_string())? {
                 differences.push(format!("shop {shop}: the live views differ (at position {})", live.0));
             }
         }

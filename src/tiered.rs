@@ -595,9 +595,15 @@ pub const BLOCK_ITEMS: usize = 1024;
 /// Guarantees: it is one sequence; iteration, equality, `Debug` and serialization see the
 /// items in order whichever are encoded, and serialize exactly as a `Vec` does. Only the
 /// last, open block is kept as values. Reading a page decodes the blocks it spans.
+///
+/// With a [`Spill`] attached, the owner's shell moves sealed blocks out of memory
+/// ([`BlockLog::spill_sealed`]); only where each one is stays. Every read that may meet a
+/// spilled block ([`BlockLog::try_iter`], [`BlockLog::after`], equality, serialization) is
+/// fallible or says how it fails; [`BlockLog::push`] never reads a block.
 pub struct BlockLog<T> {
     sealed: Vec<Block>,
     open: Vec<T>,
+    spill: Option<Arc<Spill>>,
 }
 
 /// Encoded items, with the last one's key and how many there are.
@@ -605,18 +611,25 @@ pub struct BlockLog<T> {
 struct Block {
     key_last: u64,
     items: usize,
-    bytes: Box<[u8]>,
+    bytes: Sealed,
+}
+
+/// Where a sealed block's bytes are.
+#[derive(Clone)]
+enum Sealed {
+    Held(Box<[u8]>),
+    Spilled(Spot),
 }
 
 impl<T> Default for BlockLog<T> {
     fn default() -> Self {
-        BlockLog { sealed: Vec::new(), open: Vec::new() }
+        BlockLog { sealed: Vec::new(), open: Vec::new(), spill: None }
     }
 }
 
 impl<T: Clone> Clone for BlockLog<T> {
     fn clone(&self) -> Self {
-        BlockLog { sealed: self.sealed.clone(), open: self.open.clone() }
+        BlockLog { sealed: self.sealed.clone(), open: self.open.clone(), spill: self.spill.clone() }
     }
 }
 
@@ -655,49 +668,111 @@ where
             return;
         }
         if let (Ok(bytes), Some(last)) = (postcard::to_allocvec(&self.open), self.open.last()) {
-            let block = Block { key_last: last.key(), items: self.open.len(), bytes: bytes.into_boxed_slice() };
+            let block =
+                Block { key_last: last.key(), items: self.open.len(), bytes: Sealed::Held(bytes.into_boxed_slice()) };
             self.sealed.push(block);
             self.open = Vec::new();
         }
     }
 
     /// Every item in order, sealed blocks decoded one at a time.
+    ///
+    /// Panics when a block is spilled: use [`BlockLog::try_iter`] on a log that spills.
     pub fn iter(&self) -> impl Iterator<Item = Cow<'_, T>> {
-        let sealed = self.sealed.iter().flat_map(|block| unseal::<T>(block).into_iter().map(Cow::Owned));
-        sealed.chain(self.open.iter().map(Cow::Borrowed))
+        assert!(self.spilled_blocks() == 0, "a log with spilled blocks is iterated without reading them back");
+        self.try_iter().map(|item| match item {
+            Ok(item) => item,
+            Err(error) => unreachable!("a block in memory reads: {error}"),
+        })
+    }
+
+    /// Every item in order, sealed blocks decoded (and read back from the spill) one at a
+    /// time. A block that cannot be read is one failed item, and iteration goes on after it.
+    pub fn try_iter(&self) -> impl Iterator<Item = io::Result<Cow<'_, T>>> {
+        let sealed = self.sealed.iter().flat_map(|block| {
+            let items: Vec<io::Result<Cow<'_, T>>> = match self.unseal(block) {
+                Ok(items) => items.into_iter().map(|item| Ok(Cow::Owned(item))).collect(),
+                Err(error) => vec![Err(error)],
+            };
+            items
+        });
+        sealed.chain(self.open.iter().map(|item| Ok(Cow::Borrowed(item))))
     }
 
     /// The items whose key is above `after`, at most `limit`, in order.
-    pub fn after(&self, after: u64, limit: usize) -> Vec<T> {
+    pub fn after(&self, after: u64, limit: usize) -> io::Result<Vec<T>> {
         let mut page = Vec::new();
         let first = self.sealed.partition_point(|block| block.key_last <= after);
         for block in &self.sealed[first..] {
             if page.len() >= limit {
-                return page;
+                return Ok(page);
             }
-            let items = unseal::<T>(block);
+            let items = self.unseal(block)?;
             page.extend(items.into_iter().filter(|item| item.key() > after).take(limit - page.len()));
         }
         let start = self.open.partition_point(|item| item.key() <= after);
         page.extend(self.open[start..].iter().take(limit.saturating_sub(page.len())).cloned());
-        page
+        Ok(page)
     }
-}
 
-/// Decodes a block this log encoded; failing to is a broken invariant.
-fn unseal<T: DeserializeOwned>(block: &Block) -> Vec<T> {
-    let items: Vec<T> = thaw(&block.bytes);
-    assert_eq!(items.len(), block.items, "a sealed block holds what it was sealed with");
-    items
+    /// Sealed blocks out of memory, in the spill.
+    pub fn spilled_blocks(&self) -> usize {
+        self.sealed.iter().filter(|block| matches!(block.bytes, Sealed::Spilled(_))).count()
+    }
+
+    /// Lets [`BlockLog::spill_sealed`] move sealed blocks to `spill` from now on.
+    pub fn attach(&mut self, spill: Arc<Spill>) {
+        assert!(self.spilled_blocks() == 0, "a log's spilled blocks stay in the spill they were written to");
+        self.spill = Some(spill);
+    }
+
+    /// Moves every sealed block still in memory to the spill, with one write; returns how
+    /// many blocks are spilled. Without a spill attached, nothing moves; on failure neither.
+    pub fn spill_sealed(&mut self) -> io::Result<usize> {
+        let Some(spill) = &self.spill else { return Ok(0) };
+        // Blocks are spilled oldest first, so the ones still held are the last ones.
+        let first_held = self.sealed.partition_point(|block| matches!(block.bytes, Sealed::Spilled(_)));
+        let held = &self.sealed[first_held..];
+        debug_assert!(held.iter().all(|block| matches!(block.bytes, Sealed::Held(_))), "spilled blocks come first");
+        let records = held.iter().filter_map(|block| match &block.bytes {
+            Sealed::Held(bytes) => Some(&bytes[..]),
+            Sealed::Spilled(_) => None,
+        });
+        let spots = spill.append(records)?;
+        assert_eq!(spots.len(), held.len(), "a spot per held block");
+        for (block, spot) in self.sealed[first_held..].iter_mut().zip(spots) {
+            block.bytes = Sealed::Spilled(spot);
+        }
+        Ok(self.sealed.len())
+    }
+
+    /// Decodes a sealed block, read back from the spill if it is there.
+    fn unseal(&self, block: &Block) -> io::Result<Vec<T>> {
+        let items: Vec<T> = match &block.bytes {
+            Sealed::Held(bytes) => thaw(bytes),
+            Sealed::Spilled(spot) => {
+                let Some(spill) = &self.spill else { return Err(io::Error::other("a spilled block without a spill")) };
+                let bytes = spill.read(*spot)?;
+                postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            }
+        };
+        assert_eq!(items.len(), block.items, "a sealed block holds what it was sealed with");
+        Ok(items)
+    }
 }
 
 impl<T> PartialEq for BlockLog<T>
 where
     T: Keyed + Clone + PartialEq + Serialize + DeserializeOwned,
 {
-    /// Equal when both hold the same items in the same order, whichever are encoded.
+    /// Equal when both hold the same items in the same order, whichever are encoded. An
+    /// item that cannot be read back from the spill is not shown equal to anything.
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().zip(other.iter()).all(|(ours, theirs)| ours == theirs)
+        self.len() == other.len()
+            && self.try_iter().zip(other.try_iter()).all(|(ours, theirs)| match (ours, theirs) {
+                (Ok(ours), Ok(theirs)) => ours == theirs,
+                _ => false,
+            })
     }
 }
 
@@ -708,7 +783,14 @@ where
     T: Keyed + Clone + fmt::Debug + Serialize + DeserializeOwned,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
+        let mut list = f.debug_list();
+        for item in self.try_iter() {
+            match item {
+                Ok(item) => list.entry(&item),
+                Err(error) => list.entry(&error),
+            };
+        }
+        list.finish()
     }
 }
 
@@ -716,11 +798,12 @@ impl<T> Serialize for BlockLog<T>
 where
     T: Keyed + Clone + Serialize + DeserializeOwned,
 {
-    /// A sequence, as a `Vec` of the items would be.
+    /// A sequence, as a `Vec` of the items would be; a spilled block that cannot be read
+    /// back fails it.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.len()))?;
-        for item in self.iter() {
-            seq.serialize_element(&item)?;
+        for item in self.try_iter() {
+            seq.serialize_element(&item.map_err(serde::ser::Error::custom)?)?;
         }
         seq.end()
     }
@@ -961,20 +1044,51 @@ mod tests {
         assert_eq!(log.len(), model.len());
         assert_eq!(log.sealed_len(), sealed_expected);
         assert_eq!(log.iter().map(Cow::into_owned).collect::<Vec<_>>(), model);
-        for &after in afters {
-            for limit in [0, 1, 7, BLOCK_ITEMS - 1, BLOCK_ITEMS + 1, usize::MAX] {
-                let expected: Vec<Item> = model.iter().filter(|i| i.0 > after).take(limit).cloned().collect();
-                assert_eq!(log.after(after, limit), expected, "after {after}, limit {limit}");
-            }
-        }
         let bytes = postcard::to_allocvec(&log).expect("encodes");
         assert_eq!(bytes, postcard::to_allocvec(&model).expect("encodes"), "serialized as a Vec");
         let back: BlockLog<Item> = postcard::from_bytes(&bytes).expect("decodes");
         assert!(back == log);
         assert_eq!(back.sealed_len(), sealed_expected, "sealed again as it is read");
-        let mut longer = log.clone();
-        longer.push(Item(u64::MAX, String::new()));
+        // The same log with its sealed blocks spilled, then one more block sealed and spilled.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut spilled = log.clone();
+        spilled.attach(Arc::new(Spill::create_in(dir.path()).expect("spill")));
+        let blocks = sealed_expected / BLOCK_ITEMS;
+        assert_eq!((spilled.spill_sealed().expect("spilled"), spilled.spilled_blocks()), (blocks, blocks));
+        assert!(spilled == log, "one sequence whichever blocks are spilled");
+        assert!(log.eq(&spilled), "and the other way round");
+        assert_eq!(postcard::to_allocvec(&spilled).expect("encodes"), bytes, "serialized as before");
+        for log in [&log, &spilled] {
+            let items: Vec<Item> = log.try_iter().map(|item| item.expect("read back").into_owned()).collect();
+            assert_eq!(items, model);
+            for &after in afters {
+                for limit in [0, 1, 7, BLOCK_ITEMS - 1, BLOCK_ITEMS + 1, usize::MAX] {
+                    let expected: Vec<Item> = model.iter().filter(|i| i.0 > after).take(limit).cloned().collect();
+                    assert_eq!(log.after(after, limit).expect("read back"), expected, "after {after}, limit {limit}");
+                }
+            }
+        }
+        let (mut longer, mut longer_spilled) = (log.clone(), spilled.clone());
+        for n in 0..BLOCK_ITEMS as u64 {
+            longer.push(Item(u64::MAX, n.to_string()));
+            longer_spilled.push(Item(u64::MAX, n.to_string()));
+        }
         assert!(longer != log);
+        assert_eq!(longer_spilled.spill_sealed().expect("spilled"), blocks + 1, "the new block is spilled too");
+        assert!(longer_spilled == longer);
+    }
+
+    #[test]
+    #[should_panic(expected = "a log with spilled blocks is iterated without reading them back")]
+    fn a_log_with_spilled_blocks_is_read_only_through_the_fallible_reads() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut log: BlockLog<Item> = BlockLog::default();
+        log.attach(Arc::new(Spill::create_in(dir.path()).expect("spill")));
+        for n in 0..BLOCK_ITEMS as u64 {
+            log.push(Item(n, String::new()));
+        }
+        assert_eq!(log.spill_sealed().expect("spilled"), 1);
+        let _ = log.iter().count();
     }
 
     #[test]

@@ -41,9 +41,23 @@ pub trait Projection {
     /// Folds one fact. Must depend on nothing but the state and the fact.
     fn apply(&mut self, fact: &Self::Fact);
 
-    /// The state in a canonical encoding: equal states encode to equal bytes.
-    fn encode(&self) -> Vec<u8>;
+    /// The state in a canonical encoding: equal states encode to equal bytes. Fails only
+    /// when part of the state cannot be read back from where the projection's owner moved
+    /// it (see [`Runner::projection_mut`]).
+    fn encode(&self) -> Result<Vec<u8>, EncodeError>;
 }
+
+/// A projection's state could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeError(pub String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the projection's state could not be encoded: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
 
 /// A point in the log to build up to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,19 +190,26 @@ impl<P: Projection> Runner<P> {
         &self.projection
     }
 
+    /// The projection, to change how it holds its state but never what it holds: to move
+    /// part of it out of memory or back, between folds. Folding stays [`Runner::apply`]'s,
+    /// and the checkpoint does not move.
+    pub fn projection_mut(&mut self) -> &mut P {
+        &mut self.projection
+    }
+
     /// The projection, leaving the runner.
     pub fn into_projection(self) -> P {
         self.projection
     }
 
     /// The digest of the projection's name, checkpoint and state.
-    pub fn state_hash(&self) -> StateHash {
+    pub fn state_hash(&self) -> Result<StateHash, EncodeError> {
         let mut hasher = blake3::Hasher::new();
         hasher.update(self.projection.name().as_bytes());
         hasher.update(&[0]);
         hasher.update(&self.checkpoint.to_le_bytes());
-        hasher.update(&self.projection.encode());
-        StateHash(*hasher.finalize().as_bytes())
+        hasher.update(&self.projection.encode()?);
+        Ok(StateHash(*hasher.finalize().as_bytes()))
     }
 }
 
@@ -222,8 +243,8 @@ mod tests {
         fn apply(&mut self, fact: &Entry) {
             self.0 += fact.amount;
         }
-        fn encode(&self) -> Vec<u8> {
-            self.0.to_le_bytes().to_vec()
+        fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+            Ok(self.0.to_le_bytes().to_vec())
         }
     }
 
@@ -257,6 +278,7 @@ mod tests {
         let progress = resumed.catch_up(&log, AsOf::End).expect("no gap");
         assert_eq!(progress.applied, 6);
         assert_eq!(resumed.state_hash(), whole.state_hash());
+        assert!(whole.state_hash().is_ok());
         let mut gapped = Runner::new(Sum::default());
         assert_eq!(gapped.apply(&log[2]), Err(Gap { expected: 1, found: 3 }));
         assert_eq!((gapped.checkpoint(), gapped.projection().0), (0, 0));

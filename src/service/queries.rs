@@ -197,6 +197,7 @@ pub async fn journal(State(app): AppState, params: Params, headers: HeaderMap, u
     let (at, entries) =
         with_views(&app, &shop, |views| (views.checkpoint(), views.ledger.projection().journal_after(after, limit)))
             .await?;
+    let entries = entries.map_err(ApiError::storage)?;
     Ok(axum::Json(json!({"as_of_position": at, "entries": entries})).into_response())
 }
 

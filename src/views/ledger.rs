@@ -20,15 +20,18 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Condition;
-use crate::event::{Event, RefundTarget};
+use crate::event::{Event, RefundTarget, Subject};
 use crate::ids::{OrderId, Sku, Timestamp};
 use crate::log::Envelope;
 use crate::money;
+use crate::spill::Spill;
 use crate::tiered::{BlockLog, Keyed, TieredMap};
 
 /// The chart of accounts.
@@ -170,14 +173,48 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Every journal entry, in log order.
-    pub fn journal(&self) -> impl Iterator<Item = Cow<'_, JournalEntry>> {
-        self.journal.iter()
+    /// Every journal entry, in log order; one whose block cannot be read back from the spill
+    /// is an error of its own.
+    pub fn journal(&self) -> impl Iterator<Item = io::Result<Cow<'_, JournalEntry>>> {
+        self.journal.try_iter()
     }
 
     /// Journal entries after event position `after`, at most `limit`.
-    pub fn journal_after(&self, after: u64, limit: usize) -> Vec<JournalEntry> {
+    pub fn journal_after(&self, after: u64, limit: usize) -> io::Result<Vec<JournalEntry>> {
         self.journal.after(after, limit)
+    }
+
+    /// Lets [`Ledger::spill`] move the books and journal blocks kept encoded to `spill`.
+    pub fn attach_spill(&mut self, spill: Arc<Spill>) {
+        self.books.attach(spill.clone());
+        self.journal.attach(spill);
+    }
+
+    /// Brings back into memory the books of the orders `envelopes` are about, so that
+    /// folding them reads nothing spilled. On failure the ledger holds the same state.
+    pub fn load_for(&mut self, envelopes: &[Envelope]) -> io::Result<()> {
+        if self.books.spilled_len() == 0 {
+            return Ok(());
+        }
+        for envelope in envelopes {
+            if let Subject::Order(order_id) = envelope.event.subject() {
+                self.books.load(order_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the books and sealed journal blocks kept encoded in memory to the spill, if one
+    /// is attached. On failure what did not move stays in memory.
+    pub fn spill(&mut self) -> io::Result<()> {
+        self.books.spill_frozen()?;
+        self.journal.spill_sealed()?;
+        Ok(())
+    }
+
+    /// Books and journal blocks out of memory, in the spill.
+    pub fn spilled(&self) -> (usize, usize) {
+        (self.books.spilled_len(), self.journal.spilled_blocks())
     }
 
     /// The balance of an account: debits minus credits.
@@ -225,10 +262,11 @@ impl Ledger {
         if self.balance(Account::CustomerDeposits) > Decimal::ZERO {
             return Err(format!("customer deposits overdrawn: {}", self.balance(Account::CustomerDeposits)));
         }
-        if let Some(entry) =
-            self.journal.iter().find(|e| !e.postings.iter().map(|(_, a)| *a).sum::<Decimal>().is_zero())
-        {
-            return Err(format!("the entry at {} does not balance", entry.position));
+        for entry in self.journal.try_iter() {
+            let entry = entry.map_err(|error| format!("a journal entry could not be read back: {error}"))?;
+            if !entry.postings.iter().map(|(_, a)| *a).sum::<Decimal>().is_zero() {
+                return Err(format!("the entry at {} does not balance", entry.position));
+            }
         }
         Ok(())
     }
@@ -372,7 +410,7 @@ impl emporium_projections::Projection for Ledger {
         self.apply_event(envelope);
     }
 
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> Result<Vec<u8>, emporium_projections::EncodeError> {
         super::encode(self)
     }
 }

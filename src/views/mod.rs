@@ -18,7 +18,10 @@ mod ledger;
 mod shop;
 mod timeline;
 
-use emporium_projections::{AsOf, Gap, Projection, Runner, StateHash};
+use std::io;
+use std::sync::Arc;
+
+use emporium_projections::{AsOf, EncodeError, Gap, Projection, Runner, StateHash};
 use serde::Serialize;
 
 pub use analytics::{Analytics, Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, Summary, TOP_SELLERS_MAX};
@@ -29,20 +32,18 @@ pub use timeline::{Histories, TimelineEntry};
 
 use crate::event::Event;
 use crate::log::Envelope;
+use crate::spill::Spill;
 
 /// The canonical encoding of a view's state: postcard of ordered maps and vectors only.
-pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, EncodeError> {
     encode_into(state, Vec::new())
 }
 
 /// [`encode`], appended to `buffer`: one reserved for the size expected does not grow by
-/// doubling, which would hold the old buffer and one twice its size at once.
-pub(crate) fn encode_into<T: Serialize>(state: &T, buffer: Vec<u8>) -> Vec<u8> {
-    match postcard::to_extend(state, buffer) {
-        Ok(bytes) => bytes,
-        // Views hold plain data (maps, vectors, numbers, strings): encoding cannot fail.
-        Err(error) => panic!("a view's state does not encode: {error}"),
-    }
+/// doubling, which would hold the old buffer and one twice its size at once. Views hold
+/// plain data, so it fails only when the ledger's spilled part cannot be read back.
+pub(crate) fn encode_into<T: Serialize>(state: &T, buffer: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_extend(state, buffer).map_err(|error| EncodeError(error.to_string()))
 }
 
 /// Facts from which [`Views::catch_up`] folds on two threads: a page read while catching up
@@ -124,14 +125,33 @@ impl Views {
     }
 
     /// Every view's name and state hash.
-    pub fn hashes(&self) -> Vec<(&'static str, StateHash)> {
-        vec![
-            (self.shop.projection().name(), self.shop.state_hash()),
-            (self.ledger.projection().name(), self.ledger.state_hash()),
-            (self.analytics.projection().name(), self.analytics.state_hash()),
-            (self.customers.projection().name(), self.customers.state_hash()),
-            (self.histories.projection().name(), self.histories.state_hash()),
-        ]
+    pub fn hashes(&self) -> Result<Vec<(&'static str, StateHash)>, EncodeError> {
+        Ok(vec![
+            (self.shop.projection().name(), self.shop.state_hash()?),
+            (self.ledger.projection().name(), self.ledger.state_hash()?),
+            (self.analytics.projection().name(), self.analytics.state_hash()?),
+            (self.customers.projection().name(), self.customers.state_hash()?),
+            (self.histories.projection().name(), self.histories.state_hash()?),
+        ])
+    }
+
+    /// Lets the ledger move the books and journal blocks it keeps encoded to `spill`
+    /// ([`Views::spill`]); the other views are small beside it.
+    pub fn attach_spill(&mut self, spill: Arc<Spill>) {
+        self.ledger.projection_mut().attach_spill(spill);
+    }
+
+    /// Brings back into memory what folding `facts` may read or change: the books of the
+    /// orders they are about. The shell calls it before [`Views::catch_up`], so folding never
+    /// reads the spill. On failure the views hold the same state.
+    pub fn load_for(&mut self, facts: &[Envelope]) -> io::Result<()> {
+        self.ledger.projection_mut().load_for(facts)
+    }
+
+    /// Moves what the ledger keeps encoded in memory to the spill, if one is attached.
+    /// On failure it stays in memory and nothing changes.
+    pub fn spill(&mut self) -> io::Result<()> {
+        self.ledger.projection_mut().spill()
     }
 
     /// The last position folded (the same for every view).
@@ -141,7 +161,7 @@ impl Views {
 
     /// Every view's state in one canonical encoding, for a snapshot, appended to `buffer`
     /// (reserve it for the size expected).
-    pub fn encode(&self, buffer: Vec<u8>) -> Vec<u8> {
+    pub fn encode(&self, buffer: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
         encode_into(
             &(
                 self.shop.projection(),

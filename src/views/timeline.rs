@@ -82,7 +82,7 @@ impl emporium_projections::Projection for Histories {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> Result<Vec<u8>, emporium_projections::EncodeError> {
         super::encode(self)
     }
 }
