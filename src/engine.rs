@@ -461,7 +461,7 @@ impl Engine {
         self.enqueue(shop, Job::Read(reader))?;
         answer.await.map_err(|_| CommandError::Unavailable {
             shop: shop.clone(),
-            reason: "the shop's writer stopped".to_owned(),
+            reason: "the shop's writer stopped, or the read panicked".to_owned(),
         })
     }
 
@@ -1016,7 +1016,13 @@ impl Writer {
 
     fn read(&self, read: Reader) {
         if let Some(core) = &self.core {
-            read(&core.state);
+            // A reader only sees the state, so one that panics (say, it reached a spilled
+            // order through `State::order` rather than `State::fetch_order`) leaves it whole:
+            // its caller is answered that the read failed, and the writer goes on.
+            let state = &core.state;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(state))).is_err() {
+                tracing::error!(shop = %self.shop, "a read of the shop's state panicked; the writer goes on");
+            }
         }
     }
 

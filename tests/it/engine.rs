@@ -207,6 +207,45 @@ async fn sixty_four_tasks_race_for_a_hundred_units_and_exactly_a_hundred_win() {
     assert_eq!(envelopes.len(), 102);
 }
 
+/// With one order in memory the others live in the spill: commands on them are decided
+/// after the writer loads them back, readers outside the core read them through
+/// `fetch_order`, and a reader that reaches one through `State::order` fails alone.
+#[tokio::test]
+async fn spilled_orders_are_decided_and_read_and_a_panicking_reader_stops_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let config = EngineConfig { orders_hot_max: 1, spill_dir: Some(std::env::temp_dir()), ..EngineConfig::default() };
+    let engine = Engine::open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START)), config).await.expect("opens");
+    let shop = ShopId::main();
+    engine.create_shop(&shop).await.expect("created");
+    for command in [list("TEA", dec!(10.00)), receive("TEA", 50, dec!(4.00))] {
+        engine.execute(&shop, Request::new("tester", command)).await.expect("accepted");
+    }
+    for order in ["O-1", "O-2", "O-3"] {
+        engine.execute(&shop, Request::new("buyer", place(order, &[("TEA", 2)]))).await.expect("accepted");
+    }
+    let spilled = engine.read(&shop, |state: &State| state.orders_spilled()).await.expect("served");
+    assert_eq!(spilled, 2, "every order but the last changed is out of memory");
+    let failed = engine.read(&shop, |state: &State| state.order(&"O-1".into()).is_some()).await;
+    assert!(matches!(failed, Err(CommandError::Unavailable { .. })), "{failed:?}");
+    let total = engine.read(&shop, |state: &State| state.fetch_order(&"O-1".into()).map(|o| o.map(|o| o.total)));
+    assert_eq!(total.await.expect("served").expect("read back"), Some(dec!(20.00)));
+    // Deciding on a spilled order: the writer loads it first.
+    engine.execute(&shop, Request::new("buyer", pay("O-1", dec!(20.00)))).await.expect("accepted");
+    let again = engine.execute(&shop, Request::new("buyer", place("O-2", &[("TEA", 1)]))).await;
+    assert!(matches!(again, Err(CommandError::Rejected(Rejection::OrderExists { .. }))), "{again:?}");
+    let statuses = engine.read(&shop, |state: &State| {
+        state.try_orders().map(|o| o.map(|o| (o.id.to_string(), o.status()))).collect::<Result<Vec<_>, _>>()
+    });
+    let mut statuses = statuses.await.expect("served").expect("read back");
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected =
+        [("O-1", OrderStatus::Paid), ("O-2", OrderStatus::AwaitingPayment), ("O-3", OrderStatus::AwaitingPayment)];
+    assert_eq!(statuses, expected.map(|(id, status)| (id.to_owned(), status)));
+    let (replayed, _) = replay(store.as_ref(), &shop).await;
+    let live = engine.read(&shop, State::clone).await.expect("served");
+    assert_eq!(live, replayed, "the live state, spilled, equals the log replayed in memory");
+}
+
 #[tokio::test]
 async fn deadlines_pass_by_the_engine_clock() {
     let store = Arc::new(MemoryStore::new());
