@@ -30,6 +30,10 @@ pub const SPILL_BYTES_MAX: u64 = 1 << OFFSET_BITS;
 /// The largest record a spill takes (16 MiB less one byte); a larger one stays in memory.
 pub const RECORD_BYTES_MAX: usize = (1 << (64 - OFFSET_BITS)) - 1;
 
+/// Most bytes an append gathers before it writes them: a first spill after recovery moves
+/// every encoded order at once, and must not copy them all into one buffer.
+const WRITE_BYTES_MAX: usize = 8 << 20;
+
 /// Where a record is in a spill: its offset and length packed in 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Spot(u64);
@@ -81,9 +85,18 @@ impl Spill {
         self.end_bytes.load(Ordering::Acquire)
     }
 
-    /// Appends `records` with one write, and returns where each one is, in order. On
-    /// failure nothing handed out refers to the range: the records are not in the spill.
+    /// Appends `records`, written in pieces of at most 8 MiB (one write for a batch's worth),
+    /// and returns where each one is, in order. On failure nothing handed out refers to the
+    /// range: the records are not in the spill.
     pub fn append<'r>(&self, records: impl Iterator<Item = &'r [u8]> + Clone) -> io::Result<Vec<Spot>> {
+        self.append_in_pieces(records, WRITE_BYTES_MAX)
+    }
+
+    fn append_in_pieces<'r>(
+        &self,
+        records: impl Iterator<Item = &'r [u8]> + Clone,
+        piece_bytes_max: usize,
+    ) -> io::Result<Vec<Spot>> {
         let total_bytes = records.clone().try_fold(0u64, |total, record| {
             (record.len() <= RECORD_BYTES_MAX).then(|| total.checked_add(record.len() as u64)).flatten()
         });
@@ -94,14 +107,20 @@ impl Spill {
         if start.checked_add(total_bytes).is_none_or(|end| end > SPILL_BYTES_MAX) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "the spill file is full"));
         }
-        let mut buffer = Vec::with_capacity(total_bytes as usize);
-        let mut spots = Vec::new();
+        let mut buffer = Vec::with_capacity((total_bytes as usize).min(piece_bytes_max));
+        let (mut spots, mut written) = (Vec::new(), start);
         for record in records {
-            spots.push(Spot::new(start + buffer.len() as u64, record.len()));
+            if !buffer.is_empty() && buffer.len() + record.len() > piece_bytes_max {
+                self.file.write_all_at(&buffer, written)?;
+                written += buffer.len() as u64;
+                buffer.clear();
+            }
+            spots.push(Spot::new(written + buffer.len() as u64, record.len()));
             buffer.extend_from_slice(record);
         }
-        debug_assert_eq!(buffer.len() as u64, total_bytes);
-        self.file.write_all_at(&buffer, start)?;
+        self.file.write_all_at(&buffer, written)?;
+        written += buffer.len() as u64;
+        assert_eq!(written - start, total_bytes, "every record written in its range");
         Ok(spots)
     }
 
@@ -137,6 +156,22 @@ mod tests {
         let total: usize = records.iter().map(Vec::len).sum();
         assert_eq!(spill.len_bytes(), total as u64);
         assert!(spill.read(Spot::new(total as u64, 1)).is_err(), "nothing past the end");
+    }
+
+    #[test]
+    fn records_written_in_pieces_read_back_as_written() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let records: Vec<Vec<u8>> = (0..40u8).map(|n| vec![n; usize::from(n % 7) * 5 + 1]).collect();
+        for piece_bytes_max in [1, 6, 31, 64, 10_000] {
+            let spill = Spill::create_in(dir.path()).expect("spill");
+            spill.append(std::iter::once(&b"before"[..])).expect("appended");
+            let spots = spill.append_in_pieces(records.iter().map(Vec::as_slice), piece_bytes_max).expect("appended");
+            for (spot, record) in spots.iter().zip(&records) {
+                assert_eq!(&spill.read(*spot).expect("read"), record, "pieces of {piece_bytes_max}");
+            }
+            let total: usize = records.iter().map(Vec::len).sum::<usize>() + 6;
+            assert_eq!(spill.len_bytes(), total as u64);
+        }
     }
 
     #[test]
