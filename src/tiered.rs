@@ -34,7 +34,7 @@ use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::idmap::IdMap;
+use crate::idmap::{IdMap, IdSet};
 use crate::spill::{Spill, Spot};
 
 /// Hot entries kept unless the owner sets another bound.
@@ -62,16 +62,6 @@ impl<K, V> Default for TieredMap<K, V> {
             queue: VecDeque::new(),
             hot_max: HOT_DEFAULT_MAX,
             spill: None,
-        }
-    }
-}
-
-impl<K, V> TieredMap<K, V> {
-    /// The bytes of a spilled entry.
-    fn read_bytes(&self, spot: Spot) -> io::Result<Vec<u8>> {
-        match &self.spill {
-            Some(spill) => spill.read(spot),
-            None => Err(io::Error::other("a spilled entry without a spill")),
         }
     }
 }
@@ -232,12 +222,16 @@ where
     /// Adds encoded entries, frozen, as [`TieredMap::spilled`] took them out: for a map read
     /// from an [`image`]. Refuses (and adds nothing) if a key is already in the map.
     pub fn restore_frozen(&mut self, entries: Vec<(K, Box<[u8]>)>) -> Result<(), &'static str> {
-        let mut seen = IdMap::default();
+        // Borrowed keys: a snapshot restores millions, and cloning each would double them.
+        let mut seen = IdSet::default();
+        seen.reserve(entries.len());
         for (key, _) in &entries {
-            if self.contains_key(key) || seen.insert(key.clone(), ()).is_some() {
+            if self.contains_key(key) || !seen.insert(key) {
                 return Err("a restored key is already in the map");
             }
         }
+        drop(seen);
+        self.frozen.reserve(entries.len());
         self.frozen.extend(entries);
         Ok(())
     }
@@ -246,15 +240,14 @@ where
     /// and [`TieredMap::get_mut`] may reach it. Anything else is left as it is.
     pub fn load(&mut self, key: &K) -> io::Result<()> {
         let Some(spot) = self.spilled.get(key).copied() else { return Ok(()) };
-        let bytes = self.read_bytes(spot)?;
+        let bytes = read_spot(self.spill.as_deref(), spot)?;
         self.spilled.remove(key);
         self.frozen.insert(key.clone(), bytes.into_boxed_slice());
         Ok(())
     }
 
     fn read_spilled(&self, spot: Spot) -> io::Result<V> {
-        let bytes = self.read_bytes(spot)?;
-        postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        read_decoded(self.spill.as_deref(), spot)
     }
 
     /// Freezes the oldest hot entries until at most `hot_max` are hot. An entry that does
@@ -308,25 +301,36 @@ impl<K: Serialize> Serialize for SpilledEntries<K> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.spots.len()))?;
         for (key, spot) in &self.spots {
-            let bytes = match &self.spill {
-                Some(spill) => spill.read(*spot).map_err(serde::ser::Error::custom)?,
-                None => return Err(serde::ser::Error::custom("spilled entries without a spill")),
-            };
-            seq.serialize_element(&(key, serde_bytes_ref(&bytes)))?;
+            let bytes = read_spot(self.spill.as_deref(), *spot).map_err(serde::ser::Error::custom)?;
+            seq.serialize_element(&(key, Raw(&bytes)))?;
         }
         seq.end()
     }
 }
 
-/// Bytes that serialize as bytes (postcard writes them as a `Vec<u8>` would be written).
-fn serde_bytes_ref(bytes: &[u8]) -> impl Serialize + '_ {
-    struct AsBytes<'a>(&'a [u8]);
-    impl Serialize for AsBytes<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_bytes(self.0)
-        }
+/// Encoded bytes, written as bytes rather than as a sequence of numbers (postcard writes
+/// them as it writes a `Vec<u8>`).
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
     }
-    AsBytes(bytes)
+}
+
+/// The bytes of a spilled record; an error when there is no spill to read it from.
+fn read_spot(spill: Option<&Spill>, spot: Spot) -> io::Result<Vec<u8>> {
+    match spill {
+        Some(spill) => spill.read(spot),
+        None => Err(io::Error::other("a spilled record without a spill")),
+    }
+}
+
+/// A spilled record decoded; bytes that do not decode are `InvalidData`, not a panic, since
+/// they came back through IO.
+fn read_decoded<T: DeserializeOwned>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
+    let bytes = read_spot(spill, spot)?;
+    postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Decodes a frozen entry. The bytes were encoded from a value of the same type in this
@@ -486,15 +490,6 @@ pub mod image {
                 seq.serialize_element(&(key, Raw(bytes)))?;
             }
             seq.end()
-        }
-    }
-
-    /// Encoded bytes, written as bytes rather than as a sequence of numbers.
-    struct Raw<'a>(&'a [u8]);
-
-    impl Serialize for Raw<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_bytes(self.0)
         }
     }
 
@@ -750,11 +745,7 @@ where
     fn unseal(&self, block: &Block) -> io::Result<Vec<T>> {
         let items: Vec<T> = match &block.bytes {
             Sealed::Held(bytes) => thaw(bytes),
-            Sealed::Spilled(spot) => {
-                let Some(spill) = &self.spill else { return Err(io::Error::other("a spilled block without a spill")) };
-                let bytes = spill.read(*spot)?;
-                postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-            }
+            Sealed::Spilled(spot) => read_decoded(self.spill.as_deref(), *spot)?,
         };
         assert_eq!(items.len(), block.items, "a sealed block holds what it was sealed with");
         Ok(items)
