@@ -1494,35 +1494,43 @@ fn snapshot_bytes_expected(last_bytes: usize) -> usize {
     last_bytes.saturating_mul(2)
 }
 
-/// The stream version of each of `events`, which the state has just applied. An order's
-/// stream counts in the order itself ([`crate::state::Order::stream_version`]), now at its
-/// last event here: earlier events of the same order get their version by counting back.
-/// Other streams (SKUs, checkout holds) count in `core.stream_versions`.
-fn stream_versions(core: &mut Core, events: &[Event]) -> Vec<u64> {
+/// The stream and stream version of each of `events`, which the state has just applied.
+/// An order's stream counts in the order itself ([`crate::state::Order::stream_version`]),
+/// now at its last event here: earlier events of the same order get their version by
+/// counting back. Other streams (SKUs, checkout holds) count in `core.stream_versions`.
+fn stream_versions(core: &mut Core, events: &[Event]) -> Vec<(CompactString, u64)> {
     let mut versions = vec![0; events.len()];
-    // Events of each order after the one at hand, in this command.
+    // Events of each order after the one at hand, in this command: none when there is one
+    // event, as for most commands, so the map is only built for the others.
     let mut later: IdMap<&OrderId, u64> = IdMap::default();
     for (index, event) in events.iter().enumerate().rev() {
         if let Subject::Order(order_id) = event.subject() {
             let Some(order) = core.state.order(order_id) else { panic!("an applied event's order {order_id} exists") };
-            let after = later.entry(order_id).or_insert(0);
-            assert!(order.stream_version > *after, "order {order_id} counts every event applied");
-            versions[index] = order.stream_version - *after;
-            *after += 1;
-        }
-    }
-    for (event, version) in events.iter().zip(versions.iter_mut()) {
-        if !matches!(event.subject(), Subject::Order(_)) {
-            let stream = stream_of(event);
-            let counted = match core.stream_versions.get_mut(&stream) {
-                Some(counted) => counted,
-                None => core.stream_versions.entry(stream).or_insert(0),
+            let after = match events.len() {
+                1 => 0,
+                _ => {
+                    let after = later.entry(order_id).or_insert(0);
+                    *after += 1;
+                    *after - 1
+                }
             };
-            *counted += 1;
-            *version = *counted;
+            assert!(order.stream_version > after, "order {order_id} counts every event applied");
+            versions[index] = order.stream_version - after;
         }
     }
-    versions
+    let streams = events.iter().zip(versions).map(|(event, version)| {
+        let stream = stream_of(event);
+        if matches!(event.subject(), Subject::Order(_)) {
+            return (stream, version);
+        }
+        let counted = match core.stream_versions.get_mut(&stream) {
+            Some(counted) => counted,
+            None => core.stream_versions.entry(stream.clone()).or_insert(0),
+        };
+        *counted += 1;
+        (stream, *counted)
+    });
+    streams.collect()
 }
 
 /// Decides one request into `batch`: its events, or its rejection, and remembers its outcome.
@@ -1560,10 +1568,9 @@ fn decide_one(
             let correlation_id = CompactString::from(request.correlation_id.as_deref().unwrap_or(command_id.as_str()));
             let actor = CompactString::from(request.actor.as_str());
             let first = core.last_position + 1;
-            let versions = stream_versions(core, &events);
-            for (event, stream_version) in events.iter().cloned().zip(versions) {
+            let streams = stream_versions(core, &events);
+            for (event, (stream, stream_version)) in events.iter().cloned().zip(streams) {
                 core.last_position += 1;
-                let stream = stream_of(&event);
                 batch.events.push(Envelope {
                     position: core.last_position,
                     stream,
