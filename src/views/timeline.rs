@@ -138,50 +138,57 @@ impl Trail {
 
     /// Every position, oldest first.
     pub fn positions(&self) -> Vec<u64> {
-        let mut positions = Vec::with_capacity(self.0.len());
-        let (mut last, mut gap, mut shift) = (0u64, 0u64, 0u32);
-        for byte in &self.0 {
-            gap |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                last += gap;
-                positions.push(last);
-                (gap, shift) = (0, 0);
-            } else {
-                shift += 7;
-            }
-        }
-        assert_eq!(shift, 0, "a trail ends at the end of a varint");
-        positions
+        self.iter().collect()
     }
 
     /// The last position.
     pub fn last(&self) -> Option<u64> {
-        self.positions().last().copied()
+        self.iter().last()
+    }
+
+    /// Every position, oldest first, decoded as it is reached: no allocation.
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let (mut bytes, mut last) = (self.0.iter(), 0u64);
+        std::iter::from_fn(move || {
+            let (mut gap, mut shift) = (0u64, 0u32);
+            for byte in bytes.by_ref() {
+                gap |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    last += gap;
+                    return Some(last);
+                }
+                shift += 7;
+            }
+            assert_eq!(shift, 0, "a trail ends at the end of a varint");
+            None
+        })
     }
 
     /// Appends `position`, which must be above the last one.
     pub fn push(&mut self, position: u64) {
         let last = self.last().unwrap_or(0);
         assert!(position > last || (self.0.is_empty() && position == 0), "a history runs in log order");
-        let mut gap = position - last;
-        let mut bytes = Vec::with_capacity(self.0.len() + VARINT_BYTES_MAX);
-        bytes.extend_from_slice(&self.0);
+        let (mut gap, mut varint, mut varint_len) = (position - last, [0u8; VARINT_BYTES_MAX], 0);
         loop {
             let low = (gap & 0x7f) as u8;
             gap >>= 7;
+            varint[varint_len] = if gap == 0 { low } else { low | 0x80 };
+            varint_len += 1;
             if gap == 0 {
-                bytes.push(low);
                 break;
             }
-            bytes.push(low | 0x80);
         }
+        // Exactly the room needed, so the boxed slice takes the vector's block as it is.
+        let mut bytes = Vec::with_capacity(self.0.len() + varint_len);
+        bytes.extend_from_slice(&self.0);
+        bytes.extend_from_slice(&varint[..varint_len]);
         self.0 = bytes.into_boxed_slice();
     }
 }
 
 impl fmt::Debug for Trail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.positions()).finish()
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
