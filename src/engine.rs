@@ -47,7 +47,7 @@ use crate::idmap::IdMap;
 use crate::ids::{CommandId, OrderId, ShopId, Timestamp};
 use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::metrics::Histogram;
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, Shortage};
 use crate::remembered::{GENERATIONS, Remembered};
 use crate::spill::Spill;
 use crate::state::{Policy, State};
@@ -555,8 +555,9 @@ enum Outcome {
     Appended { first: u64, more: u32 },
     /// Accepted, and nothing appended.
     Unchanged,
-    /// Boxed: most remembered commands were accepted.
-    Rejected(Box<Rejection>),
+    /// Behind a pointer: most remembered commands were accepted. Shared between the
+    /// commands refused for the same shortages ([`SharedShortages`]).
+    Rejected(Arc<Rejection>),
 }
 
 impl Outcome {
@@ -586,6 +587,41 @@ const _: () = assert!(std::mem::size_of::<Known>() == 32, "a remembered command'
 /// Remembered command ids, forgotten after the window (in generations: see [`Remembered`]).
 type Idempotency = Remembered<CommandId, Known>;
 
+/// How many distinct shortages [`SharedShortages`] keeps before it starts afresh.
+const SHARED_SHORTAGES_MAX: usize = 4_096;
+
+/// One remembered refusal per distinct shortage. On a sold-out day most orders are refused
+/// because one of a few hot SKUs has nothing left, and a day of them is remembered: shared,
+/// they cost a pointer each instead of two allocations.
+///
+/// Only [`Rejection::InsufficientStock`] is shared: its fields are ids and integers, so
+/// rejections that compare equal also read and serialize the same (two equal decimals may
+/// not). Bounded: once full it is cleared, which costs sharing, never correctness.
+#[derive(Default)]
+struct SharedShortages {
+    by_shortages: IdMap<Vec<Shortage>, Arc<Rejection>>,
+}
+
+impl SharedShortages {
+    /// `rejection` behind a pointer, the one shared with equal refusals where there is one.
+    fn share(&mut self, rejection: &Rejection) -> Arc<Rejection> {
+        let Rejection::InsufficientStock { shortages } = rejection else {
+            return Arc::new(rejection.clone());
+        };
+        if let Some(shared) = self.by_shortages.get(shortages) {
+            debug_assert_eq!(**shared, *rejection);
+            return Arc::clone(shared);
+        }
+        if self.by_shortages.len() >= SHARED_SHORTAGES_MAX {
+            self.by_shortages.clear();
+        }
+        let shared = Arc::new(rejection.clone());
+        self.by_shortages.insert(shortages.clone(), Arc::clone(&shared));
+        assert!(self.by_shortages.len() <= SHARED_SHORTAGES_MAX);
+        shared
+    }
+}
+
 /// A shop's in-memory side, rebuilt from its log.
 struct Core {
     state: State,
@@ -593,6 +629,8 @@ struct Core {
     /// ([`crate::state::Order::stream_version`]), so this does not grow with the orders.
     stream_versions: IdMap<CompactString, u64>,
     idempotency: Idempotency,
+    /// What the remembered refusals share.
+    shared_shortages: SharedShortages,
     last_position: u64,
     last_recorded_at: Timestamp,
     /// The snapshot position this core was recovered from.
@@ -677,13 +715,19 @@ impl Core {
     fn from_image(image: CoreImage, position: u64, window_ms: u64) -> Core {
         let (state, streams, known, last_recorded_at, _) = image;
         let mut idempotency = Idempotency::new(window_ms);
-        for (at, command_id, entry) in known {
+        // A snapshot holds each refusal apart; they are shared again as they are read.
+        let mut shared_shortages = SharedShortages::default();
+        for (at, command_id, mut entry) in known {
+            if let Outcome::Rejected(rejection) = &mut entry.outcome {
+                *rejection = shared_shortages.share(rejection);
+            }
             idempotency.remember_new(at, command_id, entry);
         }
         Core {
             state,
             stream_versions: streams,
             idempotency,
+            shared_shortages,
             last_position: position,
             last_recorded_at,
             resumed_from: Some(position),
@@ -749,6 +793,7 @@ impl Core {
                     state: State::new(),
                     stream_versions: IdMap::default(),
                     idempotency: Idempotency::new(config.idempotency_window_ms),
+                    shared_shortages: SharedShortages::default(),
                     last_position: 0,
                     last_recorded_at: Timestamp(0),
                     resumed_from: None,
@@ -808,8 +853,8 @@ impl Core {
         rejections.sort_by_key(|r| r.recorded_at);
         for record in rejections {
             if record.recorded_at >= horizon {
-                let known =
-                    Known { fingerprint: record.fingerprint, outcome: Outcome::Rejected(Box::new(record.rejection)) };
+                let outcome = Outcome::Rejected(core.shared_shortages.share(&record.rejection));
+                let known = Known { fingerprint: record.fingerprint, outcome };
                 core.idempotency.remember(record.recorded_at, record.command_id, known);
             }
         }
@@ -1596,7 +1641,7 @@ fn decide_one(
                 rejection: rejection.clone(),
                 recorded_at: now,
             });
-            let known = Known { fingerprint, outcome: Outcome::Rejected(Box::new(rejection.clone())) };
+            let known = Known { fingerprint, outcome: Outcome::Rejected(core.shared_shortages.share(&rejection)) };
             core.idempotency.remember_new(now, command_id, known);
             Err(CommandError::Rejected(rejection))
         }
@@ -1693,5 +1738,29 @@ mod tests {
         check(&[2, 3, 5, 6], &[]).await;
         // Handed again, out of order: batches already folded are dropped.
         check(&every, &[1, 0, 3, 2, 8]).await;
+    }
+
+    /// Refusals for equal shortages share one allocation; any other refusal, or a different
+    /// shortage, gets its own; and the table never holds more than its bound.
+    #[test]
+    fn refusals_for_the_same_shortage_are_remembered_once() {
+        let short = |sku: &str, requested: u64| Rejection::InsufficientStock {
+            shortages: vec![Shortage { sku: sku.into(), requested, available: 0 }],
+        };
+        let mut shared = SharedShortages::default();
+        let (first, again) = (shared.share(&short("HOT", 1)), shared.share(&short("HOT", 1)));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(*first, short("HOT", 1));
+        let other = shared.share(&short("HOT", 2));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(*other, short("HOT", 2));
+        let unknown = Rejection::UnknownOrder { order_id: "O-1".into() };
+        let (one, two) = (shared.share(&unknown), shared.share(&unknown));
+        assert!(!Arc::ptr_eq(&one, &two), "only shortages are shared");
+        assert_eq!((*one == unknown, shared.by_shortages.len()), (true, 2));
+        for requested in 0..SHARED_SHORTAGES_MAX as u64 + 10 {
+            assert_eq!(*shared.share(&short("COLD", requested)), short("COLD", requested));
+            assert!(shared.by_shortages.len() <= SHARED_SHORTAGES_MAX);
+        }
     }
 }

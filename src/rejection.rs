@@ -42,7 +42,7 @@ pub enum Field {
 }
 
 /// One SKU that an order or reservation asked more of than is available.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Shortage {
     /// The SKU.
     pub sku: Sku,
