@@ -11,6 +11,7 @@
 //! alone, never on the seed or on the order of insertion.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 
 use serde::{Serialize, Serializer};
 
@@ -22,6 +23,25 @@ pub type IdMap<K, V> = HashMap<K, V, IdHasher>;
 
 /// A hash set of identifiers.
 pub type IdSet<K> = HashSet<K, IdHasher>;
+
+/// Tables of at most this capacity are never shrunk: they cost little, and a map that
+/// empties and fills again around a small size should not rehash every time.
+pub const SHRINK_CAPACITY_MIN: usize = 1 << 12;
+
+/// Gives a map's table back once it is three quarters empty.
+///
+/// A hash table never shrinks on removal, so a map of open orders that held millions at a
+/// day's peak would keep its peak table after they shipped. Call this after removing:
+/// below a quarter full (and above [`SHRINK_CAPACITY_MIN`]), the table is rebuilt for
+/// twice its entries. It is not rebuilt again before half of those are removed, so the
+/// rebuilds cost O(1) per removal, amortized.
+pub fn shrink_if_sparse<K: Hash + Eq, V>(map: &mut IdMap<K, V>) {
+    let capacity = map.capacity();
+    if capacity > SHRINK_CAPACITY_MIN && map.len() < capacity / 4 {
+        map.shrink_to(map.len().saturating_mul(2));
+        debug_assert!(map.capacity() < capacity, "shrinking gave memory back");
+    }
+}
 
 /// Serializes a map as a map in key order, exactly as a `BTreeMap` of it would be.
 pub fn sorted_map<K: Ord + Serialize, V: Serialize, S: Serializer>(
@@ -45,6 +65,28 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+
+    /// A map that grew large and emptied gives its table back, keeps its entries, and
+    /// still takes new ones; a small map keeps its table.
+    #[test]
+    fn a_map_three_quarters_empty_is_shrunk() {
+        let mut map: IdMap<u64, u64> = (0..100_000).map(|n| (n, n * 2)).collect();
+        let peak = map.capacity();
+        for n in 0..99_000 {
+            assert_eq!(map.remove(&n), Some(n * 2));
+            shrink_if_sparse(&mut map);
+            assert!(map.len() >= map.capacity() / 4 || map.capacity() <= SHRINK_CAPACITY_MIN);
+        }
+        assert!(map.capacity() < peak / 16, "{} of {peak}", map.capacity());
+        assert!((99_000..100_000).all(|n| map.get(&n) == Some(&(n * 2))));
+        map.extend((0..10).map(|n| (n, n)));
+        assert_eq!(map.len(), 1_010);
+        let mut small: IdMap<u64, u64> = (0..1_000).map(|n| (n, n)).collect();
+        let capacity = small.capacity();
+        small.retain(|n, _| *n == 0);
+        shrink_if_sparse(&mut small);
+        assert_eq!(small.capacity(), capacity);
+    }
 
     #[derive(Serialize)]
     struct Maps {

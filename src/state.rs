@@ -898,6 +898,7 @@ impl State {
                 let Some(held) = holds.remove(order_id) else {
                     panic!("closing order {order_id}, which holds nothing")
                 };
+                crate::idmap::shrink_if_sparse(holds);
                 self.stock_released(&held);
                 self.check_stock_of(held.iter().map(|(sku, _)| sku));
             }
@@ -915,6 +916,7 @@ impl State {
                 }
                 if held.iter().all(|(_, quantity)| *quantity == 0) {
                     holds.remove(order_id);
+                    crate::idmap::shrink_if_sparse(holds);
                 }
             }
             Event::ReturnReceived { lines, .. } => {

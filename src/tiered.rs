@@ -208,6 +208,8 @@ where
             debug_assert_eq!(bytes.map(|b| b.len()), Some(spot.len()));
             assert!(self.spilled.insert(key, spot).is_none(), "an entry is in one tier");
         }
+        // Recovery freezes every order before the spill is attached: give that table back.
+        crate::idmap::shrink_if_sparse(&mut self.frozen);
         Ok(self.spilled.len())
     }
 

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::idmap::{IdMap, IdSet};
+use crate::idmap::{IdMap, IdSet, shrink_if_sparse};
 use crate::ids::{CustomerId, OrderId, Sku, Timestamp};
 use crate::log::Envelope;
 
@@ -233,9 +233,12 @@ impl emporium_projections::Projection for Analytics {
             Event::OrderCancelled { order_id, .. } | Event::OrderExpired { order_id, .. } => {
                 self.placed.remove(order_id);
                 self.awaiting_shipment.remove(order_id);
+                shrink_if_sparse(&mut self.placed);
+                shrink_if_sparse(&mut self.awaiting_shipment);
             }
             Event::OrderPaid { order_id, amount, paid_at, .. } => {
                 let Some((customer_id, lines)) = self.placed.remove(order_id) else { return };
+                shrink_if_sparse(&mut self.placed);
                 let repeat = !self.payers.insert(customer_id.clone());
                 self.awaiting_shipment.insert(order_id.clone(), *paid_at);
                 let hour = self.hour(at);
@@ -251,6 +254,7 @@ impl emporium_projections::Projection for Analytics {
             }
             Event::ShipmentDispatched { order_id, lines, .. } => {
                 let paid_at = self.awaiting_shipment.remove(order_id);
+                shrink_if_sparse(&mut self.awaiting_shipment);
                 let hour = self.hour(at);
                 hour.shipped_units += lines.iter().map(|l| l.quantity).sum::<u64>();
                 if let Some(paid_at) = paid_at {

@@ -62,6 +62,7 @@ impl emporium_projections::Projection for Histories {
             (Event::OrderPlaced { order_id, reservation_id, .. }, _) => {
                 let mut positions =
                     reservation_id.as_ref().and_then(|hold| self.holds.remove(hold)).unwrap_or_default();
+                crate::idmap::shrink_if_sparse(&mut self.holds);
                 positions.push(position);
                 let earlier = self.orders.insert(order_id.clone(), Trail::of(&positions));
                 assert!(earlier.is_none(), "order {order_id} placed twice");
@@ -71,6 +72,7 @@ impl emporium_projections::Projection for Histories {
             }
             (Event::ReservationReleased { reservation_id } | Event::ReservationExpired { reservation_id, .. }, _) => {
                 self.holds.remove(reservation_id);
+                crate::idmap::shrink_if_sparse(&mut self.holds);
             }
             (_, Subject::Order(order_id)) => {
                 let Some(positions) = self.orders.get_mut(order_id) else {
