@@ -12,15 +12,15 @@
 //!   least the window and at most an eighth longer.
 //!
 //! Ids are kept in one map per generation, each covering `span_ms` of time from its first
-//! id. Forgetting drops whole generations, so no id is kept twice (as it would be in a map
+//! id, and each a [`PackedMap`]: a burst of millions of commands lands in one generation. Forgetting drops whole generations, so no id is kept twice (as it would be in a map
 //! and a queue of ids by time) and nothing is removed one by one. A lookup that misses
 //! probes every generation, at most `GENERATIONS + 2`.
 
 use std::collections::VecDeque;
 use std::hash::Hash;
 
-use crate::idmap::IdMap;
 use crate::ids::Timestamp;
+use crate::packed::PackedMap;
 
 /// How many generations a window is cut into.
 pub const GENERATIONS: u64 = 8;
@@ -37,7 +37,7 @@ pub struct Remembered<K, V> {
 #[derive(Debug)]
 struct Generation<K, V> {
     start: Timestamp,
-    entries: IdMap<K, V>,
+    entries: PackedMap<K, V>,
 }
 
 impl<K: Hash + Eq, V> Remembered<K, V> {
@@ -73,7 +73,7 @@ impl<K: Hash + Eq, V> Remembered<K, V> {
         let index = self.generations.iter().position(|generation| at.0 < generation.start.0.saturating_add(span_ms));
         let index = index.unwrap_or_else(|| {
             assert!(self.generations.back().is_none_or(|newest| newest.start < at), "generations start in order");
-            self.generations.push_back(Generation { start: at, entries: IdMap::default() });
+            self.generations.push_back(Generation { start: at, entries: PackedMap::new() });
             self.generations.len() - 1
         });
         self.generations[index].entries.insert(key, value);

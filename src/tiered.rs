@@ -35,6 +35,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::idmap::{IdMap, IdSet};
+use crate::packed::PackedMap;
 use crate::spill::{Spill, Spot};
 
 /// Hot entries kept unless the owner sets another bound.
@@ -44,8 +45,9 @@ pub const HOT_DEFAULT_MAX: usize = 65_536;
 pub struct TieredMap<K, V> {
     hot: IdMap<K, V>,
     frozen: IdMap<K, Box<[u8]>>,
-    /// Frozen entries moved to `spill`, by where they are there.
-    spilled: IdMap<K, Spot>,
+    /// Frozen entries moved to `spill`, by where they are there. Packed: after a busy day
+    /// this holds nearly every order.
+    spilled: PackedMap<K, Spot>,
     /// The hot keys, each once, in the order they became hot.
     queue: VecDeque<K>,
     hot_max: usize,
@@ -58,7 +60,7 @@ impl<K, V> Default for TieredMap<K, V> {
         TieredMap {
             hot: IdMap::default(),
             frozen: IdMap::default(),
-            spilled: IdMap::default(),
+            spilled: PackedMap::new(),
             queue: VecDeque::new(),
             hot_max: HOT_DEFAULT_MAX,
             spill: None,

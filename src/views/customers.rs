@@ -4,9 +4,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::idmap::IdMap;
 use crate::ids::{CustomerId, OrderId, Timestamp};
 use crate::log::Envelope;
+use crate::packed::PackedMap;
 
 /// One buyer's record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,10 +33,10 @@ impl CustomerStats {
 /// The customers projection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customers {
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
-    customers: IdMap<CustomerId, CustomerStats>,
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
-    buyer_of: IdMap<OrderId, CustomerId>,
+    /// Packed maps: a busy day has a record for most of a million buyers, and a buyer for
+    /// every order.
+    customers: PackedMap<CustomerId, CustomerStats>,
+    buyer_of: PackedMap<OrderId, CustomerId>,
 }
 
 impl Customers {
@@ -73,10 +73,7 @@ impl emporium_projections::Projection for Customers {
             Event::OrderPlaced { order_id, customer_id, placed_at, .. } => {
                 self.buyer_of.insert(order_id.clone(), customer_id.clone());
                 // Clone the id only for a new buyer: most orders on a busy day are not.
-                let stats = match self.customers.get_mut(customer_id) {
-                    Some(stats) => stats,
-                    None => self.customers.entry(customer_id.clone()).or_default(),
-                };
+                let stats = self.customers.get_or_insert_with(customer_id, CustomerStats::default);
                 stats.orders += 1;
                 stats.first_order_at.get_or_insert(*placed_at);
                 stats.last_order_at = Some(*placed_at);

@@ -25,12 +25,13 @@ use crate::event::{Event, Subject};
 use crate::idmap::IdMap;
 use crate::ids::{CommandId, OrderId, ReservationId, Timestamp};
 use crate::log::Envelope;
+use crate::packed::PackedMap;
 
 /// The positions of every order's events, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histories {
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
-    orders: IdMap<OrderId, Trail>,
+    /// Packed: a position trail for every order ever placed.
+    orders: PackedMap<OrderId, Trail>,
     /// Active holds' positions, until an order takes them over or they end.
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     holds: IdMap<ReservationId, Vec<u64>>,
