@@ -12,9 +12,10 @@
 //!   least the window and at most an eighth longer.
 //!
 //! Ids are kept in one map per generation, each covering `span_ms` of time from its first
-//! id, and each a [`PackedMap`]: a burst of millions of commands lands in one generation. Forgetting drops whole generations, so no id is kept twice (as it would be in a map
-//! and a queue of ids by time) and nothing is removed one by one. A lookup that misses
-//! probes every generation, at most `GENERATIONS + 2`.
+//! id, and each a [`PackedMap`], since a burst of millions of commands lands in one
+//! generation. Forgetting drops whole generations, so no id is kept twice (as it would be
+//! in a map and a queue of ids by time) and nothing is removed one by one. A lookup that
+//! misses probes every generation, at most `GENERATIONS + 2`.
 
 use std::collections::VecDeque;
 use std::hash::Hash;
