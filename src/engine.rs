@@ -341,6 +341,19 @@ impl Engine {
             shutdown: watch::channel(false).0,
             recovered_from: std::sync::Mutex::new(HashMap::new()),
         };
+        if let Some(dir) = &engine.config.spill_dir {
+            // Spills of processes that ended before removing their names; a failure to
+            // list or remove them costs disk only, and the spills made below still work.
+            match Spill::remove_leftovers(dir) {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(removed, dir = %dir.display(), "removed spill files left by ended processes")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, dir = %dir.display(), "could not remove spill files left by ended processes")
+                }
+            }
+        }
         for shop in store.shops().await? {
             engine.start(&shop).await?;
         }

@@ -9,6 +9,10 @@
 //!   bytes, for as long as the `Spill` lives. Nothing is rewritten in place.
 //! - Nothing is synced. The file is not durable and need not be: everything in it can be
 //!   rebuilt from the event log, and a process that restarts makes a new one.
+//! - A process that ends between creating its spill and removing the name leaves a file
+//!   named `.spill-PID-N`. [`Spill::remove_leftovers`] removes those of other processes, and
+//!   a new spill that meets one of its own name (a process before it had the same id)
+//!   takes its place.
 //! - Appending and reading take `&self`, so one spill can be shared behind an `Arc`; each
 //!   append reserves its range first, so concurrent appends never overlap.
 //!
@@ -33,6 +37,21 @@ pub const RECORD_BYTES_MAX: usize = (1 << (64 - OFFSET_BITS)) - 1;
 /// Most bytes an append gathers before it writes them: a first spill after recovery moves
 /// every encoded order at once, and must not copy them all into one buffer.
 const WRITE_BYTES_MAX: usize = 8 << 20;
+
+/// How every spill file's name begins; then the process id, a dash and a serial.
+const SPILL_PREFIX: &str = ".spill-";
+
+fn own_prefix() -> String {
+    format!("{SPILL_PREFIX}{}-", std::process::id())
+}
+
+/// Removes `path`'s name; one already gone is as good.
+fn forget_name(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        removed => removed,
+    }
+}
 
 /// Where a record is in a spill: its offset and length packed in 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,10 +93,42 @@ impl Spill {
     pub fn create_in(dir: &Path) -> io::Result<Spill> {
         static CREATED: AtomicU64 = AtomicU64::new(0);
         let serial = CREATED.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".spill-{}-{serial}", std::process::id()));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        std::fs::remove_file(&path)?;
+        Spill::create_named(&dir.join(format!("{}{serial}", own_prefix())))
+    }
+
+    /// A new, empty spill at `path`, already removed. A file already there can only be
+    /// left by an earlier process with this one's id (this process numbers its own), so it
+    /// is removed and created anew, once.
+    fn create_named(path: &Path) -> io::Result<Spill> {
+        let create = || OpenOptions::new().read(true).write(true).create_new(true).open(path);
+        let file = match create() {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                forget_name(path)?;
+                create()?
+            }
+            opened => opened?,
+        };
+        forget_name(path)?;
         Ok(Spill { file, end_bytes: AtomicU64::new(0) })
+    }
+
+    /// Removes the spill files other processes left in `dir` when they ended before
+    /// removing their names; returns how many. A spill in use has no name, so none is
+    /// touched, and one that another process is creating in `dir` only loses, a moment
+    /// early, the name it was about to remove itself.
+    pub fn remove_leftovers(dir: &Path) -> io::Result<usize> {
+        let own = own_prefix();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(SPILL_PREFIX) && !name.starts_with(&own) && entry.file_type()?.is_file() {
+                forget_name(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Bytes written so far, reclaimable or not.
@@ -156,6 +207,27 @@ mod tests {
         let total: usize = records.iter().map(Vec::len).sum();
         assert_eq!(spill.len_bytes(), total as u64);
         assert!(spill.read(Spot::new(total as u64, 1)).is_err(), "nothing past the end");
+    }
+
+    /// Names left by ended processes go, whoever they were; other files stay; a leftover
+    /// with this process's own name is replaced by the new spill.
+    #[test]
+    fn leftover_spill_files_are_removed_or_replaced() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let other = dir.path().join(format!("{SPILL_PREFIX}{}-3", std::process::id().wrapping_add(1)));
+        let own = dir.path().join(format!("{}{}", own_prefix(), u64::MAX));
+        let unrelated = dir.path().join("spill-notes.txt");
+        for path in [&other, &own, &unrelated] {
+            std::fs::write(path, b"left").expect("written");
+        }
+        assert_eq!(Spill::remove_leftovers(dir.path()).expect("listed"), 1);
+        assert!(!other.exists() && own.exists() && unrelated.exists());
+        let spill = Spill::create_named(&own).expect("created over the leftover");
+        assert!(!own.exists(), "the new spill has no name either");
+        assert_eq!(spill.len_bytes(), 0);
+        let spot = spill.append([&b"fresh"[..]].into_iter()).expect("appended");
+        assert_eq!(spill.read(spot[0]).expect("read"), b"fresh");
+        assert_eq!(Spill::remove_leftovers(dir.path()).expect("listed"), 0);
     }
 
     #[test]

@@ -207,6 +207,27 @@ async fn sixty_four_tasks_race_for_a_hundred_units_and_exactly_a_hundred_win() {
     assert_eq!(envelopes.len(), 102);
 }
 
+/// A spill file that an ended process left named in the spill directory is removed when an
+/// engine opens there; other files stay.
+#[tokio::test]
+async fn opening_removes_spill_files_left_by_ended_processes() {
+    let dir = temp_dir();
+    let left = dir.path().join(format!(".spill-{}-7", std::process::id().wrapping_add(1)));
+    let kept = dir.path().join("notes.txt");
+    for path in [&left, &kept] {
+        std::fs::write(path, b"left behind").expect("written");
+    }
+    let config = EngineConfig { spill_dir: Some(dir.path().to_path_buf()), ..EngineConfig::default() };
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::open(store, Arc::new(ManualClock::new(demo::DAY_START)), config).await.expect("opens");
+    engine.create_shop(&ShopId::main()).await.expect("created");
+    engine.execute(&ShopId::main(), Request::new("tester", list("TEA", dec!(10.00)))).await.expect("accepted");
+    assert!(!left.exists(), "the leftover is gone");
+    assert!(kept.exists(), "other files stay");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).expect("listed").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("notes.txt")], "the engine's own spills have no names");
+}
+
 /// With one order in memory the others live in the spill: commands on them are decided
 /// after the writer loads them back, readers outside the core read them through
 /// `fetch_order`, and a reader that reaches one through `State::order` fails alone.
