@@ -33,7 +33,7 @@
 use compact_str::CompactString;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -387,6 +387,7 @@ impl Engine {
                     last_snapshot,
                     saving: None,
                     image_bytes_last: 0,
+                    spill_failing: false,
                     in_flight: None,
                     open: None,
                     durable,
@@ -911,6 +912,9 @@ struct Writer {
     saving: Option<tokio::task::JoinHandle<()>>,
     /// The size of the last engine snapshot's image, to reserve for the next.
     image_bytes_last: usize,
+    /// Whether the last spill failed: a failure is logged when it starts and when it ends,
+    /// not after every batch.
+    spill_failing: bool,
     /// The batch being appended, whose answers wait for it; at most one.
     in_flight: Option<InFlight>,
     /// The batch being decided while another is appended.
@@ -1165,9 +1169,16 @@ impl Writer {
         // them in memory, which is correct, only larger, and the next batch tries again.
         if let Some(core) = self.core.as_mut() {
             match core.state.spill_orders() {
-                Ok(spilled) => self.orders_spilled.store(spilled as u64, Ordering::Release),
+                Ok(spilled) => {
+                    self.orders_spilled.store(spilled as u64, Ordering::Release);
+                    if std::mem::replace(&mut self.spill_failing, false) {
+                        tracing::info!(shop = %self.shop, "orders are spilled again");
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(shop = %self.shop, %error, "orders could not be spilled; they stay in memory")
+                    if !std::mem::replace(&mut self.spill_failing, true) {
+                        tracing::warn!(shop = %self.shop, %error, "orders could not be spilled; they stay in memory");
+                    }
                 }
             }
         }
@@ -1319,6 +1330,8 @@ struct Follower {
     last_snapshot: u64,
     /// The size of the last view snapshot, to reserve for the next.
     snapshot_bytes_last: usize,
+    /// Whether the ledger's last spill failed: logged when it starts and when it ends.
+    spill_failing: AtomicBool,
     /// Where the ledger spills what it keeps encoded; None keeps it in memory.
     spill_dir: Option<PathBuf>,
 }
@@ -1355,6 +1368,7 @@ impl Follower {
             snapshots,
             last_snapshot: 0,
             snapshot_bytes_last: 0,
+            spill_failing: AtomicBool::new(false),
             spill_dir: config.spill_dir.clone(),
         })
     }
@@ -1513,8 +1527,15 @@ impl Follower {
         let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         views.load_for(envelopes).map_err(|e| format!("the ledger's books could not be read back: {e}"))?;
         let checkpoint = views.catch_up(envelopes, emporium_projections::AsOf::End).map(|_| views.checkpoint());
-        if let Err(error) = views.spill() {
-            tracing::warn!(shop = %self.shop, %error, "the ledger could not spill; it stays in memory");
+        match views.spill() {
+            Ok(_) if self.spill_failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!(shop = %self.shop, "the ledger spills again");
+            }
+            Ok(_) => {}
+            Err(error) if !self.spill_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(shop = %self.shop, %error, "the ledger could not spill; it stays in memory");
+            }
+            Err(_) => {}
         }
         checkpoint.map_err(|gap| gap.to_string())
     }
