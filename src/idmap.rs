@@ -82,8 +82,10 @@ mod tests {
         map.extend((0..10).map(|n| (n, n)));
         assert_eq!(map.len(), 1_010);
         let mut small: IdMap<u64, u64> = (0..1_000).map(|n| (n, n)).collect();
-        let capacity = small.capacity();
         small.retain(|n, _| *n == 0);
+        // Read after removing: removal alone may change the capacity reported (a removed
+        // entry can leave a tombstone, which no insert may take without a rehash).
+        let capacity = small.capacity();
         shrink_if_sparse(&mut small);
         assert_eq!(small.capacity(), capacity);
     }
