@@ -37,10 +37,16 @@ pub const SHRINK_CAPACITY_MIN: usize = 1 << 12;
 /// rebuilds cost O(1) per removal, amortized.
 pub fn shrink_if_sparse<K: Hash + Eq, V>(map: &mut IdMap<K, V>) {
     let capacity = map.capacity();
-    if capacity > SHRINK_CAPACITY_MIN && map.len() < capacity / 4 {
-        map.shrink_to(map.len().saturating_mul(2));
+    if let Some(room) = shrunk_room(map.len(), capacity) {
+        map.shrink_to(room);
         debug_assert!(map.capacity() < capacity, "shrinking gave memory back");
     }
+}
+
+/// The room to shrink a table of `capacity` holding `len` entries to, when it should be
+/// shrunk ([`shrink_if_sparse`]'s rule, which [`crate::packed::PackedMap`] follows too).
+pub fn shrunk_room(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > SHRINK_CAPACITY_MIN && len < capacity / 4).then(|| len.saturating_mul(2))
 }
 
 /// Serializes a map as a map in key order, exactly as a `BTreeMap` of it would be.

@@ -25,7 +25,7 @@ use hashbrown::HashTable;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::idmap::{IdHasher, SHRINK_CAPACITY_MIN};
+use crate::idmap::{IdHasher, shrunk_room};
 
 /// Entries per chunk: a power of two. Only the first chunk grows by reallocating.
 pub const CHUNK_ENTRIES: usize = 1 << 14;
@@ -54,6 +54,16 @@ impl<K, V> Default for PackedMap<K, V> {
 fn at<K, V>(chunks: &[Vec<(K, V)>], position: u32) -> &(K, V) {
     let position = position as usize;
     &chunks[position / CHUNK_ENTRIES][position % CHUNK_ENTRIES]
+}
+
+fn at_mut<K, V>(chunks: &mut [Vec<(K, V)>], position: u32) -> &mut (K, V) {
+    let position = position as usize;
+    &mut chunks[position / CHUNK_ENTRIES][position % CHUNK_ENTRIES]
+}
+
+/// The hash of the entry at a position, for the table to place it when it is rebuilt.
+fn rehash<'a, K: Hash, V>(chunks: &'a [Vec<(K, V)>], hasher: &'a IdHasher) -> impl Fn(&u32) -> u64 + 'a {
+    move |&position| hasher.hash_one(&at(chunks, position).0)
 }
 
 impl<K, V> PackedMap<K, V> {
@@ -94,8 +104,17 @@ impl<K: Hash + Eq, V> PackedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.position_hashed(self.hasher.hash_one(key), key)
+    }
+
+    /// [`PackedMap::position`] of a key whose hash is known.
+    fn position_hashed<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let chunks = &self.chunks;
-        self.index.find(self.hasher.hash_one(key), |&at_| at(chunks, at_).0.borrow() == key).copied()
+        self.index.find(hash, |&position| at(chunks, position).0.borrow() == key).copied()
     }
 
     /// The value of `key`.
@@ -122,8 +141,8 @@ impl<K: Hash + Eq, V> PackedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let position = self.position(key)? as usize;
-        Some(&mut self.chunks[position / CHUNK_ENTRIES][position % CHUNK_ENTRIES].1)
+        let position = self.position(key)?;
+        Some(&mut at_mut(&mut self.chunks, position).1)
     }
 
     /// The value of `key`, to change it; `make` gives it one first if it has none (and the
@@ -132,31 +151,36 @@ impl<K: Hash + Eq, V> PackedMap<K, V> {
     where
         K: Clone,
     {
-        let position = match self.position(key) {
-            Some(position) => position as usize,
-            None => {
-                self.insert(key.clone(), make());
-                self.len - 1
-            }
+        let hash = self.hasher.hash_one(key);
+        let position = match self.position_hashed(hash, key) {
+            Some(position) => position,
+            None => self.insert_new(hash, key.clone(), make()),
         };
-        let entry = &mut self.chunks[position / CHUNK_ENTRIES][position % CHUNK_ENTRIES];
+        let entry = at_mut(&mut self.chunks, position);
         debug_assert!(entry.0 == *key, "the entry of the key");
         &mut entry.1
     }
 
     /// Sets the value of `key`; returns the one it replaced.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        if let Some(slot) = self.get_mut(&key) {
-            return Some(std::mem::replace(slot, value));
-        }
         let hash = self.hasher.hash_one(&key);
+        match self.position_hashed(hash, &key) {
+            Some(position) => Some(std::mem::replace(&mut at_mut(&mut self.chunks, position).1, value)),
+            None => {
+                self.insert_new(hash, key, value);
+                None
+            }
+        }
+    }
+
+    /// Adds an entry for `key`, which has none and hashes to `hash`; returns its position.
+    fn insert_new(&mut self, hash: u64, key: K, value: V) -> u32 {
         let position =
             u32::try_from(self.len).unwrap_or_else(|_| panic!("a packed map holds at most u32::MAX entries"));
         self.push((key, value));
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
-        self.index.insert_unique(hash, position, |&at_| hasher.hash_one(&at(chunks, at_).0));
+        self.index.insert_unique(hash, position, rehash(&self.chunks, &self.hasher));
         debug_assert_eq!(self.index.len(), self.len, "an index per entry");
-        None
+        position
     }
 
     /// Appends an entry at the next position, in the last chunk or a new one.
@@ -186,9 +210,11 @@ impl<K: Hash + Eq, V> PackedMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let chunks = &self.chunks;
-        let found = self.index.find_entry(self.hasher.hash_one(key), |&at_| at(chunks, at_).0.borrow() == key);
+        let found =
+            self.index.find_entry(self.hasher.hash_one(key), |&position| at(chunks, position).0.borrow() == key);
         let (position, _) = found.ok()?.remove();
-        let (position, last) = (position as usize, self.len - 1);
+        // `len` fits a u32: every position does.
+        let last = (self.len - 1) as u32;
         let Some(tail) = self.chunks.last_mut().and_then(Vec::pop) else {
             unreachable!("a map with an entry has a chunk with an entry")
         };
@@ -201,16 +227,14 @@ impl<K: Hash + Eq, V> PackedMap<K, V> {
         } else {
             // The last entry fills the hole: its index now says `position`.
             let moved = self.hasher.hash_one(&tail.0);
-            let Some(index) = self.index.find_mut(moved, |&at_| at_ as usize == last) else {
+            let Some(index) = self.index.find_mut(moved, |&other| other == last) else {
                 unreachable!("every entry has an index")
             };
-            *index = position as u32;
-            std::mem::replace(&mut self.chunks[position / CHUNK_ENTRIES][position % CHUNK_ENTRIES], tail)
+            *index = position;
+            std::mem::replace(at_mut(&mut self.chunks, position), tail)
         };
-        let capacity = self.index.capacity();
-        if capacity > SHRINK_CAPACITY_MIN && self.len < capacity / 4 {
-            let (chunks, hasher) = (&self.chunks, &self.hasher);
-            self.index.shrink_to(self.len.saturating_mul(2), |&at_| hasher.hash_one(&at(chunks, at_).0));
+        if let Some(room) = shrunk_room(self.len, self.index.capacity()) {
+            self.index.shrink_to(room, rehash(&self.chunks, &self.hasher));
         }
         debug_assert_eq!(self.index.len(), self.len, "an index per entry");
         Some(removed.1)
@@ -261,8 +285,7 @@ impl<'de, K: Hash + Eq + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de>
             fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
                 let mut map = PackedMap::new();
                 let room = entries.size_hint().unwrap_or(0).min(RESERVE_ENTRIES_MAX);
-                let (chunks, hasher) = (&map.chunks, &map.hasher);
-                map.index.reserve(room, |&at_| hasher.hash_one(&at(chunks, at_).0));
+                map.index.reserve(room, rehash(&map.chunks, &map.hasher));
                 while let Some((key, value)) = entries.next_entry()? {
                     map.insert(key, value);
                 }
@@ -310,7 +333,8 @@ mod tests {
         }
         assert!(model.iter().all(|(key, value)| map.get(key.as_str()) == Some(value)));
         assert_eq!(map.iter().count(), model.len());
-        assert!(map.index.capacity() < 4 * model.len().max(SHRINK_CAPACITY_MIN), "the index shrank");
+        let capacity_min = crate::idmap::SHRINK_CAPACITY_MIN;
+        assert!(map.index.capacity() < 4 * model.len().max(capacity_min), "the index shrank");
         let bytes = postcard::to_allocvec(&map).expect("encodes");
         assert_eq!(bytes, postcard::to_allocvec(&model).expect("encodes"));
         let back: PackedMap<String, u64> = postcard::from_bytes(&bytes).expect("decodes");
