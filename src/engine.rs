@@ -387,7 +387,7 @@ impl Engine {
                     last_snapshot,
                     saving: None,
                     image_bytes_last: 0,
-                    spill_failing: false,
+                    spill_health: SpillHealth::default(),
                     in_flight: None,
                     open: None,
                     durable,
@@ -912,9 +912,8 @@ struct Writer {
     saving: Option<tokio::task::JoinHandle<()>>,
     /// The size of the last engine snapshot's image, to reserve for the next.
     image_bytes_last: usize,
-    /// Whether the last spill failed: a failure is logged when it starts and when it ends,
-    /// not after every batch.
-    spill_failing: bool,
+    /// Whether spilling the orders fails.
+    spill_health: SpillHealth,
     /// The batch being appended, whose answers wait for it; at most one.
     in_flight: Option<InFlight>,
     /// The batch being decided while another is appended.
@@ -1168,18 +1167,10 @@ impl Writer {
         // While the batch syncs: the orders this batch froze leave memory. A failure keeps
         // them in memory, which is correct, only larger, and the next batch tries again.
         if let Some(core) = self.core.as_mut() {
-            match core.state.spill_orders() {
-                Ok(spilled) => {
-                    self.orders_spilled.store(spilled as u64, Ordering::Release);
-                    if std::mem::replace(&mut self.spill_failing, false) {
-                        tracing::info!(shop = %self.shop, "orders are spilled again");
-                    }
-                }
-                Err(error) => {
-                    if !std::mem::replace(&mut self.spill_failing, true) {
-                        tracing::warn!(shop = %self.shop, %error, "orders could not be spilled; they stay in memory");
-                    }
-                }
+            let spilled = core.state.spill_orders();
+            self.spill_health.note(&self.shop, "the orders", &spilled);
+            if let Ok(spilled) = spilled {
+                self.orders_spilled.store(spilled as u64, Ordering::Release);
             }
         }
         let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
@@ -1330,10 +1321,32 @@ struct Follower {
     last_snapshot: u64,
     /// The size of the last view snapshot, to reserve for the next.
     snapshot_bytes_last: usize,
-    /// Whether the ledger's last spill failed: logged when it starts and when it ends.
-    spill_failing: AtomicBool,
+    /// Whether spilling the ledger fails.
+    spill_health: SpillHealth,
     /// Where the ledger spills what it keeps encoded; None keeps it in memory.
     spill_dir: Option<PathBuf>,
+}
+
+/// Whether a spill's last move failed, so that a failing spill (a full disk, say) is
+/// logged when it starts failing and when it works again, not after every batch. What did
+/// not move stays in memory, which is correct, only larger, and the next batch tries again.
+#[derive(Default)]
+struct SpillHealth(AtomicBool);
+
+impl SpillHealth {
+    /// Logs the `result` of spilling `what` of `shop` when it differs from the last one's
+    /// (the first is taken to have worked); returns whether it logged.
+    fn note<T>(&self, shop: &ShopId, what: &str, result: &std::io::Result<T>) -> bool {
+        let failed = result.is_err();
+        if self.0.swap(failed, Ordering::Relaxed) == failed {
+            return false;
+        }
+        match result {
+            Err(error) => tracing::warn!(shop = %shop, %error, "{what} could not be spilled; they stay in memory"),
+            Ok(_) => tracing::info!(shop = %shop, "{what} are spilled again"),
+        }
+        true
+    }
 }
 
 /// Events a follower folds at once; readers wait at most for one page.
@@ -1368,7 +1381,7 @@ impl Follower {
             snapshots,
             last_snapshot: 0,
             snapshot_bytes_last: 0,
-            spill_failing: AtomicBool::new(false),
+            spill_health: SpillHealth::default(),
             spill_dir: config.spill_dir.clone(),
         })
     }
@@ -1527,16 +1540,7 @@ impl Follower {
         let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         views.load_for(envelopes).map_err(|e| format!("the ledger's books could not be read back: {e}"))?;
         let checkpoint = views.catch_up(envelopes, emporium_projections::AsOf::End).map(|_| views.checkpoint());
-        match views.spill() {
-            Ok(_) if self.spill_failing.swap(false, Ordering::Relaxed) => {
-                tracing::info!(shop = %self.shop, "the ledger spills again");
-            }
-            Ok(_) => {}
-            Err(error) if !self.spill_failing.swap(true, Ordering::Relaxed) => {
-                tracing::warn!(shop = %self.shop, %error, "the ledger could not spill; it stays in memory");
-            }
-            Err(_) => {}
-        }
+        self.spill_health.note(&self.shop, "the ledger's books and journal", &views.spill());
         checkpoint.map_err(|gap| gap.to_string())
     }
 
@@ -1796,5 +1800,16 @@ mod tests {
             assert_eq!(*shared.share(&short("COLD", requested)), short("COLD", requested));
             assert!(shared.by_shortages.len() <= SHARED_SHORTAGES_MAX);
         }
+    }
+
+    /// A spill that keeps failing is logged once when it starts and once when it works
+    /// again, not after every batch.
+    #[test]
+    fn a_failing_spill_is_logged_when_it_starts_and_when_it_ends() {
+        let health = SpillHealth::default();
+        let (worked, failed) = (Ok(()), Err(std::io::Error::other("disk full")));
+        let results = [&worked, &failed, &failed, &failed, &worked, &worked, &failed];
+        let logged: Vec<bool> = results.iter().map(|result| health.note(&ShopId::main(), "orders", result)).collect();
+        assert_eq!(logged, [false, true, false, false, true, false, true]);
     }
 }
