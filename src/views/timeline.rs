@@ -18,7 +18,6 @@
 use std::fmt;
 
 use serde::de::{SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{Event, Subject};
@@ -198,12 +197,7 @@ impl fmt::Debug for Trail {
 impl Serialize for Trail {
     /// As the vector of positions it holds.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let positions = self.positions();
-        let mut seq = serializer.serialize_seq(Some(positions.len()))?;
-        for position in positions {
-            seq.serialize_element(&position)?;
-        }
-        seq.end()
+        self.positions().serialize(serializer)
     }
 }
 
