@@ -262,13 +262,16 @@ where
         while self.hot.len() > self.hot_max && turns > 0 {
             turns -= 1;
             let Some(key) = self.queue.pop_front() else { break };
-            let Some(value) = self.hot.get(&key) else { continue };
-            match postcard::to_allocvec(value) {
+            // Taken out first: one lookup, and an entry that fails to encode goes back.
+            let Some(value) = self.hot.remove(&key) else { continue };
+            match postcard::to_allocvec(&value) {
                 Ok(bytes) => {
-                    self.hot.remove(&key);
                     self.frozen.insert(key, bytes.into_boxed_slice());
                 }
-                Err(_) => self.queue.push_back(key),
+                Err(_) => {
+                    self.hot.insert(key.clone(), value);
+                    self.queue.push_back(key);
+                }
             }
         }
         debug_assert_eq!(self.queue.len(), self.hot.len(), "every hot key is queued once");
