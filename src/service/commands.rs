@@ -8,11 +8,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::error::{ApiError, sentence};
+use super::error::{ApiError, RefusalBody, rejection_status, sentence};
 use super::wire::{BatchBody, PositionsBody, Receipt, ReceiptEvent, ResourceRef, WireCommand};
 use super::{Access, App, AppState, Params, read_body, record, shop_and_params};
 use crate::engine::{Accepted, CommandError, Request};
 use crate::ids::{CommandId, ShopId};
+use crate::rejection::Rejection;
 
 /// The HTTP method of a command route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,12 +139,12 @@ async fn receipt(app: &App, shop: &ShopId, resource: ResourceRef, accepted: Acce
             envelopes
                 .into_iter()
                 .filter(|e| e.command_id == accepted.command_id)
-                .map(|e| ReceiptEvent { position: e.position, kind: e.event.kind().to_owned(), event: e.event })
+                .map(|e| ReceiptEvent { position: e.position, kind: e.event.kind(), event: e.event })
                 .collect()
         }
         Some(positions) => (positions.first..)
             .zip(accepted.events)
-            .map(|(position, event)| ReceiptEvent { position, kind: event.kind().to_owned(), event })
+            .map(|(position, event)| ReceiptEvent { position, kind: event.kind(), event })
             .collect(),
     };
     Ok(Receipt {
@@ -158,6 +159,8 @@ async fn receipt(app: &App, shop: &ShopId, resource: ResourceRef, accepted: Acce
 /// single-command routes (no JSON tree in between), or an error.
 enum AnswerBody {
     Receipt(Box<Receipt>),
+    /// A refusal by the shop's rules, written straight from the rejection.
+    Refused(Rejection),
     Error(ApiError),
 }
 
@@ -168,6 +171,7 @@ impl AnswerBody {
             AnswerBody::Receipt(receipt) => {
                 serde_json::to_value(&receipt).unwrap_or_else(|e| json!({"error": e.to_string()}))
             }
+            AnswerBody::Refused(rejection) => ApiError::from_rejection(&rejection).into_body(),
             AnswerBody::Error(error) => error.into_body(),
         }
     }
@@ -175,6 +179,7 @@ impl AnswerBody {
     fn into_response(self, status: StatusCode) -> Response {
         match self {
             AnswerBody::Receipt(receipt) => (status, axum::Json(receipt)).into_response(),
+            AnswerBody::Refused(rejection) => (status, axum::Json(RefusalBody(&rejection))).into_response(),
             AnswerBody::Error(error) => (status, axum::Json(error.wire())).into_response(),
         }
     }
@@ -202,6 +207,9 @@ async fn run(
                 }
                 Err(error) => (error.status, AnswerBody::Error(error), "unavailable"),
             }
+        }
+        Err(CommandError::Rejected(rejection)) => {
+            (rejection_status(&rejection), AnswerBody::Refused(rejection), "rejected")
         }
         Err(error) => {
             let outcome = match &error {
@@ -238,18 +246,22 @@ pub async fn single(
             None => parse_command(object(&bytes)?, route.kind, &params)?,
         };
         let id = command_id(&headers, command.command_id())?;
-        let resource = command.resource();
         let (status, body, outcome) = run(&app, &shop, &principal.name, command, id).await;
-        Ok::<_, ApiError>((shop, resource, status, body, outcome))
+        Ok::<_, ApiError>((shop, status, body, outcome))
     }
     .await;
     match answer {
-        Ok((shop, resource, status, body, outcome)) => {
+        Ok((shop, status, body, outcome)) => {
             record(&app, route.kind, outcome, started);
+            // A created resource is where its receipt says it is.
+            let location = match &body {
+                AnswerBody::Receipt(receipt) if status == StatusCode::CREATED => {
+                    HeaderValue::from_str(&format!("/v1/shops/{shop}/{}", receipt.resource.href)).ok()
+                }
+                _ => None,
+            };
             let mut response = body.into_response(status);
-            if status == StatusCode::CREATED
-                && let Ok(location) = HeaderValue::from_str(&format!("/v1/shops/{shop}/{}", resource.href))
-            {
+            if let Some(location) = location {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             if outcome == "replayed" {

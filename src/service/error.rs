@@ -91,35 +91,121 @@ impl ApiError {
 
     /// A refusal by the shop's rules.
     pub fn from_rejection(rejection: &Rejection) -> ApiError {
-        let status = match rejection {
-            Rejection::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-            Rejection::UnknownSku { .. }
-            | Rejection::UnknownReservation { .. }
-            | Rejection::UnknownOrder { .. }
-            | Rejection::UnknownShipment { .. }
-            | Rejection::UnknownReturn { .. } => StatusCode::NOT_FOUND,
-            _ => StatusCode::CONFLICT,
-        };
-        // The rejection serializes as {"Variant": {fields}}: its fields are the details.
-        let details = match serde_json::to_value(rejection) {
-            Ok(Value::Object(map)) => map.into_iter().next().map_or(json!({}), |(_, fields)| fields),
-            _ => json!({}),
-        };
-        ApiError { status, code: rejection.code(), message: sentence(&rejection.to_string()), details }
+        ApiError {
+            status: rejection_status(rejection),
+            code: rejection.code(),
+            message: sentence(&rejection.to_string()),
+            details: rejection_details(rejection),
+        }
+    }
+}
+
+/// The status of a refusal by the shop's rules.
+pub fn rejection_status(rejection: &Rejection) -> StatusCode {
+    match rejection {
+        Rejection::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        Rejection::UnknownSku { .. }
+        | Rejection::UnknownReservation { .. }
+        | Rejection::UnknownOrder { .. }
+        | Rejection::UnknownShipment { .. }
+        | Rejection::UnknownReturn { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::CONFLICT,
+    }
+}
+
+/// A refusal's details as a tree: the rejection serializes as `{"Variant": {fields}}`, and
+/// its fields are the details.
+fn rejection_details(rejection: &Rejection) -> Value {
+    match serde_json::to_value(rejection) {
+        Ok(Value::Object(map)) => map.into_iter().next().map_or(json!({}), |(_, fields)| fields),
+        _ => json!({}),
+    }
+}
+
+/// A refusal's answer, written straight from the rejection: it reads as
+/// [`ApiError::from_rejection`]'s body does, without building that error's message and
+/// details first. Most refusals on a promotion day are `insufficient_stock`, whose details
+/// are written straight too; the rarer ones go through the tree.
+pub struct RefusalBody<'a>(pub &'a Rejection);
+
+impl Serialize for RefusalBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut body = serializer.serialize_struct("ErrorBody", 1)?;
+        body.serialize_field("error", &RefusalFields(self.0))?;
+        body.end()
+    }
+}
+
+struct RefusalFields<'a>(&'a Rejection);
+
+impl Serialize for RefusalFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut fields = serializer.serialize_struct("ErrorFields", 3)?;
+        fields.serialize_field("code", self.0.code())?;
+        fields.serialize_field("message", &Sentence(self.0))?;
+        fields.serialize_field("details", &RefusalDetails(self.0))?;
+        fields.end()
+    }
+}
+
+struct RefusalDetails<'a>(&'a Rejection);
+
+impl Serialize for RefusalDetails<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        match self.0 {
+            Rejection::InsufficientStock { shortages } => {
+                let mut details = serializer.serialize_struct("InsufficientStock", 1)?;
+                details.serialize_field("shortages", shortages)?;
+                details.end()
+            }
+            other => rejection_details(other).serialize(serializer),
+        }
     }
 }
 
 /// Starts a message with a capital letter and ends it with a full stop.
 pub fn sentence(text: &str) -> String {
-    let mut chars = text.chars();
-    let mut out: String = match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    };
-    if !out.ends_with('.') {
-        out.push('.');
+    Sentence(text).to_string()
+}
+
+/// What [`sentence`] makes of a text, written as it is formatted: no string in between.
+struct Sentence<T>(T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Sentence<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Passes text on with its first letter in capitals, and remembers its last one.
+        struct Capitalized<'a, 'b> {
+            out: &'a mut std::fmt::Formatter<'b>,
+            last: Option<char>,
+        }
+        impl std::fmt::Write for Capitalized<'_, '_> {
+            fn write_str(&mut self, text: &str) -> std::fmt::Result {
+                let Some(last) = text.chars().next_back() else { return Ok(()) };
+                let mut chars = text.chars();
+                if self.last.is_none()
+                    && let Some(first) = chars.next()
+                {
+                    for upper in first.to_uppercase() {
+                        self.out.write_char(upper)?;
+                    }
+                }
+                self.last = Some(last);
+                self.out.write_str(chars.as_str())
+            }
+        }
+        let mut capitalized = Capitalized { out: f, last: None };
+        std::fmt::Write::write_fmt(&mut capitalized, format_args!("{}", self.0))?;
+        if capitalized.last != Some('.') { f.write_str(".") } else { Ok(()) }
     }
-    out
+}
+
+impl<T: std::fmt::Display> Serialize for Sentence<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl From<CommandError> for ApiError {
@@ -168,7 +254,8 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
     use crate::ids::{CommandId, ShopId, Sku};
-    use crate::rejection::Shortage;
+    use crate::rejection::{Field, Shortage};
+    use rust_decimal::Decimal;
 
     /// What a single command's answer writes straight is the tree a batch's result holds.
     #[test]
@@ -203,5 +290,44 @@ mod tests {
             ApiError::bad_request("bad_json", "no"),
             json!({"error": {"code": "bad_json", "message": "no", "details": {}}}),
         );
+    }
+
+    /// A refusal written straight from its rejection reads as the error built from it.
+    #[test]
+    fn a_refusal_written_straight_reads_as_its_error() {
+        let check = |rejection: Rejection, message: &str| {
+            let error = ApiError::from_rejection(&rejection);
+            assert_eq!(error.message, message);
+            assert_eq!(rejection_status(&rejection), error.status);
+            let straight: Value = serde_json::to_value(RefusalBody(&rejection)).expect("serializes");
+            assert_eq!(straight, error.into_body(), "{rejection:?}");
+        };
+        let short = |sku: &str, requested, available| Shortage { sku: Sku::from(sku), requested, available };
+        check(
+            Rejection::InsufficientStock { shortages: vec![short("SKU-1", 3, 1), short("SKU-2", 1, 0)] },
+            "Not enough stock: SKU-1 requested 3, available 1; SKU-2 requested 1, available 0.",
+        );
+        check(Rejection::UnknownSku { sku: Sku::from("SKU-9") }, "SKU SKU-9 is unknown.");
+        check(
+            Rejection::AmountMismatch {
+                order_id: "O-1".into(),
+                due: Decimal::new(25600, 2),
+                offered: Decimal::new(2560, 1),
+            },
+            "Order O-1 is due 256.00, not 256.0.",
+        );
+        check(Rejection::invalid(Field::Quantity, "must be at least 1."), "Invalid Quantity: must be at least 1.");
+        check(Rejection::invalid(Field::Region, "élan"), "Invalid Region: élan.");
+    }
+
+    #[test]
+    fn a_sentence_starts_with_a_capital_and_ends_with_a_full_stop() {
+        let check = |text: &str, expected: &str| assert_eq!(sentence(text), expected, "{text:?}");
+        check("", ".");
+        check(".", ".");
+        check("a", "A.");
+        check("ßig deal", "SSig deal.");
+        check("éclair.", "Éclair.");
+        check("Done", "Done.");
     }
 }

@@ -573,7 +573,7 @@ pub struct ReceiptEvent {
     pub position: u64,
     /// The event type, e.g. `order_placed`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: &'static str,
     /// The fact, as `{"<type>": {fields}}`.
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub event: Event,
