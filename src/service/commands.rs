@@ -208,9 +208,6 @@ async fn run(
                 Err(error) => (error.status, AnswerBody::Error(error), "unavailable"),
             }
         }
-        Err(CommandError::Rejected(rejection)) => {
-            (rejection_status(&rejection), AnswerBody::Refused(rejection), "rejected")
-        }
         Err(error) => {
             let outcome = match &error {
                 CommandError::Rejected(_) => "rejected",
@@ -220,8 +217,16 @@ async fn run(
                 CommandError::Overloaded(_) => "overloaded",
                 CommandError::Unavailable { .. } => "unavailable",
             };
-            let error = ApiError::from(error);
-            (error.status, AnswerBody::Error(error), outcome)
+            match error {
+                // Written straight from the rejection, not through an `ApiError`.
+                CommandError::Rejected(rejection) => {
+                    (rejection_status(&rejection), AnswerBody::Refused(rejection), outcome)
+                }
+                error => {
+                    let error = ApiError::from(error);
+                    (error.status, AnswerBody::Error(error), outcome)
+                }
+            }
         }
     }
 }
