@@ -665,6 +665,19 @@ async fn loadgen(options: LoadgenOptions) -> Result<(), String> {
     if let Some(cpu_us) = report.cpu_us_per_order {
         out!("CPU per order answered in the order phase: {cpu_us:.1} µs (this process, user and system)")?;
     }
+    let model = report.cpu_model.as_deref().unwrap_or("an unnamed processor");
+    match report.order_phase_machine_cpu {
+        Some(cpu) => out!(
+            "machine: {model}, {} cores; in the order phase {:.0}% user, {:.0}% system, {:.0}% idle, {:.0}% waiting for the disk, {:.0}% stolen",
+            report.cores,
+            cpu.user * 100.0,
+            cpu.system * 100.0,
+            cpu.idle * 100.0,
+            cpu.iowait * 100.0,
+            cpu.steal * 100.0
+        )?,
+        None => out!("machine: {model}, {} cores", report.cores)?,
+    }
     out!(
         "resident memory {:.0} MiB before the checks, {:.0} MiB at peak",
         report.rss_before_checks_mb,

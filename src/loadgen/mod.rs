@@ -34,10 +34,12 @@ use crate::state::State;
 use crate::views::{SLOW_MOVER_DAYS_DEFAULT, Views};
 
 mod http;
+mod machine;
 mod plot;
 mod target;
 
 pub use http::Connection;
+pub use machine::{CpuShares, CpuTicks};
 pub use plot::draw;
 pub use target::{Answer, Link, Target};
 
@@ -260,6 +262,13 @@ pub struct Report {
     /// over HTTP the load generator alone. `None` where `/proc/self/stat` cannot be read or no
     /// order was answered.
     pub cpu_us_per_order: Option<f64>,
+    /// How the whole machine's CPU time divided over the order phase (every process on it:
+    /// over HTTP on one machine, the server's too); `None` where `/proc/stat` cannot be read.
+    pub order_phase_machine_cpu: Option<CpuShares>,
+    /// The processor, from `/proc/cpuinfo`; `None` where it names none.
+    pub cpu_model: Option<String>,
+    /// The cores this process could run on.
+    pub cores: usize,
     /// In-process, the engine's group commits appended during the order phase (`None`
     /// over HTTP).
     pub group_commits: Option<u64>,
@@ -578,6 +587,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
     };
     let commits_before = CommitTotals::of(&target);
     let cpu_before_s = cpu_s();
+    let machine_before = CpuTicks::now();
     let started = Instant::now();
     let shared = Arc::new(Shared {
         shop: shop.clone(),
@@ -598,6 +608,8 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
     }
     let order_phase_s = started.elapsed().as_secs_f64();
     let order_phase_cpu_s = cpu_s().zip(cpu_before_s).map(|(after, before)| after - before);
+    let order_phase_machine_cpu =
+        CpuTicks::now().zip(machine_before).and_then(|(after, before)| after.shares_since(&before));
     let commits = CommitTotals::of(&target).zip(commits_before).map(|(after, before)| after.since(&before));
 
     let mut latency = latency_histogram();
@@ -670,6 +682,9 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
         rss_before_checks_mb,
         order_phase_s,
         cpu_us_per_order: order_phase_cpu_s.filter(|_| answered > 0).map(|cpu| cpu * 1e6 / answered as f64),
+        order_phase_machine_cpu,
+        cpu_model: machine::cpu_model(),
+        cores: machine::cores(),
         group_commits: commits.as_ref().map(|c| c.appends),
         group_commit_commands_mean: commits.as_ref().and_then(|c| c.commands_mean()),
         group_commit_ms_mean: commits.as_ref().and_then(|c| c.ms_mean()),

@@ -128,6 +128,21 @@ fn the_command_line_writes_its_reports_and_keeps_the_store() {
     assert!(commands >= 1.0, "{report}");
     assert!(report["group_commit_ms_mean"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
     assert!(before.is_some_and(|b| b > 0.0) && before <= peak, "{report}");
+    // The report names its machine and how busy the machine's cores were while orders were
+    // placed: a phase of 300 synced orders spans many of the kernel's 10 ms ticks.
+    assert!(report["cores"].as_u64().is_some_and(|n| n >= 1), "{report}");
+    assert!(stdout.contains("machine: "), "{stdout}");
+    if cfg!(target_os = "linux") {
+        let cpu = &report["order_phase_machine_cpu"];
+        let shares: Vec<f64> = ["user", "system", "idle", "iowait", "steal"]
+            .iter()
+            .map(|key| cpu[key].as_f64().unwrap_or_else(|| panic!("{key} in {report}")))
+            .collect();
+        assert!(shares.iter().all(|share| (0.0..=1.0).contains(share)), "{report}");
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{report}");
+        assert!(shares[0] > 0.0, "orders were placed in user time: {report}");
+        assert!(report["cpu_model"].is_string(), "{report}");
+    }
 
     let drawn = std::fs::read_to_string(&svg).expect("the SVG report");
     assert!(drawn.trim_start().starts_with("<svg") && drawn.trim_end().ends_with("</svg>"), "{drawn}");
