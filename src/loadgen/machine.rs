@@ -16,7 +16,7 @@ use serde::Serialize;
 
 /// The whole machine's CPU time so far, in the kernel's ticks, from the `cpu` line of
 /// `/proc/stat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuTicks {
     /// User time, niced user time included (and so, as the kernel counts it, guests' time).
     pub user: u64,

@@ -140,7 +140,7 @@ fn the_command_line_writes_its_reports_and_keeps_the_store() {
             .collect();
         assert!(shares.iter().all(|share| (0.0..=1.0).contains(share)), "{report}");
         assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{report}");
-        assert!(shares[0] > 0.0, "orders were placed in user time: {report}");
+        assert!(shares[2] < 1.0, "a core was busy placing orders: {report}");
         assert!(report["cpu_model"].is_string(), "{report}");
     }
 
