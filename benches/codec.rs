@@ -9,6 +9,13 @@
 //!   opening the engine does;
 //! - `codec/decode_checksum`: the same verifying checksums only, as every read does;
 //! - `codec/json`: `serde_json::to_vec` of each envelope's `EventLine`, as the feed sends it.
+//!
+//! And over every order of that day once its events are applied (the `frozen` group, per
+//! order), the encoding the tiered state keeps orders in when they leave the hot tier:
+//! - `frozen/pack`: `pack::pack` into one reused buffer, as freezing does;
+//! - `frozen/unpack`: `pack::unpack` back to an owned order, as thawing does;
+//! - `frozen/postcard_round_trip`: postcard through serde both ways, the encoding frozen
+//!   orders had before `pack`, for comparison with the sum of the two above.
 
 use std::time::Duration;
 
@@ -16,7 +23,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use emporium::log::{self, Check, Envelope};
 use emporium::service::wire::EventLine;
 use emporium::sim::{self, DayConfig};
-use emporium::{ShopId, demo};
+use emporium::state::Order;
+use emporium::{ShopId, State, demo, pack};
 
 /// The allocator the `emporium` binary runs with.
 #[global_allocator]
@@ -76,6 +84,46 @@ fn codec(c: &mut Criterion) {
             envelopes
                 .iter()
                 .map(|envelope| serde_json::to_vec(&EventLine::from(envelope)).expect("serialises").len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+
+    let mut state = State::new();
+    for envelope in &envelopes {
+        state.apply(&envelope.event);
+    }
+    let orders: Vec<Order> = state.orders().map(|order| order.into_owned()).collect();
+    let mut scratch = Vec::new();
+    let packed: Vec<Box<[u8]>> = orders.iter().map(|order| pack::pack(order, &mut scratch)).collect();
+    let packed_bytes: usize = packed.iter().map(|bytes| bytes.len()).sum();
+    let postcard_bytes: usize = orders.iter().map(|order| postcard::to_allocvec(order).expect("encodes").len()).sum();
+    eprintln!(
+        "{} orders: packed {} bytes an order, postcard {}",
+        orders.len(),
+        packed_bytes / orders.len(),
+        postcard_bytes / orders.len()
+    );
+    let mut group = c.benchmark_group("frozen");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(orders.len() as u64));
+    group.bench_function("pack", |b| {
+        b.iter(|| orders.iter().map(|order| pack::pack(order, &mut scratch).len()).sum::<usize>())
+    });
+    group.bench_function("unpack", |b| {
+        b.iter(|| packed.iter().map(|bytes| pack::unpack::<Order>(bytes).expect("unpacks").lines.len()).sum::<usize>())
+    });
+    group.bench_function("postcard_round_trip", |b| {
+        b.iter(|| {
+            orders
+                .iter()
+                .map(|order| {
+                    let bytes = postcard::to_allocvec(order).expect("encodes").into_boxed_slice();
+                    postcard::from_bytes::<Order>(&bytes).expect("decodes").lines.len()
+                })
                 .sum::<usize>()
         })
     });

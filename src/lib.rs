@@ -31,6 +31,7 @@ pub mod loadgen;
 pub mod log;
 pub mod metrics;
 pub mod money;
+pub mod pack;
 pub mod packed;
 pub mod process;
 pub mod rejection;

@@ -8,7 +8,7 @@
 //!   tiers. Only [`image`], for engine snapshots, writes the tiers as they are held.
 //! - At most `hot_max` entries are kept as values (*hot*). Inserting or changing an entry
 //!   makes it hot; when that makes too many, the one made hot longest ago is encoded with
-//!   postcard (*frozen*). An encoded order is a quarter of its size as a value.
+//!   [`crate::pack`] (*frozen*). An encoded order is a small fraction of its size as a value.
 //! - Reading a frozen entry decodes a copy and leaves it frozen; changing one decodes it
 //!   back into the hot tier.
 //! - With a [`Spill`] attached, the owner's shell may move frozen entries out of memory
@@ -35,6 +35,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::idmap::{IdMap, IdSet};
+use crate::pack::Pack;
 use crate::packed::PackedMap;
 use crate::spill::{Spill, Spot};
 
@@ -53,6 +54,8 @@ pub struct TieredMap<K, V> {
     hot_max: usize,
     /// Where frozen entries may move; set by the owner's shell.
     spill: Option<Arc<Spill>>,
+    /// Where an entry is encoded before it is copied out at its size; not part of the map.
+    scratch: Vec<u8>,
 }
 
 impl<K, V> Default for TieredMap<K, V> {
@@ -64,6 +67,7 @@ impl<K, V> Default for TieredMap<K, V> {
             queue: VecDeque::new(),
             hot_max: HOT_DEFAULT_MAX,
             spill: None,
+            scratch: Vec::new(),
         }
     }
 }
@@ -71,7 +75,7 @@ impl<K, V> Default for TieredMap<K, V> {
 impl<K, V> TieredMap<K, V>
 where
     K: Hash + Eq + Clone,
-    V: Clone + Serialize + DeserializeOwned,
+    V: Clone + Pack,
 {
     /// An empty map keeping at most `hot_max` (at least 1) entries as values.
     pub fn with_hot_max(hot_max: usize) -> Self {
@@ -254,25 +258,17 @@ where
         read_decoded(self.spill.as_deref(), spot)
     }
 
-    /// Freezes the oldest hot entries until at most `hot_max` are hot. An entry that does
-    /// not encode stays hot at the back.
+    /// Freezes the oldest hot entries until at most `hot_max` are hot.
     fn freeze_excess(&mut self) {
         // Each hot key is in the queue once, so a round over it ends the loop.
         let mut turns = self.queue.len();
         while self.hot.len() > self.hot_max && turns > 0 {
             turns -= 1;
             let Some(key) = self.queue.pop_front() else { break };
-            // Taken out first: one lookup, and an entry that fails to encode goes back.
             let Some(value) = self.hot.remove(&key) else { continue };
-            match postcard::to_allocvec(&value) {
-                Ok(bytes) => {
-                    self.frozen.insert(key, bytes.into_boxed_slice());
-                }
-                Err(_) => {
-                    self.hot.insert(key.clone(), value);
-                    self.queue.push_back(key);
-                }
-            }
+            let bytes = crate::pack::pack(&value, &mut self.scratch);
+            debug_assert!(crate::pack::unpack::<V>(&bytes).is_ok(), "a frozen entry unpacks");
+            self.frozen.insert(key, bytes);
         }
         debug_assert_eq!(self.queue.len(), self.hot.len(), "every hot key is queued once");
     }
@@ -335,15 +331,29 @@ fn read_spot(spill: Option<&Spill>, spot: Spot) -> io::Result<Vec<u8>> {
 
 /// A spilled record decoded; bytes that do not decode are `InvalidData`, not a panic, since
 /// they came back through IO.
-fn read_decoded<T: DeserializeOwned>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
+fn read_decoded<T: Pack>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
+    let bytes = read_spot(spill, spot)?;
+    crate::pack::unpack(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A spilled block of a [`BlockLog`] decoded, as [`read_decoded`] decodes an entry.
+fn read_block<T: DeserializeOwned>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
     let bytes = read_spot(spill, spot)?;
     postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Decodes a sealed block of a [`BlockLog`], as [`thaw`] decodes an entry.
+fn thaw_block<T: DeserializeOwned>(bytes: &[u8]) -> T {
+    match postcard::from_bytes(bytes) {
+        Ok(value) => value,
+        Err(error) => panic!("a sealed block does not decode: {error}"),
+    }
+}
+
 /// Decodes a frozen entry. The bytes were encoded from a value of the same type in this
 /// process, so failing to decode them is a broken invariant.
-fn thaw<V: DeserializeOwned>(bytes: &[u8]) -> V {
-    match postcard::from_bytes(bytes) {
+fn thaw<V: Pack>(bytes: &[u8]) -> V {
+    match crate::pack::unpack(bytes) {
         Ok(value) => value,
         Err(error) => panic!("a frozen entry does not decode: {error}"),
     }
@@ -358,6 +368,7 @@ impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
             queue: self.queue.clone(),
             hot_max: self.hot_max,
             spill: self.spill.clone(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -365,7 +376,7 @@ impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
 impl<K, V> PartialEq for TieredMap<K, V>
 where
     K: Hash + Eq + Clone,
-    V: Clone + PartialEq + Serialize + DeserializeOwned,
+    V: Clone + PartialEq + Pack,
 {
     /// Equal when both hold the same entries, whichever tiers hold them. An entry that
     /// cannot be read back from its spill is not shown equal to anything.
@@ -380,14 +391,14 @@ where
 impl<K, V> Eq for TieredMap<K, V>
 where
     K: Hash + Eq + Clone,
-    V: Clone + Eq + Serialize + DeserializeOwned,
+    V: Clone + Eq + Pack,
 {
 }
 
 impl<K, V> fmt::Debug for TieredMap<K, V>
 where
     K: Hash + Eq + Clone + fmt::Debug,
-    V: Clone + fmt::Debug + Serialize + DeserializeOwned,
+    V: Clone + fmt::Debug + Pack,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
@@ -404,7 +415,7 @@ where
 impl<K, V> Serialize for TieredMap<K, V>
 where
     K: Hash + Eq + Clone + Ord + Serialize,
-    V: Clone + Serialize + DeserializeOwned,
+    V: Clone + Pack + Serialize,
 {
     /// A map in key order, frozen entries decoded one at a time; spilled ones are read back
     /// and a failed read fails the serialization.
@@ -425,7 +436,7 @@ where
 impl<'de, K, V> Deserialize<'de> for TieredMap<K, V>
 where
     K: Hash + Eq + Clone + Deserialize<'de>,
-    V: Clone + Serialize + DeserializeOwned,
+    V: Clone + Pack + DeserializeOwned,
 {
     /// From a map, tiered as inserted in its order with the default bound.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -434,7 +445,7 @@ where
         impl<'de, K, V> Visitor<'de> for Entries<K, V>
         where
             K: Hash + Eq + Clone + Deserialize<'de>,
-            V: Clone + Serialize + DeserializeOwned,
+            V: Clone + Pack + DeserializeOwned,
         {
             type Value = TieredMap<K, V>;
 
@@ -568,7 +579,7 @@ pub mod image {
     pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<TieredMap<K, V>, D::Error>
     where
         K: Hash + Eq + Clone + Deserialize<'de>,
-        V: Clone + Serialize + DeserializeOwned,
+        V: Clone + Pack + DeserializeOwned,
         D: Deserializer<'de>,
     {
         let (hot, FrozenMap(frozen)): (Vec<(K, V)>, FrozenMap<K>) = Deserialize::deserialize(deserializer)?;
@@ -751,8 +762,8 @@ where
     /// Decodes a sealed block, read back from the spill if it is there.
     fn unseal(&self, block: &Block) -> io::Result<Vec<T>> {
         let items: Vec<T> = match &block.bytes {
-            Sealed::Held(bytes) => thaw(bytes),
-            Sealed::Spilled(spot) => read_decoded(self.spill.as_deref(), *spot)?,
+            Sealed::Held(bytes) => thaw_block(bytes),
+            Sealed::Spilled(spot) => read_block(self.spill.as_deref(), *spot)?,
         };
         assert_eq!(items.len(), block.items, "a sealed block holds what it was sealed with");
         Ok(items)

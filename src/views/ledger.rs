@@ -132,6 +132,9 @@ struct OrderBook {
     shipping_refunded_from_deposits: Decimal,
 }
 
+crate::pack::pack_struct!(LineBook { quantity, unit_price, net_amount, shipped, earned, refunded_from_deposits });
+crate::pack::pack_struct!(OrderBook { lines, shipping_fee, shipping_earned, shipping_refunded_from_deposits });
+
 impl OrderBook {
     fn line_mut(&mut self, sku: &Sku) -> Option<&mut LineBook> {
         self.lines.iter_mut().find(|(line_sku, _)| line_sku == sku).map(|(_, line)| line)
