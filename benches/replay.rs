@@ -4,6 +4,9 @@
 //! (about 1.07 million events) to a sled store in a temporary directory, then measures:
 //! - `replay/state`: folding every event into the domain state (events/s); freeing the
 //!   state afterwards is not timed;
+//! - `replay/state_all_hot`: the same with every order kept as a value (no bound on the
+//!   hot tier, so nothing is frozen or thawed): what the tiering costs replay, and the
+//!   ceiling a larger hot tier would approach at the price of memory;
 //! - `replay/views`: folding every event into all five views (events/s), likewise;
 //! - `open/full_replay`: `Engine::open` with no snapshot: verify and replay the whole log
 //!   into the state;
@@ -103,6 +106,17 @@ fn replay(c: &mut Criterion) {
             for envelope in &envelopes {
                 state.apply(&envelope.event);
             }
+            state
+        })
+    });
+    group.bench_function("state_all_hot", |b| {
+        b.iter_with_large_drop(|| {
+            let mut state = State::new();
+            state.set_orders_hot_max(usize::MAX);
+            for envelope in &envelopes {
+                state.apply(&envelope.event);
+            }
+            assert_eq!(state.orders_frozen(), 0, "nothing frozen");
             state
         })
     });

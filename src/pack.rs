@@ -587,7 +587,7 @@ mod tests {
         let order = Order {
             id: OrderId::from("O-1"),
             customer_id: CustomerId::from("C-1"),
-            region: "r".to_owned(),
+            region: "r".into(),
             placed_at: Timestamp(1),
             payment_due_by: Timestamp(2),
             reservation_id: Some(ReservationId::from("R")),

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -197,8 +198,8 @@ pub struct Payment {
 #[allow(missing_docs)]
 pub struct Shipment {
     pub id: ShipmentId,
-    pub carrier: String,
-    pub tracking_number: String,
+    pub carrier: CompactString,
+    pub tracking_number: CompactString,
     pub lines: Vec<CostedLine>,
     pub shipped_at: Timestamp,
     pub delivered_at: Option<Timestamp>,
@@ -241,7 +242,8 @@ pub enum Closure {
 pub struct Order {
     pub id: OrderId,
     pub customer_id: CustomerId,
-    pub region: String,
+    /// Short text, kept inline: no allocation when the order is thawed or cloned.
+    pub region: CompactString,
     pub placed_at: Timestamp,
     pub payment_due_by: Timestamp,
     pub reservation_id: Option<ReservationId>,
@@ -642,7 +644,7 @@ impl State {
                 let order = Order {
                     id: order_id.clone(),
                     customer_id: customer_id.clone(),
-                    region: region.clone(),
+                    region: region.as_str().into(),
                     placed_at: *placed_at,
                     payment_due_by: *payment_due_by,
                     reservation_id: reservation_id.clone(),
@@ -689,8 +691,8 @@ impl State {
                     &mut order.shipments,
                     Shipment {
                         id: shipment_id.clone(),
-                        carrier: carrier.clone(),
-                        tracking_number: tracking_number.clone(),
+                        carrier: carrier.as_str().into(),
+                        tracking_number: tracking_number.as_str().into(),
                         lines: lines.clone(),
                         shipped_at: *shipped_at,
                         delivered_at: None,
