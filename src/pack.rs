@@ -546,6 +546,7 @@ mod tests {
         check(Condition::Damaged, Some(&[1]));
         check(RefundTarget::Shipping, Some(&[1]));
         check(RefundTarget::Line(Sku::from("A")), Some(&[0, 1, b'A']));
+        check(DiscountSource::Promotion("P".to_owned()), Some(&[0, 1, b'P']));
         check(DiscountSource::Coupon("C".to_owned()), Some(&[1, 1, b'C']));
         check(Closure::Cancelled { by: None, reason: "r".to_owned(), at: Timestamp(5) }, Some(&[0, 0, 1, b'r', 5]));
         check(Closure::Expired { at: Timestamp(5) }, Some(&[1, 5]));
@@ -560,16 +561,21 @@ mod tests {
         assert_eq!(unpack::<Option<u64>>(&[3]), Err(PackError::Tag("option", 3)));
     }
 
-    /// Every order of a generated day (paid, shipped, delivered, returned, refunded,
-    /// cancelled and expired ones) packs and unpacks to itself.
-    #[test]
-    fn every_order_of_a_day_round_trips() {
+    /// Every order of a generated day of 3,000: paid, shipped, delivered, returned,
+    /// refunded, cancelled and expired ones.
+    fn day_orders() -> Vec<Order> {
         let mut state = crate::state::State::new();
         for envelope in sim::day_envelopes(&DayConfig::new(3_000, 7, crate::demo::DAY_START), "test") {
             state.apply(&envelope.event);
         }
         let orders: Vec<Order> = state.orders().map(|order| order.into_owned()).collect();
         assert!(orders.len() > 2_500, "{} orders", orders.len());
+        orders
+    }
+
+    #[test]
+    fn every_order_of_a_day_round_trips() {
+        let orders = day_orders();
         let with = |f: fn(&Order) -> bool| orders.iter().filter(|o| f(o)).count();
         assert!(with(|o| !o.refunds.is_empty()) > 0 && with(|o| !o.returns.is_empty()) > 0);
         assert!(with(|o| o.closure.is_some()) > 0 && with(|o| o.shipments.len() > 1) > 0);
@@ -580,46 +586,15 @@ mod tests {
         }
     }
 
-    /// No byte string unpacks with a panic: every byte of a packed order, changed to every
-    /// value, gives an order or an error.
+    /// No byte string unpacks with a panic: every byte of a packed order (one returned,
+    /// inspected and refunded), changed to every value, gives an order or an error.
     #[test]
     fn corrupt_bytes_are_errors() {
-        let order = Order {
-            id: OrderId::from("O-1"),
-            customer_id: CustomerId::from("C-1"),
-            region: "r".into(),
-            placed_at: Timestamp(1),
-            payment_due_by: Timestamp(2),
-            reservation_id: Some(ReservationId::from("R")),
-            lines: vec![OrderLine {
-                sku: Sku::from("A"),
-                quantity: 2,
-                unit_price: Decimal::new(990, 2),
-                discounts: vec![Discount { source: DiscountSource::Promotion("P".to_owned()), amount: Decimal::ONE }],
-                net_amount: Decimal::new(1880, 2),
-                shipped: 0,
-                shipped_cost: Decimal::ZERO,
-                return_requested: 0,
-                returned: 0,
-                returned_cost: Decimal::ZERO,
-                refunded: Decimal::ZERO,
-            }],
-            shipping_fee: Decimal::new(800, 2),
-            shipping_refunded: Decimal::ZERO,
-            total: Decimal::new(2680, 2),
-            payment: Some(Payment { id: PaymentId::from("P"), amount: Decimal::new(2680, 2), paid_at: Timestamp(3) }),
-            refunded: Decimal::ZERO,
-            shipments: Vec::new(),
-            returns: Vec::new(),
-            refunds: vec![Refund {
-                id: RefundId::from("F"),
-                amount: Decimal::ONE,
-                return_id: None,
-                allocation: vec![RefundShare { target: RefundTarget::Shipping, amount: Decimal::ONE }],
-                refunded_at: Timestamp(4),
-            }],
-            closure: None,
-            stream_version: 3,
+        let Some(order) = day_orders()
+            .into_iter()
+            .find(|o| o.returns.iter().any(|r| !r.inspected.is_empty()) && !o.refunds.is_empty())
+        else {
+            panic!("the day has a returned and refunded order");
         };
         check(order.clone(), None);
         let bytes = pack(&order, &mut Vec::new());

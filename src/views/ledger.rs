@@ -417,3 +417,41 @@ impl emporium_projections::Projection for Ledger {
         super::encode(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{self, DayConfig};
+
+    /// Folding a generated day with nearly every order's book frozen between its postings
+    /// (so each posting thaws one and freezes another) gives the ledger that keeps every
+    /// book as a value, and each frozen book unpacks to what it was.
+    #[test]
+    fn frozen_books_fold_as_hot_ones() {
+        let envelopes = sim::day_envelopes(&DayConfig::new(2_000, 11, crate::demo::DAY_START), "test");
+        let mut hot = Ledger::new();
+        hot.books.set_hot_max(usize::MAX);
+        let mut frozen = Ledger::new();
+        frozen.books.set_hot_max(1);
+        for envelope in &envelopes {
+            hot.apply_event(envelope);
+            frozen.apply_event(envelope);
+        }
+        assert_eq!(hot.books.frozen_len(), 0);
+        assert!(frozen.books.frozen_len() + 1 >= frozen.books.len() && frozen.books.len() > 1_500);
+        assert!(frozen == hot, "the same books, balances and journal");
+        let earned =
+            hot.books.values().filter(|book| book.lines.iter().any(|(_, line)| !line.earned.is_zero())).count();
+        let refunded = hot
+            .books
+            .values()
+            .filter(|book| book.lines.iter().any(|(_, line)| !line.refunded_from_deposits.is_zero()))
+            .count();
+        assert!(earned > 0 && refunded > 0, "books with earnings ({earned}) and refunds from deposits ({refunded})");
+        let mut scratch = Vec::new();
+        for (key, book) in hot.books.iter() {
+            let bytes = crate::pack::pack(book.as_ref(), &mut scratch);
+            assert_eq!(crate::pack::unpack::<OrderBook>(&bytes).as_ref(), Ok(book.as_ref()), "{key}");
+        }
+    }
+}
