@@ -407,8 +407,9 @@ pub struct State {
     products: IdMap<Sku, Product>,
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
-    /// The orders changed most recently are kept as values, the rest encoded: a promotion
-    /// day places millions, and most are never touched again once paid or shipped.
+    /// The orders placed most recently are kept as values, the rest encoded: a promotion
+    /// day places millions, and an order's events after payment come a day or more later.
+    /// An encoded order is changed where it is (`change_order`), not made a value again.
     /// Serialized as the tiers hold them ([`crate::tiered::image`]): only engine snapshots
     /// serialize a state, and they are read back by the same build.
     #[serde(with = "crate::tiered::image")]
@@ -455,7 +456,7 @@ impl State {
         self.reservations.get(id)
     }
 
-    /// An order by id: borrowed when it changed recently, else a decoded copy.
+    /// An order by id: borrowed when it was placed recently, else a decoded copy.
     ///
     /// Panics when the order is spilled and not loaded ([`State::load_for`]): the core reads
     /// only orders in memory. Readers outside the core use [`State::fetch_order`].
@@ -473,7 +474,7 @@ impl State {
         self.orders.fetch(id)
     }
 
-    /// Every order, in no particular order; those not changed recently decoded one by one.
+    /// Every order, in no particular order; those not placed recently decoded one by one.
     ///
     /// Panics when orders are spilled; use [`State::try_orders`] on a state that spills.
     pub fn orders(&self) -> impl Iterator<Item = Cow<'_, Order>> {
@@ -502,7 +503,7 @@ impl State {
         self.orders.restore_frozen(orders)
     }
 
-    /// Lets [`State::spill_orders`] move orders not changed recently to `spill`.
+    /// Lets [`State::spill_orders`] move orders kept encoded to `spill`.
     pub fn attach_orders_spill(&mut self, spill: Arc<Spill>) {
         self.orders.attach(spill);
     }
@@ -550,7 +551,7 @@ impl State {
         self.orders.frozen_len()
     }
 
-    /// Keeps at most `hot_max` (at least 1) orders as values, encoding the ones changed
+    /// Keeps at most `hot_max` (at least 1) orders as values, encoding the ones placed
     /// longest ago beyond that. A setting, not a fact: it changes memory, never what the
     /// state holds or how it compares or serializes.
     pub fn set_orders_hot_max(&mut self, hot_max: usize) {
@@ -664,109 +665,107 @@ impl State {
                 self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
             }
             Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
-                let order = self.order_mut(order_id);
-                assert!(order.payment.is_none() && order.closure.is_none());
-                order.payment = Some(Payment { id: payment_id.clone(), amount: *amount, paid_at: *paid_at });
-                let due = (order.payment_due_by, Deadline::Payment(order_id.clone()));
-                assert!(self.deadlines.remove(&due));
+                let due_by = self.change_order(order_id, |order| {
+                    assert!(order.payment.is_none() && order.closure.is_none());
+                    order.payment = Some(Payment { id: payment_id.clone(), amount: *amount, paid_at: *paid_at });
+                    order.payment_due_by
+                });
+                assert!(self.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
             }
             Event::OrderCancelled { order_id, by, reason, cancelled_at } => {
                 let closure = Closure::Cancelled { by: *by, reason: reason.clone(), at: *cancelled_at };
                 self.close_order(order_id, closure);
             }
             Event::OrderExpired { order_id, expired_at } => {
-                assert!(self.order_mut(order_id).payment.is_none());
                 self.close_order(order_id, Closure::Expired { at: *expired_at });
             }
             Event::ShipmentDispatched { order_id, shipment_id, carrier, tracking_number, lines, shipped_at } => {
                 self.stock_shipped(lines);
-                let order = self.order_mut(order_id);
-                assert!(order.payment.is_some() && order.closure.is_none());
-                for line in lines {
-                    let order_line = order.line_mut(&line.sku);
-                    order_line.shipped = add(order_line.shipped, line.quantity);
-                    order_line.shipped_cost += line.cost;
-                }
-                push_exact(
-                    &mut order.shipments,
-                    Shipment {
-                        id: shipment_id.clone(),
-                        carrier: carrier.as_str().into(),
-                        tracking_number: tracking_number.as_str().into(),
-                        lines: lines.clone(),
-                        shipped_at: *shipped_at,
-                        delivered_at: None,
-                    },
-                );
+                self.change_order(order_id, |order| {
+                    assert!(order.payment.is_some() && order.closure.is_none());
+                    for line in lines {
+                        let order_line = order.line_mut(&line.sku);
+                        order_line.shipped = add(order_line.shipped, line.quantity);
+                        order_line.shipped_cost += line.cost;
+                    }
+                    push_exact(
+                        &mut order.shipments,
+                        Shipment {
+                            id: shipment_id.clone(),
+                            carrier: carrier.as_str().into(),
+                            tracking_number: tracking_number.as_str().into(),
+                            lines: lines.clone(),
+                            shipped_at: *shipped_at,
+                            delivered_at: None,
+                        },
+                    );
+                });
             }
             Event::ShipmentDelivered { order_id, shipment_id, delivered_at } => {
-                let order = self.order_mut(order_id);
-                let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
-                    panic!("delivery of unknown shipment {shipment_id}");
-                };
-                assert!(shipment.delivered_at.is_none());
-                shipment.delivered_at = Some(*delivered_at);
+                self.change_order(order_id, |order| {
+                    let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
+                        panic!("delivery of unknown shipment {shipment_id}");
+                    };
+                    assert!(shipment.delivered_at.is_none());
+                    shipment.delivered_at = Some(*delivered_at);
+                });
             }
             Event::ReturnRequested { order_id, return_id, lines, reason, requested_at } => {
-                let order = self.order_mut(order_id);
-                for line in lines {
-                    let order_line = order.line_mut(&line.sku);
-                    order_line.return_requested = add(order_line.return_requested, line.quantity);
-                }
-                push_exact(
-                    &mut order.returns,
-                    Return {
-                        id: return_id.clone(),
-                        lines: lines.clone(),
-                        reason: reason.clone(),
-                        requested_at: *requested_at,
-                        received_at: None,
-                        inspected: Vec::new(),
-                    },
-                );
+                self.change_order(order_id, |order| {
+                    for line in lines {
+                        let order_line = order.line_mut(&line.sku);
+                        order_line.return_requested = add(order_line.return_requested, line.quantity);
+                    }
+                    push_exact(
+                        &mut order.returns,
+                        Return {
+                            id: return_id.clone(),
+                            lines: lines.clone(),
+                            reason: reason.clone(),
+                            requested_at: *requested_at,
+                            received_at: None,
+                            inspected: Vec::new(),
+                        },
+                    );
+                });
             }
             Event::ReturnReceived { order_id, return_id, lines, received_at } => {
-                let order = self.order_mut(order_id);
-                for line in lines {
-                    let order_line = order.line_mut(&line.sku);
-                    order_line.returned = add(order_line.returned, line.quantity);
-                    order_line.returned_cost += line.cost;
-                }
-                let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
-                    panic!("receipt of unknown return {return_id}");
-                };
-                assert!(request.received_at.is_none());
-                request.received_at = Some(*received_at);
-                request.inspected = lines.clone();
+                self.change_order(order_id, |order| {
+                    for line in lines {
+                        let order_line = order.line_mut(&line.sku);
+                        order_line.returned = add(order_line.returned, line.quantity);
+                        order_line.returned_cost += line.cost;
+                    }
+                    let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
+                        panic!("receipt of unknown return {return_id}");
+                    };
+                    assert!(request.received_at.is_none());
+                    request.received_at = Some(*received_at);
+                    request.inspected = lines.clone();
+                });
                 self.stock_returned(lines);
             }
             Event::RefundIssued { order_id, refund_id, amount, return_id, allocation, refunded_at } => {
-                let order = self.order_mut(order_id);
-                order.refunded += *amount;
-                for share in allocation {
-                    match &share.target {
-                        RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
-                        RefundTarget::Shipping => order.shipping_refunded += share.amount,
+                self.change_order(order_id, |order| {
+                    order.refunded += *amount;
+                    for share in allocation {
+                        match &share.target {
+                            RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
+                            RefundTarget::Shipping => order.shipping_refunded += share.amount,
+                        }
                     }
-                }
-                push_exact(
-                    &mut order.refunds,
-                    Refund {
-                        id: refund_id.clone(),
-                        amount: *amount,
-                        return_id: return_id.clone(),
-                        allocation: allocation.clone(),
-                        refunded_at: *refunded_at,
-                    },
-                );
+                    push_exact(
+                        &mut order.refunds,
+                        Refund {
+                            id: refund_id.clone(),
+                            amount: *amount,
+                            return_id: return_id.clone(),
+                            allocation: allocation.clone(),
+                            refunded_at: *refunded_at,
+                        },
+                    );
+                });
             }
-        }
-        // Every event about an order after the first counts in its stream's version.
-        if let Subject::Order(order_id) = event.subject()
-            && !matches!(event, Event::OrderPlaced { .. })
-        {
-            let order = self.order_mut(order_id);
-            order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
         }
         if cfg!(debug_assertions) {
             self.check_touched(event);
@@ -780,11 +779,23 @@ impl State {
         product
     }
 
-    fn order_mut(&mut self, order_id: &OrderId) -> &mut Order {
-        let Some(order) = self.orders.get_mut(order_id) else {
+    /// Applies `change` to the order `order_id` and counts the event in the order's stream
+    /// version: every event about an order after the first goes through here, once.
+    ///
+    /// The order is changed where it is kept ([`TieredMap::update`]): an order not changed
+    /// recently stays encoded. An order's later events (shipping a day or two after payment,
+    /// delivery days after that, a return after delivery) come after more orders have
+    /// changed than the hot tier holds, so thawing it would only freeze another.
+    fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> R {
+        let changed = self.orders.update(order_id, |order| {
+            let changed = change(order);
+            order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
+            changed
+        });
+        let Some(changed) = changed else {
             panic!("event names unknown order {order_id}");
         };
-        order
+        changed
     }
 
     /// Ends an active hold: its units return to sale. Returns the SKUs it held; the caller
@@ -808,11 +819,16 @@ impl State {
 
     /// Closes an open order: its unshipped units return to sale.
     fn close_order(&mut self, order_id: &OrderId, closure: Closure) {
-        let order = self.order_mut(order_id);
-        assert!(order.closure.is_none(), "order {order_id} closed twice");
-        let held: Vec<(Sku, u64)> = order.held().map(|(sku, q)| (sku.clone(), q)).collect();
-        let unpaid_due = order.payment.is_none().then_some(order.payment_due_by);
-        order.closure = Some(closure);
+        let (held, unpaid_due) = self.change_order(order_id, |order| {
+            assert!(order.closure.is_none(), "order {order_id} closed twice");
+            if matches!(closure, Closure::Expired { .. }) {
+                assert!(order.payment.is_none(), "paid order {order_id} expired");
+            }
+            let held: Vec<(Sku, u64)> = order.held().map(|(sku, q)| (sku.clone(), q)).collect();
+            let unpaid_due = order.payment.is_none().then_some(order.payment_due_by);
+            order.closure = Some(closure);
+            (held, unpaid_due)
+        });
         if let Some(due_by) = unpaid_due {
             assert!(self.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
         }
@@ -1016,7 +1032,7 @@ impl State {
             let due = (reservation.expires_at, Deadline::Reservation(reservation.id.clone()));
             assert!(self.deadlines.contains(&due), "active reservation {} has no deadline", reservation.id);
         }
-        // One pass: orders not changed recently are decoded once each.
+        // One pass: orders kept encoded are decoded once each.
         let (mut held, mut awaiting) = (Vec::new(), 0);
         for order in self.orders.values() {
             check_order(&order);

@@ -6,11 +6,13 @@
 //!   the same entries whichever tier holds them, and serialize exactly as
 //!   [`crate::idmap::sorted_map`] does, so a view snapshot or hash does not depend on the
 //!   tiers. Only [`image`], for engine snapshots, writes the tiers as they are held.
-//! - At most `hot_max` entries are kept as values (*hot*). Inserting or changing an entry
-//!   makes it hot; when that makes too many, the one made hot longest ago is encoded with
-//!   [`crate::pack`] (*frozen*). An encoded order is a small fraction of its size as a value.
-//! - Reading a frozen entry decodes a copy and leaves it frozen; changing one decodes it
-//!   back into the hot tier.
+//! - At most `hot_max` entries are kept as values (*hot*). Inserting an entry, or changing
+//!   it through [`TieredMap::get_mut`], makes it hot; when that makes too many, the one made
+//!   hot longest ago is encoded with [`crate::pack`] (*frozen*). An encoded order is a small
+//!   fraction of its size as a value.
+//! - Reading a frozen entry decodes a copy and leaves it frozen. [`TieredMap::get_mut`]
+//!   decodes it back into the hot tier; [`TieredMap::update`] changes it where it is, so a
+//!   frozen entry stays frozen and no other entry freezes for it.
 //! - With a [`Spill`] attached, the owner's shell may move frozen entries out of memory
 //!   ([`TieredMap::spill_frozen`]); only each one's [`Spot`] stays (*spilled*). Serialization,
 //!   equality and [`TieredMap::fetch`] read spilled entries back, and report a failed read.
@@ -143,6 +145,31 @@ where
             self.freeze_excess();
         }
         self.hot.get_mut(key)
+    }
+
+    /// Changes the entry of `key` with `change` in the tier that holds it, and returns what
+    /// `change` returned: a hot entry is changed as it is; a frozen one is decoded, changed
+    /// and encoded again in its place, and stays frozen, so no other entry freezes for it.
+    /// `None` (and `change` is not called) when there is no entry.
+    ///
+    /// For entries whose next change is usually further away than the hot tier reaches:
+    /// making such an entry hot only pushes out another that will not be needed soon either,
+    /// at the cost of encoding that one and the hash tables' churn.
+    ///
+    /// Panics when the entry is spilled: [`TieredMap::load`] it first.
+    pub fn update<R>(&mut self, key: &K, change: impl FnOnce(&mut V) -> R) -> Option<R> {
+        if let Some(value) = self.hot.get_mut(key) {
+            return Some(change(value));
+        }
+        let Some(bytes) = self.frozen.get_mut(key) else {
+            assert!(!self.spilled.contains_key(key), "a spilled entry is changed without being loaded first");
+            return None;
+        };
+        let mut value: V = thaw(bytes);
+        let changed = change(&mut value);
+        *bytes = crate::pack::pack(&value, &mut self.scratch);
+        debug_assert!(crate::pack::unpack::<V>(bytes).is_ok(), "a frozen entry unpacks");
+        Some(changed)
     }
 
     /// Inserts or replaces the entry of `key`, hot. Returns whether it had one.
@@ -862,7 +889,10 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     enum Step {
         Insert(u32, u64),
+        /// Changed through `get_mut`: made hot.
         Change(u32, u64),
+        /// Changed through `update`: left in its tier.
+        Update(u32, u64),
     }
 
     /// Runs `steps` on a map with `hot_max` beside a `BTreeMap`, and after every step checks
@@ -887,6 +917,19 @@ mod tests {
                         v.clone()
                     });
                     assert_eq!(ours, theirs, "{step:?}");
+                }
+                Step::Update(key, value) => {
+                    let theirs = model.get_mut(&key.to_string()).map(|v| {
+                        v.push(value);
+                        v.clone()
+                    });
+                    let frozen = map.frozen_len();
+                    let ours = map.update(&key.to_string(), |v| {
+                        v.push(value);
+                        v.clone()
+                    });
+                    assert_eq!(ours, theirs, "{step:?}");
+                    assert_eq!(map.frozen_len(), frozen, "{step:?}: an update moves nothing between tiers");
                 }
             }
             assert!(map.len() - map.frozen_len() <= hot_max.max(1), "{step:?}: too many hot");
@@ -988,7 +1031,7 @@ mod tests {
 
     #[test]
     fn one_map_whatever_the_tiers() {
-        use Step::{Change, Insert};
+        use Step::{Change, Insert, Update};
         check(8, &[Insert(1, 10), Insert(2, 20), Change(1, 11)], 0);
         // Three hot at most: the first two freeze, changing one thaws it and freezes the
         // oldest hot one.
@@ -1000,6 +1043,13 @@ mod tests {
             (0..200).map(|n| if n % 3 == 2 { Change(n / 2, 5) } else { Insert(n, n.into()) }).collect();
         check(16, &many, 134 - 16);
         check(0, &[Insert(1, 1), Insert(2, 2)], 1);
+        // An update changes a frozen entry where it is, a hot one as it is, and none that
+        // is missing.
+        check(2, &[Insert(1, 1), Insert(2, 2), Insert(3, 3), Update(1, 9), Update(3, 8), Update(9, 9)], 1);
+        check(1, &[Insert(1, 1), Insert(2, 2), Update(1, 5), Update(1, 6), Change(1, 7), Update(2, 4)], 1);
+        let updates: Vec<Step> =
+            (0..200).map(|n| if n % 3 == 2 { Update(n / 2, 5) } else { Insert(n, n.into()) }).collect();
+        check(16, &updates, 134 - 16);
     }
 
     #[test]
