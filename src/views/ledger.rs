@@ -148,7 +148,7 @@ pub struct Ledger {
     /// shipment, and is read a page at a time.
     journal: BlockLog<JournalEntry>,
     balances: BTreeMap<Account, Decimal>,
-    /// The books of orders not posted to recently are kept encoded.
+    /// The books of orders placed longest ago are kept encoded, and changed where they are.
     books: TieredMap<OrderId, OrderBook>,
     payments: Decimal,
     refunds: Decimal,
@@ -333,55 +333,65 @@ impl Ledger {
                 format!("payment {payment_id} for order {order_id}")
             }
             Event::ShipmentDispatched { order_id, shipment_id, lines, .. } => {
-                let Some(book) = self.books.get_mut(order_id) else { return };
-                for shipped in lines {
-                    let Some(line) = book.line_mut(&shipped.sku) else { continue };
-                    let before = line.shipped;
-                    line.shipped += shipped.quantity;
-                    let net = money::share(line.net_amount, line.shipped, line.quantity)
-                        - money::share(line.net_amount, before, line.quantity);
-                    let gross = money::normalize(line.unit_price * Decimal::from(shipped.quantity));
-                    let from_deposits = net.min(line.deposit_held());
-                    line.earned += net;
-                    entry
-                        .debit(Account::CustomerDeposits, from_deposits)
-                        .debit(Account::SalesReturns, net - from_deposits)
-                        .debit(Account::Discounts, gross - net)
-                        .credit(Account::SalesRevenue, gross)
-                        .debit(Account::CostOfGoodsSold, shipped.cost)
-                        .credit(Account::Inventory, shipped.cost);
-                }
-                if !book.shipping_earned {
-                    book.shipping_earned = true;
-                    let fee_held = book.shipping_fee - book.shipping_refunded_from_deposits;
-                    entry
-                        .debit(Account::CustomerDeposits, fee_held)
-                        .debit(Account::SalesReturns, book.shipping_fee - fee_held)
-                        .credit(Account::ShippingRevenue, book.shipping_fee);
+                // Changed where it is kept: a book shipped a day or more after its order was
+                // placed is usually encoded by then, and thawing it would only freeze another.
+                let shipped = self.books.update(order_id, |book| {
+                    for shipped in lines {
+                        let Some(line) = book.line_mut(&shipped.sku) else { continue };
+                        let before = line.shipped;
+                        line.shipped += shipped.quantity;
+                        let net = money::share(line.net_amount, line.shipped, line.quantity)
+                            - money::share(line.net_amount, before, line.quantity);
+                        let gross = money::normalize(line.unit_price * Decimal::from(shipped.quantity));
+                        let from_deposits = net.min(line.deposit_held());
+                        line.earned += net;
+                        entry
+                            .debit(Account::CustomerDeposits, from_deposits)
+                            .debit(Account::SalesReturns, net - from_deposits)
+                            .debit(Account::Discounts, gross - net)
+                            .credit(Account::SalesRevenue, gross)
+                            .debit(Account::CostOfGoodsSold, shipped.cost)
+                            .credit(Account::Inventory, shipped.cost);
+                    }
+                    if !book.shipping_earned {
+                        book.shipping_earned = true;
+                        let fee_held = book.shipping_fee - book.shipping_refunded_from_deposits;
+                        entry
+                            .debit(Account::CustomerDeposits, fee_held)
+                            .debit(Account::SalesReturns, book.shipping_fee - fee_held)
+                            .credit(Account::ShippingRevenue, book.shipping_fee);
+                    }
+                });
+                if shipped.is_none() {
+                    return;
                 }
                 format!("shipment {shipment_id} of order {order_id}")
             }
             Event::RefundIssued { order_id, refund_id, amount, allocation, .. } => {
                 self.refunds += *amount;
-                let Some(book) = self.books.get_mut(order_id) else { return };
-                for share in allocation {
-                    match &share.target {
-                        RefundTarget::Line(sku) => {
-                            let Some(line) = book.line_mut(sku) else { continue };
-                            let from_deposits = share.amount.min(line.deposit_held());
-                            line.refunded_from_deposits += from_deposits;
-                            entry
-                                .debit(Account::CustomerDeposits, from_deposits)
-                                .debit(Account::SalesReturns, share.amount - from_deposits);
-                        }
-                        RefundTarget::Shipping if book.shipping_earned => {
-                            entry.debit(Account::ShippingRevenue, share.amount);
-                        }
-                        RefundTarget::Shipping => {
-                            book.shipping_refunded_from_deposits += share.amount;
-                            entry.debit(Account::CustomerDeposits, share.amount);
+                let refunded = self.books.update(order_id, |book| {
+                    for share in allocation {
+                        match &share.target {
+                            RefundTarget::Line(sku) => {
+                                let Some(line) = book.line_mut(sku) else { continue };
+                                let from_deposits = share.amount.min(line.deposit_held());
+                                line.refunded_from_deposits += from_deposits;
+                                entry
+                                    .debit(Account::CustomerDeposits, from_deposits)
+                                    .debit(Account::SalesReturns, share.amount - from_deposits);
+                            }
+                            RefundTarget::Shipping if book.shipping_earned => {
+                                entry.debit(Account::ShippingRevenue, share.amount);
+                            }
+                            RefundTarget::Shipping => {
+                                book.shipping_refunded_from_deposits += share.amount;
+                                entry.debit(Account::CustomerDeposits, share.amount);
+                            }
                         }
                     }
+                });
+                if refunded.is_none() {
+                    return;
                 }
                 entry.credit(Account::Cash, *amount);
                 format!("refund {refund_id} of order {order_id}")
