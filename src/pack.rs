@@ -1,4 +1,5 @@
-//! A compact binary encoding for the values a [`crate::tiered::TieredMap`] keeps frozen.
+//! A compact binary encoding for the values a [`crate::tiered::TieredMap`] keeps frozen and
+//! the blocks a [`crate::tiered::BlockLog`] seals.
 //!
 //! Guarantees:
 //! - [`unpack`] gives back exactly the value [`pack`] was given, down to each amount's scale
@@ -7,7 +8,8 @@
 //!   ones, unknown variant tags, text that is not UTF-8 and amounts `Decimal` cannot hold.
 //! - The format is private to one build. Frozen entries live in memory, in the scratch
 //!   spill, and in engine snapshots, whose schema version changes when this format does;
-//!   events and view snapshots never use it.
+//!   sealed blocks live in memory and in the spill only. Events and view snapshots never
+//!   use it.
 //!
 //! Why not postcard through serde, as the log does: the log's amounts serialize as text
 //! (`rust_decimal`'s `serde-str`), and a promotion day's replay freezes and thaws each
@@ -69,7 +71,8 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, PackError> {
+    /// The next byte.
+    pub(crate) fn byte(&mut self) -> Result<u8, PackError> {
         let (&first, rest) = self.bytes.split_first().ok_or(PackError::Truncated)?;
         self.bytes = rest;
         Ok(first)
@@ -343,7 +346,7 @@ pack_identifiers!(Sku, OrderId, CustomerId, PaymentId, RefundId, ReservationId, 
 /// Packs a fieldless enum as one byte per variant, numbered in the order given.
 macro_rules! pack_unit_enum {
     ($name:ident { $($variant:ident),+ }) => {
-        impl Pack for $name {
+        impl $crate::pack::Pack for $name {
             fn pack(&self, out: &mut Vec<u8>) {
                 let variants = [$($name::$variant),+];
                 match variants.iter().position(|v| v == self) {
@@ -352,14 +355,18 @@ macro_rules! pack_unit_enum {
                 }
             }
 
-            fn unpack(input: &mut Reader<'_>) -> Result<Self, PackError> {
+            fn unpack(
+                input: &mut $crate::pack::Reader<'_>,
+            ) -> Result<Self, $crate::pack::PackError> {
                 let variants = [$($name::$variant),+];
                 let tag = input.byte()?;
-                variants.get(usize::from(tag)).copied().ok_or(PackError::Tag(stringify!($name), tag))
+                variants.get(usize::from(tag)).copied().ok_or($crate::pack::PackError::Tag(stringify!($name), tag))
             }
         }
     };
 }
+
+pub(crate) use pack_unit_enum;
 
 pack_unit_enum!(Party { Buyer, Shop });
 pack_unit_enum!(Condition { Resellable, Damaged });

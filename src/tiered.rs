@@ -363,22 +363,8 @@ fn read_decoded<T: Pack>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
     crate::pack::unpack(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// A spilled block of a [`BlockLog`] decoded, as [`read_decoded`] decodes an entry.
-fn read_block<T: DeserializeOwned>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
-    let bytes = read_spot(spill, spot)?;
-    postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Decodes a sealed block of a [`BlockLog`], as [`thaw`] decodes an entry.
-fn thaw_block<T: DeserializeOwned>(bytes: &[u8]) -> T {
-    match postcard::from_bytes(bytes) {
-        Ok(value) => value,
-        Err(error) => panic!("a sealed block does not decode: {error}"),
-    }
-}
-
-/// Decodes a frozen entry. The bytes were encoded from a value of the same type in this
-/// process, so failing to decode them is a broken invariant.
+/// Decodes a frozen entry or a sealed block. The bytes were encoded from a value of the
+/// same type in this process, so failing to decode them is a broken invariant.
 fn thaw<V: Pack>(bytes: &[u8]) -> V {
     match crate::pack::unpack(bytes) {
         Ok(value) => value,
@@ -675,7 +661,7 @@ impl<T: Clone> Clone for BlockLog<T> {
 
 impl<T> BlockLog<T>
 where
-    T: Keyed + Clone + Serialize + DeserializeOwned,
+    T: Keyed + Clone + Pack + Serialize + DeserializeOwned,
 {
     /// Items in all.
     pub fn len(&self) -> usize {
@@ -698,7 +684,7 @@ where
     }
 
     /// Appends `item`, whose key must not be below the last one's; seals the open block
-    /// when it is full. A block that does not encode stays open and is tried again.
+    /// with [`crate::pack`] when it is full.
     pub fn push(&mut self, item: T) {
         if let Some(last) = self.key_last() {
             assert!(item.key() >= last, "a block log is appended in key order: {} after {last}", item.key());
@@ -707,12 +693,11 @@ where
         if self.open.len() < BLOCK_ITEMS {
             return;
         }
-        if let (Ok(bytes), Some(last)) = (postcard::to_allocvec(&self.open), self.open.last()) {
-            let block =
-                Block { key_last: last.key(), items: self.open.len(), bytes: Sealed::Held(bytes.into_boxed_slice()) };
-            self.sealed.push(block);
-            self.open = Vec::new();
-        }
+        let open = std::mem::take(&mut self.open);
+        let key_last = open.last().map(Keyed::key).unwrap_or_else(|| unreachable!("a full block has items"));
+        let bytes = crate::pack::pack(&open, &mut Vec::new());
+        debug_assert!(crate::pack::unpack::<Vec<T>>(&bytes).is_ok(), "a sealed block unpacks");
+        self.sealed.push(Block { key_last, items: open.len(), bytes: Sealed::Held(bytes) });
     }
 
     /// Every item in order, sealed blocks decoded one at a time.
@@ -789,8 +774,8 @@ where
     /// Decodes a sealed block, read back from the spill if it is there.
     fn unseal(&self, block: &Block) -> io::Result<Vec<T>> {
         let items: Vec<T> = match &block.bytes {
-            Sealed::Held(bytes) => thaw_block(bytes),
-            Sealed::Spilled(spot) => read_block(self.spill.as_deref(), *spot)?,
+            Sealed::Held(bytes) => thaw(bytes),
+            Sealed::Spilled(spot) => read_decoded(self.spill.as_deref(), *spot)?,
         };
         assert_eq!(items.len(), block.items, "a sealed block holds what it was sealed with");
         Ok(items)
@@ -799,7 +784,7 @@ where
 
 impl<T> PartialEq for BlockLog<T>
 where
-    T: Keyed + Clone + PartialEq + Serialize + DeserializeOwned,
+    T: Keyed + Clone + PartialEq + Pack + Serialize + DeserializeOwned,
 {
     /// Equal when both hold the same items in the same order, whichever are encoded. An
     /// item that cannot be read back from the spill is not shown equal to anything.
@@ -812,11 +797,11 @@ where
     }
 }
 
-impl<T> Eq for BlockLog<T> where T: Keyed + Clone + Eq + Serialize + DeserializeOwned {}
+impl<T> Eq for BlockLog<T> where T: Keyed + Clone + Eq + Pack + Serialize + DeserializeOwned {}
 
 impl<T> fmt::Debug for BlockLog<T>
 where
-    T: Keyed + Clone + fmt::Debug + Serialize + DeserializeOwned,
+    T: Keyed + Clone + fmt::Debug + Pack + Serialize + DeserializeOwned,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut list = f.debug_list();
@@ -832,7 +817,7 @@ where
 
 impl<T> Serialize for BlockLog<T>
 where
-    T: Keyed + Clone + Serialize + DeserializeOwned,
+    T: Keyed + Clone + Pack + Serialize + DeserializeOwned,
 {
     /// A sequence, as a `Vec` of the items would be; a spilled block that cannot be read
     /// back fails it.
@@ -847,7 +832,7 @@ where
 
 impl<'de, T> Deserialize<'de> for BlockLog<T>
 where
-    T: Keyed + Clone + Serialize + DeserializeOwned,
+    T: Keyed + Clone + Pack + Serialize + DeserializeOwned,
 {
     /// From a sequence in key order, sealed as it is read.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -855,7 +840,7 @@ where
 
         impl<'de, T> Visitor<'de> for Items<T>
         where
-            T: Keyed + Clone + Serialize + DeserializeOwned,
+            T: Keyed + Clone + Pack + Serialize + DeserializeOwned,
         {
             type Value = BlockLog<T>;
 
@@ -1083,6 +1068,17 @@ mod tests {
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     struct Item(u64, String);
+
+    impl Pack for Item {
+        fn pack(&self, out: &mut Vec<u8>) {
+            (self.0, self.1.clone()).pack(out);
+        }
+
+        fn unpack(input: &mut crate::pack::Reader<'_>) -> Result<Self, crate::pack::PackError> {
+            let (key, text) = Pack::unpack(input)?;
+            Ok(Item(key, text))
+        }
+    }
 
     impl Keyed for Item {
         fn key(&self) -> u64 {

@@ -134,6 +134,19 @@ struct OrderBook {
 
 crate::pack::pack_struct!(LineBook { quantity, unit_price, net_amount, shipped, earned, refunded_from_deposits });
 crate::pack::pack_struct!(OrderBook { lines, shipping_fee, shipping_earned, shipping_refunded_from_deposits });
+crate::pack::pack_unit_enum!(Account {
+    Cash,
+    Inventory,
+    AccountsPayable,
+    CustomerDeposits,
+    SalesRevenue,
+    ShippingRevenue,
+    Discounts,
+    SalesReturns,
+    CostOfGoodsSold,
+    Shrinkage
+});
+crate::pack::pack_struct!(JournalEntry { position, recorded_at, memo, postings });
 
 impl OrderBook {
     fn line_mut(&mut self, sku: &Sku) -> Option<&mut LineBook> {
