@@ -346,7 +346,7 @@ pack_identifiers!(Sku, OrderId, CustomerId, PaymentId, RefundId, ReservationId, 
 /// Packs a fieldless enum as one byte per variant, numbered in the order given.
 macro_rules! pack_unit_enum {
     ($name:ident { $($variant:ident),+ }) => {
-        impl $crate::pack::Pack for $name {
+        impl Pack for $name {
             fn pack(&self, out: &mut Vec<u8>) {
                 let variants = [$($name::$variant),+];
                 match variants.iter().position(|v| v == self) {
@@ -355,18 +355,14 @@ macro_rules! pack_unit_enum {
                 }
             }
 
-            fn unpack(
-                input: &mut $crate::pack::Reader<'_>,
-            ) -> Result<Self, $crate::pack::PackError> {
+            fn unpack(input: &mut Reader<'_>) -> Result<Self, PackError> {
                 let variants = [$($name::$variant),+];
                 let tag = input.byte()?;
-                variants.get(usize::from(tag)).copied().ok_or($crate::pack::PackError::Tag(stringify!($name), tag))
+                variants.get(usize::from(tag)).copied().ok_or(PackError::Tag(stringify!($name), tag))
             }
         }
     };
 }
-
-pub(crate) use pack_unit_enum;
 
 pack_unit_enum!(Party { Buyer, Shop });
 pack_unit_enum!(Condition { Resellable, Damaged });

@@ -31,6 +31,7 @@ use crate::event::{Event, RefundTarget, Subject};
 use crate::ids::{OrderId, Sku, Timestamp};
 use crate::log::Envelope;
 use crate::money;
+use crate::pack::{Pack, PackError, Reader};
 use crate::spill::Spill;
 use crate::tiered::{BlockLog, Keyed, TieredMap};
 
@@ -134,18 +135,22 @@ struct OrderBook {
 
 crate::pack::pack_struct!(LineBook { quantity, unit_price, net_amount, shipped, earned, refunded_from_deposits });
 crate::pack::pack_struct!(OrderBook { lines, shipping_fee, shipping_earned, shipping_refunded_from_deposits });
-crate::pack::pack_unit_enum!(Account {
-    Cash,
-    Inventory,
-    AccountsPayable,
-    CustomerDeposits,
-    SalesRevenue,
-    ShippingRevenue,
-    Discounts,
-    SalesReturns,
-    CostOfGoodsSold,
-    Shrinkage
-});
+
+/// An account packs as its place in [`Account::ALL`], one byte.
+impl Pack for Account {
+    fn pack(&self, out: &mut Vec<u8>) {
+        match Account::ALL.iter().position(|account| account == self) {
+            Some(tag) => out.push(tag as u8),
+            None => unreachable!("every account is in the chart"),
+        }
+    }
+
+    fn unpack(input: &mut Reader<'_>) -> Result<Self, PackError> {
+        let tag = input.byte()?;
+        Account::ALL.get(usize::from(tag)).copied().ok_or(PackError::Tag("account", tag))
+    }
+}
+
 crate::pack::pack_struct!(JournalEntry { position, recorded_at, memo, postings });
 
 impl OrderBook {
@@ -445,6 +450,18 @@ impl emporium_projections::Projection for Ledger {
 mod tests {
     use super::*;
     use crate::sim::{self, DayConfig};
+
+    #[test]
+    fn a_journal_entry_packs_every_account_and_amount_exactly() {
+        let postings: Vec<(Account, Decimal)> =
+            Account::ALL.iter().zip(-5_i64..).map(|(account, n)| (*account, Decimal::new(n * 10_001, 2))).collect();
+        let entry =
+            JournalEntry { position: 300, recorded_at: Timestamp(1_700_000_000_000), memo: "m".into(), postings };
+        let bytes = crate::pack::pack(&entry, &mut Vec::new());
+        assert_eq!(crate::pack::unpack::<JournalEntry>(&bytes), Ok(entry));
+        let past_the_chart = Account::ALL.len() as u8;
+        assert_eq!(crate::pack::unpack::<Account>(&[past_the_chart]), Err(PackError::Tag("account", past_the_chart)));
+    }
 
     /// Folding a generated day with nearly every order's book frozen between its postings
     /// (so each posting thaws one and freezes another) gives the ledger that keeps every
