@@ -408,7 +408,7 @@ pub struct State {
     #[serde(serialize_with = "crate::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
     /// The orders placed most recently are kept as values, the rest encoded: a promotion
-    /// day places millions, and an order's events after payment come a day or more later.
+    /// day places millions, and an order's events after payment come hours to days later.
     /// An encoded order is changed where it is (`change_order`), not made a value again.
     /// Serialized as the tiers hold them ([`crate::tiered::image`]): only engine snapshots
     /// serialize a state, and they are read back by the same build.
@@ -782,10 +782,11 @@ impl State {
     /// Applies `change` to the order `order_id` and counts the event in the order's stream
     /// version: every event about an order after the first goes through here, once.
     ///
-    /// The order is changed where it is kept ([`TieredMap::update`]): an order not changed
-    /// recently stays encoded. An order's later events (shipping a day or two after payment,
-    /// delivery days after that, a return after delivery) come after more orders have
-    /// changed than the hot tier holds, so thawing it would only freeze another.
+    /// The order is changed where it is kept ([`TieredMap::update`]): one placed before the
+    /// newest `hot_max` stays encoded. On a promotion day an order's later events (shipping
+    /// hours to days after payment, delivery after that, a return after delivery) come after
+    /// more orders have changed than the hot tier holds, so thawing it would only freeze
+    /// another.
     fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> R {
         let changed = self.orders.update(order_id, |order| {
             let changed = change(order);
@@ -1141,4 +1142,45 @@ fn check_order(order: &Order) {
 fn push_exact<T>(items: &mut Vec<T>, item: T) {
     items.reserve_exact(1);
     items.push(item);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{self, DayConfig};
+
+    /// An order's later events change it where it is kept: after a whole day (payments,
+    /// shipments, deliveries, returns), the orders kept as values are the ones placed last,
+    /// not the ones changed last, and the day folds to the same state as with every order
+    /// kept as a value.
+    #[test]
+    fn later_events_leave_an_encoded_order_encoded() {
+        let hot_max = 50;
+        let envelopes = sim::day_envelopes(&DayConfig::new(600, 7, crate::demo::DAY_START), "test");
+        let mut state = State::new();
+        state.set_orders_hot_max(hot_max);
+        let mut all_hot = State::new();
+        all_hot.set_orders_hot_max(usize::MAX);
+        for envelope in &envelopes {
+            state.apply(&envelope.event);
+            all_hot.apply(&envelope.event);
+        }
+        assert!(state == all_hot, "the same orders whichever tier holds them");
+        let placed: Vec<&OrderId> = envelopes
+            .iter()
+            .filter_map(|envelope| match &envelope.event {
+                Event::OrderPlaced { order_id, .. } => Some(order_id),
+                _ => None,
+            })
+            .collect();
+        let changed_after_placing =
+            envelopes.iter().filter(|e| matches!(e.event, Event::ShipmentDelivered { .. })).count();
+        assert!(placed.len() > 4 * hot_max && changed_after_placing > hot_max, "a day that turns the hot tier over");
+        let (older, newest) = placed.split_at(placed.len() - hot_max);
+        assert!(
+            newest.iter().all(|id| matches!(state.order(id), Some(Cow::Borrowed(_)))),
+            "the newest placed are values"
+        );
+        assert!(older.iter().all(|id| matches!(state.order(id), Some(Cow::Owned(_)))), "the rest stay encoded");
+    }
 }

@@ -351,7 +351,7 @@ impl Ledger {
                 format!("payment {payment_id} for order {order_id}")
             }
             Event::ShipmentDispatched { order_id, shipment_id, lines, .. } => {
-                // Changed where it is kept: a book shipped a day or more after its order was
+                // Changed where it is kept: a book shipped hours to days after its order was
                 // placed is usually encoded by then, and thawing it would only freeze another.
                 let shipped = self.books.update(order_id, |book| {
                     for shipped in lines {
