@@ -830,9 +830,9 @@ impl Core {
             assert!(!page.is_empty(), "the reader sends no empty page");
             for envelope in &page {
                 assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
-                core.state.apply(&envelope.event);
+                let order_version = core.state.apply_versioned(&envelope.event);
                 let version = match envelope.event.subject() {
-                    Subject::Order(order_id) => core.state.order(order_id).map(|order| order.stream_version),
+                    Subject::Order(_) => order_version,
                     Subject::Sku(_) | Subject::Reservation(_) => {
                         let version = core.stream_versions.entry(envelope.stream.clone()).or_insert(0);
                         *version += 1;
