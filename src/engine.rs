@@ -828,7 +828,10 @@ impl Core {
         while let Some(page) = pages.recv().await {
             let page = page?;
             assert!(!page.is_empty(), "the reader sends no empty page");
-            for envelope in &page {
+            for (index, envelope) in page.iter().enumerate() {
+                if index % crate::state::PREFETCH_EVENTS == 0 {
+                    core.state.prefetch(page[index..].iter().map(|envelope| &envelope.event));
+                }
                 assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
                 let order_version = core.state.apply_versioned(&envelope.event);
                 let version = match envelope.event.subject() {

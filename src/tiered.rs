@@ -102,6 +102,19 @@ where
         self.freeze_excess();
     }
 
+    /// Reads the entry of `key` where it is held, without decoding or changing it, for an
+    /// owner about to change it: `peek` of a hot value, the first byte of a frozen one, 0
+    /// when it is spilled or missing. An owner that reads ahead the entries of its next few
+    /// changes this way has their fetches from memory overlap, instead of each change
+    /// waiting for its own in turn.
+    pub fn prefetch(&self, key: &K, peek: impl FnOnce(&V) -> u8) -> u8 {
+        match self.entries.get(key) {
+            Some(Slot::Hot(value)) => peek(value),
+            Some(Slot::Frozen(bytes)) => bytes.first().copied().unwrap_or(0),
+            None => 0,
+        }
+    }
+
     /// Entries in every tier.
     pub fn len(&self) -> usize {
         self.entries.len() + self.spilled.len()

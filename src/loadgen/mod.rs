@@ -933,9 +933,7 @@ async fn check_engine(
         let page = engine.store().read_from(shop, after, 65_536).await.map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = last.position;
-        for envelope in &page {
-            replayed.apply(&envelope.event);
-        }
+        replayed.apply_all(page.iter().map(|envelope| &envelope.event));
     }
     let replay_matches = engine.read(shop, move |live| replayed == *live).await.map_err(|e| e.to_string())?;
     if !replay_matches {
