@@ -59,6 +59,11 @@ pub struct TieredMap<K, V> {
     hot_max: usize,
     /// Where frozen entries may move; set by the owner's shell.
     spill: Option<Arc<Spill>>,
+    /// With a spill attached, the keys frozen in memory since the last spill: what
+    /// [`TieredMap::spill_frozen`] moves, without a scan of the hot entries (an owner that
+    /// spills after every batch would scan them all each time). A key here may since have
+    /// been made hot again, or be here twice; those are skipped.
+    unspilled: Vec<K>,
     /// Where an entry is encoded before it is copied out at its size; not part of the map.
     scratch: Vec<u8>,
 }
@@ -80,6 +85,7 @@ impl<K, V> Default for TieredMap<K, V> {
             queue: VecDeque::new(),
             hot_max: HOT_DEFAULT_MAX,
             spill: None,
+            unspilled: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -253,18 +259,26 @@ where
     pub fn attach(&mut self, spill: Arc<Spill>) {
         assert!(self.spilled.is_empty(), "a map's spilled entries stay in the spill they were written to");
         self.spill = Some(spill);
+        self.unspilled =
+            self.entries.iter().filter(|(_, slot)| slot.frozen().is_some()).map(|(key, _)| key.clone()).collect();
     }
 
     /// Moves every frozen entry held in memory to the spill, with one write; returns how
     /// many moved. Without a spill attached, nothing moves. On failure nothing moves either.
     pub fn spill_frozen(&mut self) -> io::Result<usize> {
         let Some(spill) = &self.spill else { return Ok(0) };
+        let mut seen = IdSet::default();
         let keys: Vec<K> = self
-            .entries
+            .unspilled
             .iter()
-            .filter(|(_, slot)| slot.frozen().is_some_and(|bytes| bytes.len() <= crate::spill::RECORD_BYTES_MAX))
-            .map(|(key, _)| key.clone())
+            .filter(|key| {
+                let slot = self.entries.get(key);
+                slot.and_then(Slot::frozen).is_some_and(|bytes| bytes.len() <= crate::spill::RECORD_BYTES_MAX)
+            })
+            .filter(|key| seen.insert(*key))
+            .cloned()
             .collect();
+        drop(seen);
         let records = keys.iter().filter_map(|key| self.entries.get(key).and_then(Slot::frozen));
         let spots = spill.append(records)?;
         assert_eq!(spots.len(), keys.len(), "a spot per record");
@@ -273,8 +287,11 @@ where
             debug_assert_eq!(slot.as_ref().and_then(Slot::frozen).map(<[u8]>::len), Some(spot.len()));
             assert!(self.spilled.insert(key, spot).is_none(), "an entry is in one tier");
         }
-        // Recovery freezes every order before the spill is attached: give that table back.
+        // Recovery freezes every order before the spill is attached: give that table back,
+        // and the list of them. (An entry too large for a record stays in memory for good.)
         crate::idmap::shrink_if_sparse(&mut self.entries);
+        self.unspilled.clear();
+        self.unspilled.shrink_to(crate::idmap::SHRINK_CAPACITY_MIN);
         Ok(self.spilled.len())
     }
 
@@ -298,6 +315,9 @@ where
             }
         }
         drop(seen);
+        if self.spill.is_some() {
+            self.unspilled.extend(entries.iter().map(|(key, _)| key.clone()));
+        }
         self.entries.reserve(entries.len());
         self.entries.extend(entries.into_iter().map(|(key, bytes)| (key, Slot::Frozen(bytes))));
         Ok(())
@@ -310,6 +330,8 @@ where
         let bytes = read_spot(self.spill.as_deref(), spot)?;
         self.spilled.remove(key);
         self.entries.insert(key.clone(), Slot::Frozen(bytes.into_boxed_slice()));
+        // Spilled again with the next spill; the spill only grows, so it is written anew.
+        self.unspilled.push(key.clone());
         Ok(())
     }
 
@@ -330,6 +352,9 @@ where
             debug_assert!(crate::pack::unpack::<V>(&bytes).is_ok(), "a frozen entry unpacks");
             *slot = Slot::Frozen(bytes);
             self.hot_len -= 1;
+            if self.spill.is_some() {
+                self.unspilled.push(key);
+            }
         }
         debug_assert_eq!(self.queue.len(), self.hot_len, "every hot key is queued once");
     }
@@ -435,6 +460,7 @@ impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
             queue: self.queue.clone(),
             hot_max: self.hot_max,
             spill: self.spill.clone(),
+            unspilled: self.unspilled.clone(),
             scratch: Vec::new(),
         }
     }
@@ -1127,6 +1153,35 @@ mod tests {
         assert_eq!(map.frozen_len(), 6);
         assert!((0..6).all(|key| matches!(map.get(&key), Some(Cow::Owned(_)))), "the oldest are frozen");
         assert!((6..10).all(|key| matches!(map.get(&key), Some(Cow::Borrowed(_)))), "the newest stay hot");
+    }
+
+    /// Entries frozen after the spill is attached are the ones the next spill moves, however
+    /// often they were made hot and frozen again in between; the hot ones stay.
+    #[test]
+    fn each_spill_moves_what_froze_since_the_last() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut map: TieredMap<u32, u64> = TieredMap::with_hot_max(2);
+        map.insert(1, 10);
+        map.insert(2, 20);
+        map.insert(3, 30);
+        map.attach(Arc::new(Spill::create_in(dir.path()).expect("spill")));
+        assert_eq!(map.spill_frozen().expect("spilled"), 1, "what froze before the spill was attached");
+        for key in 4..8 {
+            map.insert(key, u64::from(key) * 10);
+        }
+        // 2 to 5 froze; 4 is made hot (freezing 6) and frozen again (by 9): listed twice.
+        *map.get_mut(&4).expect("there") += 1;
+        map.insert(8, 80);
+        map.insert(9, 90);
+        assert_eq!((map.frozen_len(), map.spilled_len()), (7, 1));
+        assert_eq!(map.spill_frozen().expect("spilled"), 7, "every frozen entry moved, each once");
+        assert_eq!(map.spill_frozen().expect("spilled"), 7, "nothing froze since");
+        assert_eq!(map.len() - map.frozen_len(), 2, "the hot ones stay");
+        for (key, value) in [(1, 10), (2, 20), (3, 30), (4, 41), (5, 50), (6, 60), (7, 70), (8, 80), (9, 90)] {
+            assert_eq!(map.fetch(&key).expect("read back").as_deref(), Some(&value), "{key}");
+        }
+        map.load(&4).expect("loaded");
+        assert_eq!(map.spill_frozen().expect("spilled"), 7, "a loaded entry is spilled again");
     }
 
     #[test]
