@@ -626,22 +626,7 @@ impl State {
     /// far). Recovery checks it against the log's without reading the order back, which
     /// for an order kept encoded would decode it.
     pub fn apply_versioned(&mut self, event: &Event) -> Option<u64> {
-        let version = match event.subject() {
-            Subject::Order(_) => Some(self.apply_to_order(event)),
-            Subject::Sku(_) | Subject::Reservation(_) => {
-                self.apply_to_catalog(event);
-                None
-            }
-        };
-        if cfg!(debug_assertions) {
-            self.check_touched(event);
-        }
-        version
-    }
-
-    /// Applies an event about a product or a checkout hold.
-    fn apply_to_catalog(&mut self, event: &Event) {
-        match event {
+        let version = match event {
             Event::ProductListed { sku, title, category, price, weight_g, low_stock_threshold } => {
                 assert!(!self.products.contains_key(sku), "SKU {sku} listed twice");
                 let product = Product {
@@ -655,10 +640,20 @@ impl State {
                     stock: Stock::default(),
                 };
                 self.products.insert(sku.clone(), product);
+                None
             }
-            Event::PriceChanged { sku, new_price, .. } => self.product_mut(sku).price = *new_price,
-            Event::ProductDelisted { sku } => self.product_mut(sku).listed = false,
-            Event::ProductRelisted { sku } => self.product_mut(sku).listed = true,
+            Event::PriceChanged { sku, new_price, .. } => {
+                self.product_mut(sku).price = *new_price;
+                None
+            }
+            Event::ProductDelisted { sku } => {
+                self.product_mut(sku).listed = false;
+                None
+            }
+            Event::ProductRelisted { sku } => {
+                self.product_mut(sku).listed = true;
+                None
+            }
             Event::StockReceived { sku, quantity, unit_cost, value, .. } => {
                 let stock = &mut self.product_mut(sku).stock;
                 stock.on_hand = add(stock.on_hand, *quantity);
@@ -667,6 +662,7 @@ impl State {
                 stock.value_received += *value;
                 stock.last_unit_cost = *unit_cost;
                 resolve_shortfall(stock);
+                None
             }
             Event::StockCounted { sku, counted, previous_on_hand, delta, value_delta, shortfall, .. } => {
                 let stock = &mut self.product_mut(sku).stock;
@@ -681,6 +677,7 @@ impl State {
                     stock.shortfall_recorded = true;
                 }
                 resolve_shortfall(stock);
+                None
             }
             Event::StockReserved { reservation_id, lines, expires_at } => {
                 for line in lines {
@@ -695,32 +692,20 @@ impl State {
                 };
                 assert!(self.reservations.insert(reservation_id.clone(), reservation).is_none());
                 self.deadlines.insert((*expires_at, Deadline::Reservation(reservation_id.clone())));
+                None
             }
             Event::ReservationReleased { reservation_id } => {
                 for sku in self.end_reservation(reservation_id, ReservationStatus::Released) {
                     resolve_shortfall(&mut self.product_mut(&sku).stock);
                 }
+                None
             }
             Event::ReservationExpired { reservation_id, .. } => {
                 for sku in self.end_reservation(reservation_id, ReservationStatus::Expired) {
                     resolve_shortfall(&mut self.product_mut(&sku).stock);
                 }
+                None
             }
-            Event::OrderPlaced { .. }
-            | Event::OrderPaid { .. }
-            | Event::OrderCancelled { .. }
-            | Event::OrderExpired { .. }
-            | Event::ShipmentDispatched { .. }
-            | Event::ShipmentDelivered { .. }
-            | Event::ReturnRequested { .. }
-            | Event::ReturnReceived { .. }
-            | Event::RefundIssued { .. } => unreachable!("an event about an order is applied to it"),
-        }
-    }
-
-    /// Applies an event about an order; returns the version of the order's stream after it.
-    fn apply_to_order(&mut self, event: &Event) -> u64 {
-        match event {
             Event::OrderPlaced {
                 order_id,
                 customer_id,
@@ -754,7 +739,7 @@ impl State {
                 };
                 assert!(!self.orders.insert(order_id.clone(), order), "order {order_id} placed twice");
                 self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
-                1
+                Some(1)
             }
             Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
                 let (due_by, version) = self.change_order(order_id, |order| {
@@ -763,14 +748,14 @@ impl State {
                     order.payment_due_by
                 });
                 assert!(self.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
-                version
+                Some(version)
             }
             Event::OrderCancelled { order_id, by, reason, cancelled_at } => {
                 let closure = Closure::Cancelled { by: *by, reason: reason.clone(), at: *cancelled_at };
-                self.close_order(order_id, closure)
+                Some(self.close_order(order_id, closure))
             }
             Event::OrderExpired { order_id, expired_at } => {
-                self.close_order(order_id, Closure::Expired { at: *expired_at })
+                Some(self.close_order(order_id, Closure::Expired { at: *expired_at }))
             }
             Event::ShipmentDispatched { order_id, shipment_id, carrier, tracking_number, lines, shipped_at } => {
                 self.stock_shipped(lines);
@@ -793,7 +778,7 @@ impl State {
                         },
                     );
                 });
-                version
+                Some(version)
             }
             Event::ShipmentDelivered { order_id, shipment_id, delivered_at } => {
                 let (_, version) = self.change_order(order_id, |order| {
@@ -803,7 +788,7 @@ impl State {
                     assert!(shipment.delivered_at.is_none());
                     shipment.delivered_at = Some(*delivered_at);
                 });
-                version
+                Some(version)
             }
             Event::ReturnRequested { order_id, return_id, lines, reason, requested_at } => {
                 let (_, version) = self.change_order(order_id, |order| {
@@ -823,7 +808,7 @@ impl State {
                         },
                     );
                 });
-                version
+                Some(version)
             }
             Event::ReturnReceived { order_id, return_id, lines, received_at } => {
                 let (_, version) = self.change_order(order_id, |order| {
@@ -840,7 +825,7 @@ impl State {
                     request.inspected = lines.clone();
                 });
                 self.stock_returned(lines);
-                version
+                Some(version)
             }
             Event::RefundIssued { order_id, refund_id, amount, return_id, allocation, refunded_at } => {
                 let (_, version) = self.change_order(order_id, |order| {
@@ -862,20 +847,14 @@ impl State {
                         },
                     );
                 });
-                version
+                Some(version)
             }
-            Event::ProductListed { .. }
-            | Event::PriceChanged { .. }
-            | Event::ProductDelisted { .. }
-            | Event::ProductRelisted { .. }
-            | Event::StockReceived { .. }
-            | Event::StockCounted { .. }
-            | Event::StockReserved { .. }
-            | Event::ReservationReleased { .. }
-            | Event::ReservationExpired { .. } => {
-                unreachable!("an event about a product or a hold is applied to the catalog")
-            }
+        };
+        debug_assert_eq!(version.is_some(), matches!(event.subject(), Subject::Order(_)), "a version for an order");
+        if cfg!(debug_assertions) {
+            self.check_touched(event);
         }
+        version
     }
 
     fn product_mut(&mut self, sku: &Sku) -> &mut Product {
@@ -892,8 +871,7 @@ impl State {
     /// newest `hot_max` stays encoded. On a promotion day an order's later events (shipping
     /// hours to days after payment, delivery after that, a return after delivery) come after
     /// more orders have changed than the hot tier holds, so thawing it would only freeze
-    /// another.
-    /// Returns what `change` returned and the order's stream version after it.
+    /// another. Returns what `change` returned and the order's stream version after it.
     fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> (R, u64) {
         let changed = self.orders.update(order_id, |order| {
             let changed = change(order);
