@@ -49,12 +49,11 @@ pub struct TieredMap<K, V> {
     /// Every entry held in memory, hot or frozen, in one table: however an entry is held,
     /// reaching it, freezing it or changing it frozen hashes its key once.
     entries: IdMap<K, Slot<V>>,
-    /// How many of `entries` are hot.
-    hot_len: usize,
     /// Frozen entries moved to `spill`, by where they are there. Packed: after a busy day
     /// this holds nearly every order.
     spilled: PackedMap<K, Spot>,
-    /// The hot keys, each once, in the order they became hot.
+    /// The hot keys, each once, in the order they became hot: its length is how many
+    /// entries are hot, and every other entry in `entries` is frozen.
     queue: VecDeque<K>,
     hot_max: usize,
     /// Where frozen entries may move; set by the owner's shell.
@@ -80,7 +79,6 @@ impl<K, V> Default for TieredMap<K, V> {
     fn default() -> Self {
         TieredMap {
             entries: IdMap::default(),
-            hot_len: 0,
             spilled: PackedMap::new(),
             queue: VecDeque::new(),
             hot_max: HOT_DEFAULT_MAX,
@@ -133,7 +131,7 @@ where
 
     /// Entries kept encoded, in memory or spilled.
     pub fn frozen_len(&self) -> usize {
-        self.entries.len() - self.hot_len + self.spilled.len()
+        self.entries.len() - self.queue.len() + self.spilled.len()
     }
 
     /// Entries spilled: out of memory but for where they are.
@@ -169,7 +167,6 @@ where
         };
         if let Slot::Frozen(bytes) = slot {
             *slot = Slot::Hot(Box::new(thaw(bytes)));
-            self.hot_len += 1;
             self.queue.push_back(key.clone());
             // `key` is the newest hot entry and at least one stays hot: it is not frozen.
             self.freeze_excess();
@@ -216,7 +213,6 @@ where
             Some(Slot::Frozen(_)) => true,
             None => was_spilled,
         };
-        self.hot_len += 1;
         self.queue.push_back(queued);
         self.freeze_excess();
         had
@@ -264,7 +260,8 @@ where
     }
 
     /// Moves every frozen entry held in memory to the spill, with one write; returns how
-    /// many moved. Without a spill attached, nothing moves. On failure nothing moves either.
+    /// many entries are spilled in all. Without a spill attached, nothing moves. On failure
+    /// nothing moves either.
     pub fn spill_frozen(&mut self) -> io::Result<usize> {
         let Some(spill) = &self.spill else { return Ok(0) };
         let mut seen = IdSet::default();
@@ -343,7 +340,7 @@ where
     fn freeze_excess(&mut self) {
         // Each hot key is in the queue once, so a round over it ends the loop.
         let mut turns = self.queue.len();
-        while self.hot_len > self.hot_max && turns > 0 {
+        while self.queue.len() > self.hot_max && turns > 0 {
             turns -= 1;
             let Some(key) = self.queue.pop_front() else { break };
             let Some(slot) = self.entries.get_mut(&key) else { unreachable!("every queued key has an entry") };
@@ -351,12 +348,10 @@ where
             let bytes = crate::pack::pack(&**value, &mut self.scratch);
             debug_assert!(crate::pack::unpack::<V>(&bytes).is_ok(), "a frozen entry unpacks");
             *slot = Slot::Frozen(bytes);
-            self.hot_len -= 1;
             if self.spill.is_some() {
                 self.unspilled.push(key);
             }
         }
-        debug_assert_eq!(self.queue.len(), self.hot_len, "every hot key is queued once");
     }
 }
 
@@ -455,7 +450,6 @@ impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
     fn clone(&self) -> Self {
         TieredMap {
             entries: self.entries.clone(),
-            hot_len: self.hot_len,
             spilled: self.spilled.clone(),
             queue: self.queue.clone(),
             hot_max: self.hot_max,
@@ -581,7 +575,7 @@ pub mod image {
 
     impl<K: Hash + Eq + Serialize, V: Serialize> Serialize for Hot<'_, K, V> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut seq = serializer.serialize_seq(Some(self.0.hot_len))?;
+            let mut seq = serializer.serialize_seq(Some(self.0.queue.len()))?;
             for key in &self.0.queue {
                 match self.0.entries.get(key) {
                     Some(Slot::Hot(value)) => seq.serialize_element(&(key, value))?,
@@ -597,7 +591,7 @@ pub mod image {
     impl<K: Serialize, V> Serialize for Frozen<'_, K, V> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let map = self.0;
-            let mut seq = serializer.serialize_seq(Some(map.entries.len() - map.hot_len))?;
+            let mut seq = serializer.serialize_seq(Some(map.entries.len() - map.queue.len()))?;
             for (key, slot) in &map.entries {
                 if let Some(bytes) = slot.frozen() {
                     seq.serialize_element(&(key, Raw(bytes)))?;
