@@ -127,8 +127,9 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`], of the remembered command ids or of the frozen orders' encoding
-/// ([`crate::pack`]) changes, so older snapshots are ignored.
-pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 7;
+/// ([`crate::pack`], and the changes appended to it, `state::append_change`) changes, so
+/// older snapshots are ignored.
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 8;
 
 /// The schema version of view snapshots: bumped whenever a view's shape changes.
 pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;

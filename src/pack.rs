@@ -71,6 +71,16 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// `bytes` to be read from the front.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    /// The bytes not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// The next byte.
     pub(crate) fn byte(&mut self) -> Result<u8, PackError> {
         let (&first, rest) = self.bytes.split_first().ok_or(PackError::Truncated)?;
@@ -87,8 +97,9 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
+    /// The next LEB128 varint.
     #[inline(always)]
-    fn varint(&mut self) -> Result<u64, PackError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, PackError> {
         // Most integers (counts, lengths, small amounts' high parts) take one byte.
         match self.bytes.split_first() {
             Some((&first, rest)) if first < 0x80 => {
@@ -132,8 +143,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Appends `value` as a LEB128 varint.
 #[inline]
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8 & 0x7f) | 0x80);
         value >>= 7;
@@ -154,6 +166,19 @@ pub trait Pack: Sized {
     /// Reads one value from the front of `input`.
     fn unpack(input: &mut Reader<'_>) -> Result<Self, PackError>;
 }
+
+/// A value a [`crate::tiered::TieredMap`] keeps frozen: its encoding, which its type may
+/// follow with changes appended while it was frozen (see [`crate::state::Order`]).
+pub trait Entry: Pack + Clone {
+    /// The value a frozen entry's bytes hold. By default exactly [`unpack`]: the entry is
+    /// the value's encoding and nothing after it.
+    fn thaw(bytes: &[u8]) -> Result<Self, PackError> {
+        unpack(bytes)
+    }
+}
+
+impl Entry for u64 {}
+impl<T: Pack + Clone> Entry for Vec<T> {}
 
 /// `value` encoded, built in `scratch` (cleared first, kept for the next call) so that the
 /// result is allocated once, at its size.
@@ -457,7 +482,10 @@ pack_struct!(Payment { id, amount, paid_at });
 pack_struct!(Shipment { id, carrier, tracking_number, lines, shipped_at, delivered_at });
 pack_struct!(Return { id, lines, reason, requested_at, received_at, inspected });
 pack_struct!(Refund { id, amount, return_id, allocation, refunded_at });
+// The stream version first: an order frozen with changes appended is rewritten from it
+// (`state::append_change`), so that reading the version needs no decoding.
 pack_struct!(Order {
+    stream_version,
     id,
     customer_id,
     region,
@@ -473,8 +501,7 @@ pack_struct!(Order {
     shipments,
     returns,
     refunds,
-    closure,
-    stream_version
+    closure
 });
 
 #[cfg(test)]

@@ -13,6 +13,9 @@
 //! - Reading a frozen entry decodes a copy and leaves it frozen. [`TieredMap::get_mut`]
 //!   decodes it back into the hot tier; [`TieredMap::update`] changes it where it is, so a
 //!   frozen entry stays frozen and no other entry freezes for it.
+//!   [`TieredMap::update_or_append`] lets the owner append the change to the entry's bytes
+//!   instead, without decoding it; the entry's type ([`Entry::thaw`]) applies what was
+//!   appended when it is next decoded, and bounds how much may be.
 //! - With a [`Spill`] attached, the owner's shell may move frozen entries out of memory
 //!   ([`TieredMap::spill_frozen`]); only each one's [`Spot`] stays (*spilled*). Serialization,
 //!   equality and [`TieredMap::fetch`] read spilled entries back, and report a failed read.
@@ -37,7 +40,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::idmap::{IdMap, IdSet};
-use crate::pack::Pack;
+use crate::pack::{Entry, Pack};
 use crate::packed::PackedMap;
 use crate::spill::{Spill, Spot};
 
@@ -92,7 +95,7 @@ impl<K, V> Default for TieredMap<K, V> {
 impl<K, V> TieredMap<K, V>
 where
     K: Hash + Eq + Clone,
-    V: Clone + Pack,
+    V: Entry,
 {
     /// An empty map keeping at most `hot_max` (at least 1) entries as values.
     pub fn with_hot_max(hot_max: usize) -> Self {
@@ -198,10 +201,50 @@ where
                 let mut value: V = thaw(bytes);
                 let changed = change(&mut value);
                 *bytes = crate::pack::pack(&value, &mut self.scratch);
-                debug_assert!(crate::pack::unpack::<V>(bytes).is_ok(), "a frozen entry unpacks");
+                debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry unpacks");
                 Some(changed)
             }
         }
+    }
+
+    /// Like [`TieredMap::update`], except that a frozen entry is first offered to `append`:
+    /// given the entry's bytes, it writes the bytes that replace them into the buffer it is
+    /// handed (the change appended to the entry, for [`Entry::thaw`] to apply when the
+    /// entry is next read) and returns what `change` would have, or declines with `None`,
+    /// and then the entry is decoded, changed and encoded as by `update`. Neither is called
+    /// when there is no entry.
+    ///
+    /// For changes to frozen entries that are written far more often than they are read:
+    /// a promotion day's shipments and deliveries, replayed, change orders nothing reads
+    /// before the fold ends.
+    ///
+    /// Panics when the entry is spilled: [`TieredMap::load`] it first.
+    pub fn update_or_append<R>(
+        &mut self,
+        key: &K,
+        change: impl FnOnce(&mut V) -> R,
+        append: impl FnOnce(&[u8], &mut Vec<u8>) -> Option<R>,
+    ) -> Option<R> {
+        let Some(slot) = self.entries.get_mut(key) else {
+            assert!(!self.spilled.contains_key(key), "a spilled entry is changed without being loaded first");
+            return None;
+        };
+        let Slot::Frozen(bytes) = slot else { return self.update(key, change) };
+        self.scratch.clear();
+        match append(bytes, &mut self.scratch) {
+            Some(changed) => {
+                *bytes = Box::from(&self.scratch[..]);
+                debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry with a change appended thaws");
+                Some(changed)
+            }
+            None => self.update(key, change),
+        }
+    }
+
+    /// The bytes of the entry of `key` when it is frozen in memory.
+    #[cfg(test)]
+    pub(crate) fn frozen_bytes(&self, key: &K) -> Option<&[u8]> {
+        self.entries.get(key).and_then(Slot::frozen)
     }
 
     /// Inserts or replaces the entry of `key`, hot. Returns whether it had one.
@@ -346,7 +389,7 @@ where
             let Some(slot) = self.entries.get_mut(&key) else { unreachable!("every queued key has an entry") };
             let Slot::Hot(value) = slot else { unreachable!("every queued key is hot") };
             let bytes = crate::pack::pack(&**value, &mut self.scratch);
-            debug_assert!(crate::pack::unpack::<V>(&bytes).is_ok(), "a frozen entry unpacks");
+            debug_assert!(V::thaw(&bytes).is_ok(), "a frozen entry unpacks");
             *slot = Slot::Frozen(bytes);
             if self.spill.is_some() {
                 self.unspilled.push(key);
@@ -412,12 +455,12 @@ fn read_spot(spill: Option<&Spill>, spot: Spot) -> io::Result<Vec<u8>> {
 
 /// A spilled record decoded; bytes that do not decode are `InvalidData`, not a panic, since
 /// they came back through IO.
-fn read_decoded<T: Pack>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
+fn read_decoded<T: Entry>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
     let bytes = read_spot(spill, spot)?;
-    crate::pack::unpack(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    T::thaw(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-impl<V: Clone + Pack> Slot<V> {
+impl<V: Entry> Slot<V> {
     /// The value: borrowed when hot, a decoded copy when frozen.
     fn value(&self) -> Cow<'_, V> {
         match self {
@@ -439,8 +482,8 @@ impl<V> Slot<V> {
 
 /// Decodes a frozen entry or a sealed block. The bytes were encoded from a value of the
 /// same type in this process, so failing to decode them is a broken invariant.
-fn thaw<V: Pack>(bytes: &[u8]) -> V {
-    match crate::pack::unpack(bytes) {
+fn thaw<V: Entry>(bytes: &[u8]) -> V {
+    match V::thaw(bytes) {
         Ok(value) => value,
         Err(error) => panic!("a frozen entry does not decode: {error}"),
     }
@@ -463,7 +506,7 @@ impl<K: Clone, V: Clone> Clone for TieredMap<K, V> {
 impl<K, V> PartialEq for TieredMap<K, V>
 where
     K: Hash + Eq + Clone,
-    V: Clone + PartialEq + Pack,
+    V: Entry + PartialEq,
 {
     /// Equal when both hold the same entries, whichever tiers hold them. An entry that
     /// cannot be read back from its spill is not shown equal to anything.
@@ -478,14 +521,14 @@ where
 impl<K, V> Eq for TieredMap<K, V>
 where
     K: Hash + Eq + Clone,
-    V: Clone + Eq + Pack,
+    V: Entry + Eq,
 {
 }
 
 impl<K, V> fmt::Debug for TieredMap<K, V>
 where
     K: Hash + Eq + Clone + fmt::Debug,
-    V: Clone + fmt::Debug + Pack,
+    V: Entry + fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
@@ -502,7 +545,7 @@ where
 impl<K, V> Serialize for TieredMap<K, V>
 where
     K: Hash + Eq + Clone + Ord + Serialize,
-    V: Clone + Pack + Serialize,
+    V: Entry + Serialize,
 {
     /// A map in key order, frozen entries decoded one at a time; spilled ones are read back
     /// and a failed read fails the serialization.
@@ -523,7 +566,7 @@ where
 impl<'de, K, V> Deserialize<'de> for TieredMap<K, V>
 where
     K: Hash + Eq + Clone + Deserialize<'de>,
-    V: Clone + Pack + DeserializeOwned,
+    V: Entry + DeserializeOwned,
 {
     /// From a map, tiered as inserted in its order with the default bound.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -532,7 +575,7 @@ where
         impl<'de, K, V> Visitor<'de> for Entries<K, V>
         where
             K: Hash + Eq + Clone + Deserialize<'de>,
-            V: Clone + Pack + DeserializeOwned,
+            V: Entry + DeserializeOwned,
         {
             type Value = TieredMap<K, V>;
 
@@ -670,7 +713,7 @@ pub mod image {
     pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<TieredMap<K, V>, D::Error>
     where
         K: Hash + Eq + Clone + Deserialize<'de>,
-        V: Clone + Pack + DeserializeOwned,
+        V: Entry + DeserializeOwned,
         D: Deserializer<'de>,
     {
         let (hot, FrozenMap(entries)): (Vec<(K, V)>, FrozenMap<K, V>) = Deserialize::deserialize(deserializer)?;
@@ -1118,6 +1161,50 @@ mod tests {
         let updates: Vec<Step> =
             (0..200).map(|n| if n % 3 == 2 { Update(n / 2, 5) } else { Insert(n, n.into()) }).collect();
         check(16, &updates, 134 - 16);
+    }
+
+    /// A frozen entry is offered to `append` first, and what it writes replaces the entry;
+    /// when it declines, the entry is decoded and changed as by `update`. A hot entry is
+    /// changed as it is, and a missing one by neither.
+    #[test]
+    fn a_frozen_entry_takes_an_appended_change_or_is_changed_decoded() {
+        let mut map: TieredMap<u32, Vec<u64>> = TieredMap::with_hot_max(1);
+        map.insert(1, vec![1]);
+        map.insert(2, vec![2]);
+        let appended = map.update_or_append(
+            &1,
+            |_| unreachable!("a frozen entry is offered to append"),
+            |bytes, out| {
+                assert_eq!(crate::pack::unpack::<Vec<u64>>(bytes), Ok(vec![1]));
+                vec![1u64, 10].pack(out);
+                Some("appended")
+            },
+        );
+        assert_eq!(appended, Some("appended"));
+        assert_eq!(map.get(&1).as_deref(), Some(&vec![1, 10]));
+        assert!(map.frozen_bytes(&1).is_some(), "it stays frozen");
+        let changed = map.update_or_append(
+            &1,
+            |value| {
+                value.push(11);
+                "changed"
+            },
+            |_, _| None,
+        );
+        assert_eq!(changed, Some("changed"));
+        assert_eq!(map.get(&1).as_deref(), Some(&vec![1, 10, 11]));
+        assert!(map.frozen_bytes(&1).is_some(), "declined, it still stays frozen");
+        let hot = map.update_or_append(
+            &2,
+            |value| {
+                value.push(20);
+                "hot"
+            },
+            |_, _| unreachable!("a hot entry is changed as it is"),
+        );
+        assert_eq!(hot, Some("hot"));
+        assert_eq!(map.get(&2).as_deref(), Some(&vec![2, 20]));
+        assert_eq!(map.update_or_append(&9, |_| (), |_, _| Some(())), None, "no entry");
     }
 
     #[test]

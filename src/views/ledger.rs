@@ -135,6 +135,7 @@ struct OrderBook {
 
 crate::pack::pack_struct!(LineBook { quantity, unit_price, net_amount, shipped, earned, refunded_from_deposits });
 crate::pack::pack_struct!(OrderBook { lines, shipping_fee, shipping_earned, shipping_refunded_from_deposits });
+impl crate::pack::Entry for OrderBook {}
 
 /// An account packs as its place in [`Account::ALL`], one byte.
 impl Pack for Account {
