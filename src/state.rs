@@ -790,7 +790,8 @@ impl State {
     }
 
     /// Applies `change` to the order `order_id` and counts the event in the order's stream
-    /// version: every event about an order after the first goes through here, once.
+    /// version: every event about an order after the first goes through here or through
+    /// [`State::change_order_by`], once.
     ///
     /// The order is changed where it is kept ([`TieredMap::update`]): one placed before the
     /// newest `hot_max` stays encoded. On a promotion day an order's later events (shipping
