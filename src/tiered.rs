@@ -191,20 +191,7 @@ where
     ///
     /// Panics when the entry is spilled: [`TieredMap::load`] it first.
     pub fn update<R>(&mut self, key: &K, change: impl FnOnce(&mut V) -> R) -> Option<R> {
-        let Some(slot) = self.entries.get_mut(key) else {
-            assert!(!self.spilled.contains_key(key), "a spilled entry is changed without being loaded first");
-            return None;
-        };
-        match slot {
-            Slot::Hot(value) => Some(change(value)),
-            Slot::Frozen(bytes) => {
-                let mut value: V = thaw(bytes);
-                let changed = change(&mut value);
-                *bytes = crate::pack::pack(&value, &mut self.scratch);
-                debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry unpacks");
-                Some(changed)
-            }
-        }
+        self.update_or_append(key, change, |_, _| None)
     }
 
     /// Like [`TieredMap::update`], except that a frozen entry is first offered to `append`:
@@ -229,16 +216,21 @@ where
             assert!(!self.spilled.contains_key(key), "a spilled entry is changed without being loaded first");
             return None;
         };
-        let Slot::Frozen(bytes) = slot else { return self.update(key, change) };
+        let bytes = match slot {
+            Slot::Hot(value) => return Some(change(value)),
+            Slot::Frozen(bytes) => bytes,
+        };
         self.scratch.clear();
-        match append(bytes, &mut self.scratch) {
-            Some(changed) => {
-                *bytes = Box::from(&self.scratch[..]);
-                debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry with a change appended thaws");
-                Some(changed)
-            }
-            None => self.update(key, change),
+        if let Some(changed) = append(bytes, &mut self.scratch) {
+            *bytes = Box::from(&self.scratch[..]);
+            debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry with a change appended thaws");
+            return Some(changed);
         }
+        let mut value: V = thaw(bytes);
+        let changed = change(&mut value);
+        *bytes = crate::pack::pack(&value, &mut self.scratch);
+        debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry unpacks");
+        Some(changed)
     }
 
     /// The bytes of the entry of `key` when it is frozen in memory.
