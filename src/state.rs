@@ -790,46 +790,54 @@ impl State {
     }
 
     /// Applies `change` to the order `order_id` and counts the event in the order's stream
-    /// version: every event about an order after the first goes through here or through
-    /// [`State::change_order_by`], once.
-    ///
-    /// The order is changed where it is kept ([`TieredMap::update`]): one placed before the
-    /// newest `hot_max` stays encoded. On a promotion day an order's later events (shipping
-    /// hours to days after payment, delivery after that, a return after delivery) come after
-    /// more orders have changed than the hot tier holds, so thawing it would only freeze
-    /// another. Returns what `change` returned and the order's stream version after it.
+    /// version: [`State::change_order_or_append`] for a change that is never appended.
     fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> (R, u64) {
-        let changed = self.orders.update(order_id, |order| {
-            let changed = change(order);
-            order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
-            (changed, order.stream_version)
-        });
+        self.change_order_or_append(order_id, change, |_, _| None)
+    }
+
+    /// Applies an event that changes only its order ([`change_by`]) and returns the order's
+    /// stream version after it. An order kept encoded is not decoded: the event is appended
+    /// to its bytes ([`append_change`]) and applied when the order is next read ([`Order`]'s
+    /// [`Entry::thaw`]), unless the order has grown to [`FROZEN_ORDER_BYTES_MAX`] with
+    /// changes already, when it is decoded, changed and encoded with them all applied.
+    fn change_order_by(&mut self, order_id: &OrderId, event: &Event) -> u64 {
+        let ((), version) = self.change_order_or_append(
+            order_id,
+            |order| change_by(order, event),
+            |bytes, out| append_change(bytes, event, out).map(|version| ((), version)),
+        );
+        version
+    }
+
+    /// Applies `change` to the order `order_id`, or for an order kept encoded lets `append`
+    /// append it to the order's bytes ([`TieredMap::update_or_append`]), and counts the event
+    /// in the order's stream version: every event about an order after the first goes
+    /// through here, once. Returns what `change` returned (or `append`, which counts the
+    /// version itself) and the version after it.
+    ///
+    /// The order is changed where it is kept: one placed before the newest `hot_max` stays
+    /// encoded. On a promotion day an order's later events (shipping hours to days after
+    /// payment, delivery after that, a return after delivery) come after more orders have
+    /// changed than the hot tier holds, so thawing it would only freeze another.
+    fn change_order_or_append<R>(
+        &mut self,
+        order_id: &OrderId,
+        change: impl FnOnce(&mut Order) -> R,
+        append: impl FnOnce(&[u8], &mut Vec<u8>) -> Option<(R, u64)>,
+    ) -> (R, u64) {
+        let changed = self.orders.update_or_append(
+            order_id,
+            |order| {
+                let changed = change(order);
+                order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
+                (changed, order.stream_version)
+            },
+            append,
+        );
         let Some(changed) = changed else {
             panic!("event names unknown order {order_id}");
         };
         changed
-    }
-
-    /// Applies an event that changes only its order ([`change_by`]) and counts it in the
-    /// order's stream version, which it returns. An order kept encoded is not decoded: the
-    /// event is appended to its bytes ([`append_change`]) and applied when the order is next
-    /// read ([`Order`]'s [`Entry::thaw`]), unless the order has grown to
-    /// [`FROZEN_ORDER_BYTES_MAX`] with changes already, when it is decoded, changed and
-    /// encoded with them all applied.
-    fn change_order_by(&mut self, order_id: &OrderId, event: &Event) -> u64 {
-        let changed = self.orders.update_or_append(
-            order_id,
-            |order| {
-                change_by(order, event);
-                order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
-                order.stream_version
-            },
-            |bytes, out| append_change(bytes, event, out),
-        );
-        let Some(version) = changed else {
-            panic!("event names unknown order {order_id}");
-        };
-        version
     }
 
     /// Ends an active hold: its units return to sale. Returns the SKUs it held; the caller
@@ -1477,12 +1485,12 @@ mod tests {
             let (Some(before), Some(after)) = (before, state.orders.frozen_bytes(&order_id)) else {
                 panic!("refund {n}: the order stays encoded");
             };
-            let Some(order) = state.order(&order_id) else { panic!("the order is there") };
-            let encoded = crate::pack::pack(&*order, &mut scratch);
             if before < FROZEN_ORDER_BYTES_MAX {
                 assert!(after.len() > before && after.len() < FROZEN_ORDER_BYTES_MAX + 64, "refund {n}: appended");
                 appended += 1;
             } else {
+                let Some(order) = state.order(&order_id) else { panic!("the order is there") };
+                let encoded = crate::pack::pack(&*order, &mut scratch);
                 assert_eq!(after, &encoded[..], "refund {n}: encoded again with its changes applied");
                 reencoded += 1;
             }
