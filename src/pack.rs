@@ -177,6 +177,8 @@ pub trait Entry: Pack + Clone {
     }
 }
 
+/// For the tiered maps' tests.
+#[cfg(test)]
 impl Entry for u64 {}
 impl<T: Pack + Clone> Entry for Vec<T> {}
 

@@ -198,8 +198,8 @@ where
     /// given the entry's bytes, it writes the bytes that replace them into the buffer it is
     /// handed (the change appended to the entry, for [`Entry::thaw`] to apply when the
     /// entry is next read) and returns what `change` would have, or declines with `None`,
-    /// and then the entry is decoded, changed and encoded as by `update`. Neither is called
-    /// when there is no entry.
+    /// and then the entry is decoded, changed by `change` and encoded again in its place.
+    /// Neither is called when there is no entry.
     ///
     /// For changes to frozen entries that are written far more often than they are read:
     /// a promotion day's shipments and deliveries, replayed, change orders nothing reads
@@ -446,7 +446,9 @@ fn read_spot(spill: Option<&Spill>, spot: Spot) -> io::Result<Vec<u8>> {
 }
 
 /// A spilled record decoded; bytes that do not decode are `InvalidData`, not a panic, since
-/// they came back through IO.
+/// they came back through IO. (Bytes that decode but whose appended changes do not fit the
+/// value, [`Entry::thaw`], are a broken invariant like any change that does not fit: the
+/// spill is this process's own file, and a record is read back as it was written.)
 fn read_decoded<T: Entry>(spill: Option<&Spill>, spot: Spot) -> io::Result<T> {
     let bytes = read_spot(spill, spot)?;
     T::thaw(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
