@@ -804,7 +804,7 @@ impl State {
         let ((), version) = self.change_order_or_append(
             order_id,
             |order| change_by(order, event),
-            |bytes, out| append_change(bytes, event, out).map(|version| ((), version)),
+            |bytes, scratch| append_change(bytes, event, scratch).map(|version| ((), version)),
         );
         version
     }
@@ -823,7 +823,7 @@ impl State {
         &mut self,
         order_id: &OrderId,
         change: impl FnOnce(&mut Order) -> R,
-        append: impl FnOnce(&[u8], &mut Vec<u8>) -> Option<(R, u64)>,
+        append: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> Option<(R, u64)>,
     ) -> (R, u64) {
         let changed = self.orders.update_or_append(
             order_id,
@@ -1191,19 +1191,26 @@ fn change_by(order: &mut Order, event: &Event) {
     }
 }
 
-/// `bytes`, an encoded order (its stream version first, see `pack.rs`) and the changes
-/// appended to it so far, with `event` appended too and the version counted, written to
-/// `out`; returns the new version. `None` when the order should rather be decoded: it has
-/// reached [`FROZEN_ORDER_BYTES_MAX`], or its bytes do not start with a version (then the
-/// decoding reports them).
-fn append_change(bytes: &[u8], event: &Event, out: &mut Vec<u8>) -> Option<u64> {
+/// Appends `event` to `bytes`, an encoded order (its stream version first, see `pack.rs`)
+/// with the changes appended to it so far, and counts the version over the old one in
+/// place; returns the new version. The change is written to `scratch` first, so that
+/// `bytes` grow once by exactly its length. `None`, with `bytes` as they were, when the
+/// order should rather be decoded: it has reached [`FROZEN_ORDER_BYTES_MAX`], its new
+/// version takes a byte more than the old one (at 128, 16,384, ...), or its bytes do not start
+/// with a version (then the decoding reports them).
+fn append_change(bytes: &mut Vec<u8>, event: &Event, scratch: &mut Vec<u8>) -> Option<u64> {
     if bytes.len() >= FROZEN_ORDER_BYTES_MAX {
         return None;
     }
     let mut input = Reader::new(bytes);
     let version = input.varint().ok()?.checked_add(1)?;
-    put_varint(out, version);
-    out.extend_from_slice(input.rest());
+    let version_bytes = bytes.len() - input.rest().len();
+    scratch.clear();
+    put_varint(scratch, version);
+    if scratch.len() != version_bytes {
+        return None;
+    }
+    let out = scratch;
     match event {
         Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at, .. } => {
             out.push(CHANGE_SHIPPED);
@@ -1241,6 +1248,9 @@ fn append_change(bytes: &[u8], event: &Event, out: &mut Vec<u8>) -> Option<u64> 
         }
         other => unreachable!("{} changes more than its order", other.kind()),
     }
+    bytes.reserve_exact(out.len() - version_bytes);
+    bytes[..version_bytes].copy_from_slice(&out[..version_bytes]);
+    bytes.extend_from_slice(&out[version_bytes..]);
     Some(version)
 }
 
@@ -1498,5 +1508,50 @@ mod tests {
         assert!(appended > 0 && reencoded > 0, "{appended} appended, then {reencoded} encoded again");
         assert!(state.order(&order_id) == all_hot.order(&order_id), "the same order, its changes applied");
         assert!(state == all_hot);
+    }
+
+    /// A change is appended in place, the version counted over the old one, unless the new
+    /// version takes a byte more: then the order's bytes are left as they were, for the
+    /// caller to decode, change and encode it.
+    #[test]
+    fn a_change_is_appended_in_place_unless_the_version_grows_a_byte() {
+        let envelopes = sim::day_envelopes(&DayConfig::new(20, 7, crate::demo::DAY_START), "test");
+        let mut state = State::new();
+        state.set_orders_hot_max(usize::MAX);
+        state.apply_all(envelopes.iter().map(|envelope| &envelope.event));
+        let open = state.orders().find(|order| order.payment.is_some() && order.closure.is_none());
+        let Some(order) = open.map(Cow::into_owned) else {
+            panic!("the day has a paid, open order");
+        };
+        let cent = Decimal::new(1, 2);
+        let event = Event::RefundIssued {
+            order_id: order.id.clone(),
+            refund_id: RefundId::from("R-in-place"),
+            amount: cent,
+            return_id: None,
+            allocation: vec![RefundShare { target: RefundTarget::Line(order.lines[0].sku.clone()), amount: cent }],
+            refunded_at: Timestamp(crate::demo::DAY_START.0 + 1_000),
+        };
+        let mut scratch = Vec::new();
+        for (version, grows) in [(126u64, false), (127, true), (16_382, false), (16_383, true)] {
+            let mut before = order.clone();
+            before.stream_version = version;
+            let mut bytes = crate::pack::pack(&before, &mut scratch).into_vec();
+            let original = bytes.clone();
+            let appended = append_change(&mut bytes, &event, &mut scratch);
+            if grows {
+                assert_eq!(appended, None, "version {version}: declined");
+                assert_eq!(bytes, original, "version {version}: left as they were");
+                continue;
+            }
+            assert_eq!(appended, Some(version + 1), "version {version}: counted");
+            let version_bytes = if version < 128 { 1 } else { 2 };
+            assert_eq!(&bytes[version_bytes..original.len()], &original[version_bytes..], "version {version}: kept");
+            assert_eq!(bytes.capacity(), bytes.len(), "version {version}: grown by exactly the change");
+            let mut after = before.clone();
+            change_by(&mut after, &event);
+            after.stream_version = version + 1;
+            assert_eq!(<Order as Entry>::thaw(&bytes), Ok(after), "version {version}: thaws with the change");
+        }
     }
 }

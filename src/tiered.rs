@@ -195,11 +195,14 @@ where
     }
 
     /// Like [`TieredMap::update`], except that a frozen entry is first offered to `append`:
-    /// given the entry's bytes, it writes the bytes that replace them into the buffer it is
-    /// handed (the change appended to the entry, for [`Entry::thaw`] to apply when the
-    /// entry is next read) and returns what `change` would have, or declines with `None`,
-    /// and then the entry is decoded, changed by `change` and encoded again in its place.
-    /// Neither is called when there is no entry.
+    /// given the entry's bytes (moved out of their box, not copied) and an empty scratch
+    /// buffer, it changes the bytes in place (the change appended to the entry, for
+    /// [`Entry::thaw`] to apply when the entry is next read) and returns what `change` would
+    /// have, or declines with `None` and leaves them as they were, and then the entry is
+    /// decoded, changed by `change` and encoded again in its place. Neither is called when
+    /// there is no entry. The bytes are boxed again at their length, so `append` should grow
+    /// them by exactly what it adds (`Vec::reserve_exact`): they are then copied at most
+    /// once, by the one reallocation.
     ///
     /// For changes to frozen entries that are written far more often than they are read:
     /// a promotion day's shipments and deliveries, replayed, change orders nothing reads
@@ -210,7 +213,7 @@ where
         &mut self,
         key: &K,
         change: impl FnOnce(&mut V) -> R,
-        append: impl FnOnce(&[u8], &mut Vec<u8>) -> Option<R>,
+        append: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> Option<R>,
     ) -> Option<R> {
         let Some(slot) = self.entries.get_mut(key) else {
             assert!(!self.spilled.contains_key(key), "a spilled entry is changed without being loaded first");
@@ -220,9 +223,13 @@ where
             Slot::Hot(value) => return Some(change(value)),
             Slot::Frozen(bytes) => bytes,
         };
+        let mut owned = std::mem::take(bytes).into_vec();
+        let length_before = owned.len();
         self.scratch.clear();
-        if let Some(changed) = append(bytes, &mut self.scratch) {
-            *bytes = Box::from(&self.scratch[..]);
+        let appended = append(&mut owned, &mut self.scratch);
+        assert!(appended.is_some() || owned.len() == length_before, "a declined append leaves the entry as it was");
+        *bytes = owned.into_boxed_slice();
+        if let Some(changed) = appended {
             debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry with a change appended thaws");
             return Some(changed);
         }
@@ -1168,9 +1175,11 @@ mod tests {
         let appended = map.update_or_append(
             &1,
             |_| unreachable!("a frozen entry is offered to append"),
-            |bytes, out| {
+            |bytes, scratch| {
                 assert_eq!(crate::pack::unpack::<Vec<u64>>(bytes), Ok(vec![1]));
-                vec![1u64, 10].pack(out);
+                assert!(scratch.is_empty(), "the scratch buffer is handed over empty");
+                bytes.clear();
+                vec![1u64, 10].pack(bytes);
                 Some("appended")
             },
         );
