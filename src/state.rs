@@ -1196,8 +1196,8 @@ fn change_by(order: &mut Order, event: &Event) {
 /// place; returns the new version. The change is written to `scratch` first, so that
 /// `bytes` grow once by exactly its length. `None`, with `bytes` as they were, when the
 /// order should rather be decoded: it has reached [`FROZEN_ORDER_BYTES_MAX`], its new
-/// version takes a byte more than the old one (at 128, 16,384, ...), or its bytes do not start
-/// with a version (then the decoding reports them).
+/// version takes a byte more than the old one (at 128, 16,384, ...), or its bytes do not
+/// start with a version (then the decoding reports them).
 fn append_change(bytes: &mut Vec<u8>, event: &Event, scratch: &mut Vec<u8>) -> Option<u64> {
     if bytes.len() >= FROZEN_ORDER_BYTES_MAX {
         return None;
