@@ -1098,13 +1098,44 @@ impl State {
 /// delivery about 15, so a promotion day's order rarely reaches it.
 pub const FROZEN_ORDER_BYTES_MAX: usize = 1024;
 
-/// Tags of the changes [`append_change`] appends to an encoded order, one per event kind
-/// that [`change_by`] applies.
-const CHANGE_SHIPPED: u8 = 0;
-const CHANGE_DELIVERED: u8 = 1;
-const CHANGE_RETURN_REQUESTED: u8 = 2;
-const CHANGE_RETURN_RECEIVED: u8 = 3;
-const CHANGE_REFUNDED: u8 = 4;
+/// The changes [`append_change`] appends to an encoded order, one per event kind that
+/// [`change_by`] applies: its tag, and the event's fields it carries (all but the order's
+/// id) in the order they are written. `pack_change` and `unpack_change` are both made from
+/// this one list, so the two cannot disagree.
+macro_rules! order_changes {
+    ($($tag:ident = $value:literal => $variant:ident { $($field:ident),+ $(,)? }),+ $(,)?) => {
+        $(const $tag: u8 = $value;)+
+
+        /// Writes `event`'s change: its tag, then its fields.
+        fn pack_change(event: &Event, out: &mut Vec<u8>) {
+            match event {
+                $(Event::$variant { $($field,)+ .. } => {
+                    out.push($tag);
+                    $(Pack::pack($field, out);)+
+                })+
+                other => unreachable!("{} changes more than its order", other.kind()),
+            }
+        }
+
+        /// The event a change appended by [`append_change`] to the order `order_id` came
+        /// from.
+        fn unpack_change(order_id: &OrderId, input: &mut Reader<'_>) -> Result<Event, PackError> {
+            let order_id = order_id.clone();
+            Ok(match input.byte()? {
+                $($tag => Event::$variant { order_id, $($field: Pack::unpack(input)?),+ },)+
+                tag => return Err(PackError::Tag("order change", tag)),
+            })
+        }
+    };
+}
+
+order_changes! {
+    CHANGE_SHIPPED = 0 => ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at },
+    CHANGE_DELIVERED = 1 => ShipmentDelivered { shipment_id, delivered_at },
+    CHANGE_RETURN_REQUESTED = 2 => ReturnRequested { return_id, lines, reason, requested_at },
+    CHANGE_RETURN_RECEIVED = 3 => ReturnReceived { return_id, lines, received_at },
+    CHANGE_REFUNDED = 4 => RefundIssued { refund_id, amount, return_id, allocation, refunded_at },
+}
 
 /// What an event that changes only its order does to it, the stream version aside: the one
 /// definition, whether the order is hot or the event was appended to its encoding and is
@@ -1210,88 +1241,11 @@ fn append_change(bytes: &mut Vec<u8>, event: &Event, scratch: &mut Vec<u8>) -> O
     if scratch.len() != version_bytes {
         return None;
     }
-    let out = scratch;
-    match event {
-        Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at, .. } => {
-            out.push(CHANGE_SHIPPED);
-            shipment_id.pack(out);
-            carrier.pack(out);
-            tracking_number.pack(out);
-            lines.pack(out);
-            shipped_at.pack(out);
-        }
-        Event::ShipmentDelivered { shipment_id, delivered_at, .. } => {
-            out.push(CHANGE_DELIVERED);
-            shipment_id.pack(out);
-            delivered_at.pack(out);
-        }
-        Event::ReturnRequested { return_id, lines, reason, requested_at, .. } => {
-            out.push(CHANGE_RETURN_REQUESTED);
-            return_id.pack(out);
-            lines.pack(out);
-            reason.pack(out);
-            requested_at.pack(out);
-        }
-        Event::ReturnReceived { return_id, lines, received_at, .. } => {
-            out.push(CHANGE_RETURN_RECEIVED);
-            return_id.pack(out);
-            lines.pack(out);
-            received_at.pack(out);
-        }
-        Event::RefundIssued { refund_id, amount, return_id, allocation, refunded_at, .. } => {
-            out.push(CHANGE_REFUNDED);
-            refund_id.pack(out);
-            amount.pack(out);
-            return_id.pack(out);
-            allocation.pack(out);
-            refunded_at.pack(out);
-        }
-        other => unreachable!("{} changes more than its order", other.kind()),
-    }
-    bytes.reserve_exact(out.len() - version_bytes);
-    bytes[..version_bytes].copy_from_slice(&out[..version_bytes]);
-    bytes.extend_from_slice(&out[version_bytes..]);
+    pack_change(event, scratch);
+    bytes.reserve_exact(scratch.len() - version_bytes);
+    bytes[..version_bytes].copy_from_slice(&scratch[..version_bytes]);
+    bytes.extend_from_slice(&scratch[version_bytes..]);
     Some(version)
-}
-
-/// The event a change appended by [`append_change`] to the order `order_id` came from.
-fn unpack_change(order_id: &OrderId, input: &mut Reader<'_>) -> Result<Event, PackError> {
-    let order_id = order_id.clone();
-    Ok(match input.byte()? {
-        CHANGE_SHIPPED => Event::ShipmentDispatched {
-            order_id,
-            shipment_id: Pack::unpack(input)?,
-            carrier: Pack::unpack(input)?,
-            tracking_number: Pack::unpack(input)?,
-            lines: Pack::unpack(input)?,
-            shipped_at: Pack::unpack(input)?,
-        },
-        CHANGE_DELIVERED => {
-            Event::ShipmentDelivered { order_id, shipment_id: Pack::unpack(input)?, delivered_at: Pack::unpack(input)? }
-        }
-        CHANGE_RETURN_REQUESTED => Event::ReturnRequested {
-            order_id,
-            return_id: Pack::unpack(input)?,
-            lines: Pack::unpack(input)?,
-            reason: Pack::unpack(input)?,
-            requested_at: Pack::unpack(input)?,
-        },
-        CHANGE_RETURN_RECEIVED => Event::ReturnReceived {
-            order_id,
-            return_id: Pack::unpack(input)?,
-            lines: Pack::unpack(input)?,
-            received_at: Pack::unpack(input)?,
-        },
-        CHANGE_REFUNDED => Event::RefundIssued {
-            order_id,
-            refund_id: Pack::unpack(input)?,
-            amount: Pack::unpack(input)?,
-            return_id: Pack::unpack(input)?,
-            allocation: Pack::unpack(input)?,
-            refunded_at: Pack::unpack(input)?,
-        },
-        tag => return Err(PackError::Tag("order change", tag)),
-    })
 }
 
 /// A frozen order is its encoding, its stream version already counting the changes
