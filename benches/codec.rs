@@ -20,11 +20,11 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use emporium::log::{self, Check, Envelope};
+use emporium::domain::state::Order;
+use emporium::log::record::{self, Check, Envelope};
+use emporium::rehearsal::sim::{self, DayConfig};
 use emporium::service::wire::EventLine;
-use emporium::sim::{self, DayConfig};
-use emporium::state::Order;
-use emporium::{ShopId, State, demo, pack};
+use emporium::{ShopId, State, memory::pack, rehearsal::demo};
 
 /// The allocator the `emporium` binary runs with.
 #[global_allocator]
@@ -37,23 +37,23 @@ fn envelopes() -> Vec<Envelope> {
     sim::day_envelopes(&DayConfig::new(ORDERS, 42, demo::DAY_START), "storefront")
 }
 
-fn encode_all(envelopes: &[Envelope], genesis: &log::Hash, out: &mut Vec<u8>) -> log::Hash {
+fn encode_all(envelopes: &[Envelope], genesis: &record::Hash, out: &mut Vec<u8>) -> record::Hash {
     out.clear();
     let mut previous = *genesis;
     for envelope in envelopes {
-        previous = log::encode_record(envelope, &previous, out).expect("encodes");
+        previous = record::encode_record(envelope, &previous, out).expect("encodes");
     }
     previous
 }
 
 fn codec(c: &mut Criterion) {
-    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
+    emporium::cli::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let envelopes = envelopes();
     let events = envelopes.len() as u64;
-    let genesis = log::genesis_hash(&ShopId::main());
+    let genesis = record::genesis_hash(&ShopId::main());
     let mut bytes = Vec::new();
     let head = encode_all(&envelopes, &genesis, &mut bytes);
-    let (decoded, decoded_head) = log::decode_records(&bytes, 1, genesis, Check::Chain).expect("intact");
+    let (decoded, decoded_head) = record::decode_records(&bytes, 1, genesis, Check::Chain).expect("intact");
     assert!(decoded == envelopes && decoded_head == head, "records round-trip");
     let json_bytes: usize = envelopes
         .iter()
@@ -77,7 +77,7 @@ fn codec(c: &mut Criterion) {
         b.iter(|| encode_all(&envelopes, &genesis, &mut out))
     });
     for (name, check) in [("decode_chain", Check::Chain), ("decode_checksum", Check::Checksum)] {
-        group.bench_function(name, |b| b.iter(|| log::decode_records(&bytes, 1, genesis, check).expect("intact")));
+        group.bench_function(name, |b| b.iter(|| record::decode_records(&bytes, 1, genesis, check).expect("intact")));
     }
     group.bench_function("json", |b| {
         b.iter(|| {

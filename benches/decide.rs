@@ -5,7 +5,7 @@
 //! way the `double11` scenario does (Zipf popularity; the 100 hottest with 5,000 units, the
 //! rest with 10,000,000), then executes the first 20,000 orders `loadgen::plan` plans, all at
 //! one instant: about 18,000 are placed (the hottest SKU sells out) and 90% of those are paid.
-//! It then measures `emporium::decide` (which reads the state and never changes it), one
+//! It then measures `emporium::domain::decide` (which reads the state and never changes it), one
 //! command per iteration, cycling through 1,024 prepared commands of each kind:
 //! - `decide/place_order`: an order of 1 to 3 lines that is accepted;
 //! - `decide/pay`: paying one of the existing unpaid orders in full;
@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use emporium::loadgen::{self, OrderPlan, Scenario, Zipf};
-use emporium::{Command, Line, Order, OrderStatus, Rejection, State, Timestamp, decide, demo};
+use emporium::rehearsal::loadgen::{self, OrderPlan, Scenario, Zipf};
+use emporium::{Command, Line, Order, OrderStatus, Rejection, State, Timestamp, decide, rehearsal::demo};
 use rust_decimal::Decimal;
 
 /// The allocator the `emporium` binary runs with.
@@ -83,7 +83,7 @@ fn shop(scenario: &Scenario, zipf: &Zipf) -> State {
 }
 
 fn deciding(c: &mut Criterion) {
-    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
+    emporium::cli::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let scenario = Scenario { skus: SKUS, ..Scenario::double11(42) };
     let zipf = Zipf::new(scenario.skus, scenario.zipf_s);
     let state = shop(&scenario, &zipf);

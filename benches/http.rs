@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use emporium::engine::{Engine, EngineConfig, SnapshotConfig, SystemClock};
-use emporium::layout;
-use emporium::loadgen::Connection;
+use emporium::log::layout;
+use emporium::log::store::SledStore;
+use emporium::rehearsal::loadgen::Connection;
 use emporium::service::{self, App, ServiceConfig, Tokens};
-use emporium::store::SledStore;
 use serde_json::json;
 
 /// The allocator the `emporium` binary runs with.
@@ -49,7 +49,7 @@ fn order_body(n: u64) -> Vec<u8> {
 }
 
 fn http(c: &mut Criterion) {
-    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
+    emporium::cli::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (engine, stop, server, mut connection) = runtime.block_on(async {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use emporium::command::Line;
+use emporium::domain::command::Line;
 use emporium::engine::{Engine, EngineConfig, ManualClock, Request};
-use emporium::log::Envelope;
-use emporium::store::{AppendBatch, EventStore, SledStore};
+use emporium::log::record::Envelope;
+use emporium::log::store::{AppendBatch, EventStore, SledStore};
 use emporium::{Command, CommandId, Event, ShopId, Timestamp};
 use rust_decimal::Decimal;
 
@@ -44,7 +44,7 @@ fn paid(position: u64) -> Envelope {
 }
 
 fn append_by_batch_size(c: &mut Criterion) {
-    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
+    emporium::cli::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let mut group = c.benchmark_group("append_synced");
     group.sample_size(10).measurement_time(Duration::from_secs(5));
@@ -78,7 +78,7 @@ fn append_by_batch_size(c: &mut Criterion) {
 }
 
 fn orders_with_group_commit(c: &mut Criterion) {
-    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
+    emporium::cli::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let mut group = c.benchmark_group("orders_group_commit");
     group.sample_size(10).measurement_time(Duration::from_secs(10));

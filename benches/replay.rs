@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use emporium::engine::{Engine, EngineConfig, ManualClock, SnapshotConfig};
-use emporium::log::Envelope;
-use emporium::sim::{self, DayConfig};
-use emporium::store::{AppendBatch, EventStore, SledStore};
+use emporium::log::record::Envelope;
+use emporium::log::store::{AppendBatch, EventStore, SledStore};
+use emporium::rehearsal::sim::{self, DayConfig};
 use emporium::views::Views;
-use emporium::{ShopId, State, demo};
+use emporium::{ShopId, State, rehearsal::demo};
 use emporium_projections::AsOf;
 
 /// The allocator the `emporium` binary runs with.
@@ -52,7 +52,7 @@ async fn write_log(store: &SledStore, shop: &ShopId) -> Vec<Envelope> {
 }
 
 fn config(data: &Path, snapshots: bool) -> EngineConfig {
-    let snapshots = snapshots.then(|| SnapshotConfig::new(emporium::layout::snapshot_dir(data)));
+    let snapshots = snapshots.then(|| SnapshotConfig::new(emporium::log::layout::snapshot_dir(data)));
     EngineConfig { snapshots, ..EngineConfig::default() }
 }
 
@@ -65,7 +65,7 @@ fn restart_clock(envelopes: &[Envelope]) -> Arc<ManualClock> {
 /// Opens the engine on the log in `data` and returns how long `Engine::open` took, or with
 /// `views` until the views had folded the whole log too; then closes it.
 async fn open_once(data: &Path, snapshots: bool, views: bool, clock: Arc<ManualClock>) -> Duration {
-    let store = Arc::new(SledStore::open(&emporium::layout::log_dir(data)).expect("opens"));
+    let store = Arc::new(SledStore::open(&emporium::log::layout::log_dir(data)).expect("opens"));
     let last = store.last_position(&ShopId::main()).await.expect("readable");
     let started = Instant::now();
     let engine = Engine::open(store, clock, config(data, snapshots)).await.expect("opens");
@@ -80,12 +80,12 @@ async fn open_once(data: &Path, snapshots: bool, views: bool, clock: Arc<ManualC
 }
 
 fn replay(c: &mut Criterion) {
-    emporium::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
+    emporium::cli::process::disable_transparent_huge_pages().expect("huge pages off, as the binary has them");
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let shop = ShopId::main();
     let envelopes = runtime.block_on(async {
-        let store = SledStore::open(&emporium::layout::log_dir(dir.path())).expect("opens");
+        let store = SledStore::open(&emporium::log::layout::log_dir(dir.path())).expect("opens");
         write_log(&store, &shop).await
     });
     let events = envelopes.len() as u64;
@@ -93,7 +93,7 @@ fn replay(c: &mut Criterion) {
     eprintln!("log of {events} events written");
     // One full start with snapshots on: it replays everything and snapshots the end at close.
     runtime.block_on(async {
-        let store = Arc::new(SledStore::open(&emporium::layout::log_dir(dir.path())).expect("opens"));
+        let store = Arc::new(SledStore::open(&emporium::log::layout::log_dir(dir.path())).expect("opens"));
         Engine::open(store, restart_clock(&envelopes), config(dir.path(), true)).await.expect("opens").close().await;
     });
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use emporium::loadgen::{Connection, CpuTicks};
+use emporium::rehearsal::loadgen::{Connection, CpuTicks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A placed order's request body, as the load generator sends it (117 bytes).

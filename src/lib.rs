@@ -18,41 +18,23 @@
 
 #![deny(missing_docs)]
 
-pub mod command;
-pub mod decide;
-pub mod demo;
+pub mod cli;
+pub mod domain;
 pub mod engine;
-pub mod event;
-pub mod idmap;
-pub mod ids;
-pub mod layout;
-pub mod limits;
-pub mod loadgen;
 pub mod log;
-pub mod metrics;
-pub mod money;
-pub mod pack;
-pub mod packed;
-pub mod process;
-pub mod rejection;
-pub mod remembered;
+pub mod memory;
+pub mod rehearsal;
 pub mod service;
-pub mod sim;
-pub mod spill;
-pub mod state;
-pub mod store;
-pub mod tiered;
-pub mod transfer;
 pub mod views;
 
-pub use command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
 /// The inline string of identifiers and envelope texts, so embedders can name it without
 /// depending on `compact_str` themselves.
 pub use compact_str::CompactString;
-pub use decide::decide;
-pub use event::Event;
-pub use ids::{
+pub use domain::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
+pub use domain::decide::decide;
+pub use domain::event::Event;
+pub use domain::ids::{
     CommandId, CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, ShopId, Sku, Timestamp,
 };
-pub use rejection::{Field, Rejection, Shortage};
-pub use state::{Order, OrderStatus, Policy, Product, RefundState, ReturnState, State, Stock};
+pub use domain::rejection::{Field, Rejection, Shortage};
+pub use domain::state::{Order, OrderStatus, Policy, Product, RefundState, ReturnState, State, Stock};

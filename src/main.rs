@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use emporium::domain::ids::{CommandId, ShopId};
 use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request, SnapshotConfig};
-use emporium::ids::{CommandId, ShopId};
-use emporium::layout;
+use emporium::log::layout;
+use emporium::log::store::{EventStore, SledStore, StoreError};
+use emporium::log::transfer::{self, ExportError, Phase};
 use emporium::service::{self, App, ServiceConfig, Tokens};
-use emporium::store::{EventStore, SledStore, StoreError};
-use emporium::transfer::{self, ExportError, Phase};
 use emporium::views::Views;
-use emporium::{State, demo};
+use emporium::{State, rehearsal::demo};
 use emporium_projections::AsOf;
 use emporium_snapshots::SnapshotStore;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -49,7 +49,7 @@ enum Action {
         tokens: Option<PathBuf>,
         /// Most orders each shop's writer keeps in memory as values. Older ones are kept
         /// encoded and moved out of memory to an unnamed scratch file in the data directory.
-        #[arg(long, default_value_t = emporium::tiered::HOT_DEFAULT_MAX)]
+        #[arg(long, default_value_t = emporium::memory::tiered::HOT_DEFAULT_MAX)]
         orders_hot_max: usize,
     },
     /// Run the scripted shop day through the engine on sled and print stock and orders.
@@ -205,20 +205,20 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
-    // Huge pages off, before the engine allocates (`emporium::process` says why).
-    if let Err(error) = emporium::process::disable_transparent_huge_pages() {
+    // Huge pages off, before the engine allocates (`emporium::cli::process` says why).
+    if let Err(error) = emporium::cli::process::disable_transparent_huge_pages() {
         tracing::warn!("transparent huge pages stay on: {error}");
     }
     let action = cli.command.unwrap_or(Action::Serve {
         data: PathBuf::from("./emporium-data"),
         listen: "127.0.0.1:8080".to_owned(),
         tokens: None,
-        orders_hot_max: emporium::tiered::HOT_DEFAULT_MAX,
+        orders_hot_max: emporium::memory::tiered::HOT_DEFAULT_MAX,
     });
     // A rehearsal over HTTP runs on one thread: it shares the machine with the server it
     // measures, and its submitters only wait on sockets, so a second worker would only add
     // wake-ups and stealing between the two.
-    let over_http = |target: &str| matches!(emporium::loadgen::Target::parse_address(target), Ok(Some(_)));
+    let over_http = |target: &str| matches!(emporium::rehearsal::loadgen::Target::parse_address(target), Ok(Some(_)));
     let one_thread = matches!(&action, Action::Loadgen { target, .. } if over_http(target));
     let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
@@ -441,7 +441,7 @@ async fn verify(data: PathBuf) -> Result<(), String> {
 
 async fn drill(data: PathBuf, tag: String, tasks: usize, commands: usize, seconds: u64) -> Result<(), String> {
     use emporium::Command;
-    use emporium::command::Line;
+    use emporium::domain::command::Line;
     use rust_decimal::Decimal;
 
     let store = open_store(&data)?;
@@ -535,7 +535,7 @@ struct LoadgenOptions {
 }
 
 async fn loadgen(options: LoadgenOptions) -> Result<(), String> {
-    use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop, Target};
+    use emporium::rehearsal::loadgen::{self, RunClock, RunOptions, Scenario, Stop, Target};
 
     let LoadgenOptions { target, token, shop, orders, duration, concurrency, seed, data, json, report } = options;
     let address = Target::parse_address(&target)?;
@@ -905,7 +905,7 @@ async fn audit(data: PathBuf, shop: String, order: String) -> Result<(), String>
     order_id.check().map_err(|e| e.to_string())?;
     let store = open_store(&data)?;
     let end = store.last_position(&shop).await.map_err(|e| e.to_string())?;
-    let history = emporium::store::order_history(store.as_ref(), &shop, &order_id, end).await;
+    let history = emporium::log::store::order_history(store.as_ref(), &shop, &order_id, end).await;
     let Some(events) = history.map_err(|e| e.to_string())? else {
         return Err(format!("shop {shop} has no order {order_id}"));
     };

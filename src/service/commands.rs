@@ -11,9 +11,9 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiError, RefusalBody, rejection_status, sentence};
 use super::wire::{BatchBody, PositionsBody, Receipt, ReceiptEvent, ResourceRef, WireCommand};
 use super::{Access, App, AppState, Params, read_body, record, shop_and_params};
+use crate::domain::ids::{CommandId, ShopId};
+use crate::domain::rejection::Rejection;
 use crate::engine::{Accepted, CommandError, Request};
-use crate::ids::{CommandId, ShopId};
-use crate::rejection::Rejection;
 
 /// The HTTP method of a command route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::domain::rejection::Rejection;
 use crate::engine::CommandError;
-use crate::rejection::Rejection;
 
 /// An error answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -253,8 +253,8 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{CommandId, ShopId, Sku};
-    use crate::rejection::{Field, Shortage};
+    use crate::domain::ids::{CommandId, ShopId, Sku};
+    use crate::domain::rejection::{Field, Shortage};
     use rust_decimal::Decimal;
 
     /// What a single command's answer writes straight is the tree a batch's result holds.

@@ -19,9 +19,9 @@ use super::error::ApiError;
 use super::queries::{PageQuery, page_limit, query};
 use super::wire::EventLine;
 use super::{Access, App, AppState, Params, shop_and_params};
+use crate::domain::ids::ShopId;
 use crate::engine::CommandError;
-use crate::ids::ShopId;
-use crate::log::Envelope;
+use crate::log::record::Envelope;
 
 /// Events read from the store at a time by a follower.
 const STREAM_PAGE_EVENTS: usize = 256;

@@ -40,9 +40,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, put};
 use tokio::sync::{Semaphore, watch};
 
+use crate::domain::ids::ShopId;
 use crate::engine::Engine;
-use crate::ids::ShopId;
-use crate::metrics::{CounterFamily, Histogram, LATENCY_BOUNDS_S};
+use crate::engine::metrics::{CounterFamily, Histogram, LATENCY_BOUNDS_S};
 
 pub use auth::{Access, Principal, Role, Tokens};
 pub use error::ApiError;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, sentence};
 use super::{Access, App, AppState, Params, shop_and_params};
-use crate::ids::{CustomerId, OrderId, ShopId, Sku, Timestamp};
+use crate::domain::ids::{CustomerId, OrderId, ShopId, Sku, Timestamp};
 use crate::views::{Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views};
 
 /// Most buckets in one series.
@@ -111,7 +111,7 @@ pub async fn history(State(app): AppState, params: Params, headers: HeaderMap) -
             .await?;
     let positions = positions.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
     let store = app.engine.store().as_ref();
-    let history = crate::store::read_positions(store, &shop, &positions).await.map_err(ApiError::storage)?;
+    let history = crate::log::store::read_positions(store, &shop, &positions).await.map_err(ApiError::storage)?;
     let history: Vec<TimelineEntry> = history.iter().map(TimelineEntry::of).collect();
     Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": at, "history": history})).into_response())
 }

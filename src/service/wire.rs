@@ -11,10 +11,10 @@ use rust_decimal::Decimal;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
-use crate::event::Event;
-use crate::log::Envelope;
-use crate::money::MONEY_SCALE;
+use crate::domain::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
+use crate::domain::event::Event;
+use crate::domain::money::MONEY_SCALE;
+use crate::log::record::Envelope;
 
 /// An amount of money as it travels: a JSON string such as `"19.90"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

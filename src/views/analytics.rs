@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
-use crate::idmap::{IdMap, IdSet, shrink_if_sparse};
-use crate::ids::{CustomerId, OrderId, Sku, Timestamp};
-use crate::log::Envelope;
+use crate::domain::event::Event;
+use crate::domain::idmap::{IdMap, IdSet, shrink_if_sparse};
+use crate::domain::ids::{CustomerId, OrderId, Sku, Timestamp};
+use crate::log::record::Envelope;
 
 /// Milliseconds in an hour.
 pub const HOUR_MS: u64 = 60 * 60 * 1000;
@@ -99,14 +99,14 @@ type PlacedLines = Vec<(Sku, u64, Decimal)>;
 pub struct Analytics {
     hours: BTreeMap<u64, Hour>,
     /// Per open order: buyer and lines (SKU, units, net amount), until it is paid.
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     placed: IdMap<OrderId, (CustomerId, PlacedLines)>,
     /// Per paid order not yet shipped: when it was paid.
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     awaiting_shipment: IdMap<OrderId, Timestamp>,
-    #[serde(serialize_with = "crate::idmap::sorted_set")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_set")]
     refunded_orders: IdSet<OrderId>,
-    #[serde(serialize_with = "crate::idmap::sorted_set")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_set")]
     payers: IdSet<CustomerId>,
 }
 

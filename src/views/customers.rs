@@ -3,10 +3,10 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
-use crate::ids::{CustomerId, OrderId, Timestamp};
-use crate::log::Envelope;
-use crate::packed::PackedMap;
+use crate::domain::event::Event;
+use crate::domain::ids::{CustomerId, OrderId, Timestamp};
+use crate::log::record::Envelope;
+use crate::memory::packed::PackedMap;
 
 /// One buyer's record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

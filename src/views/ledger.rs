@@ -26,14 +26,14 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::Condition;
-use crate::event::{Event, RefundTarget, Subject};
-use crate::ids::{OrderId, Sku, Timestamp};
-use crate::log::Envelope;
-use crate::money;
-use crate::pack::{Pack, PackError, Reader};
-use crate::spill::Spill;
-use crate::tiered::{BlockLog, Keyed, TieredMap};
+use crate::domain::command::Condition;
+use crate::domain::event::{Event, RefundTarget, Subject};
+use crate::domain::ids::{OrderId, Sku, Timestamp};
+use crate::domain::money;
+use crate::log::record::Envelope;
+use crate::memory::pack::{Pack, PackError, Reader};
+use crate::memory::spill::Spill;
+use crate::memory::tiered::{BlockLog, Keyed, TieredMap};
 
 /// The chart of accounts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -133,9 +133,16 @@ struct OrderBook {
     shipping_refunded_from_deposits: Decimal,
 }
 
-crate::pack::pack_struct!(LineBook { quantity, unit_price, net_amount, shipped, earned, refunded_from_deposits });
-crate::pack::pack_struct!(OrderBook { lines, shipping_fee, shipping_earned, shipping_refunded_from_deposits });
-impl crate::pack::Entry for OrderBook {}
+crate::memory::pack::pack_struct!(LineBook {
+    quantity,
+    unit_price,
+    net_amount,
+    shipped,
+    earned,
+    refunded_from_deposits
+});
+crate::memory::pack::pack_struct!(OrderBook { lines, shipping_fee, shipping_earned, shipping_refunded_from_deposits });
+impl crate::memory::pack::Entry for OrderBook {}
 
 /// An account packs as its place in [`Account::ALL`], one byte.
 impl Pack for Account {
@@ -152,7 +159,7 @@ impl Pack for Account {
     }
 }
 
-crate::pack::pack_struct!(JournalEntry { position, recorded_at, memo, postings });
+crate::memory::pack::pack_struct!(JournalEntry { position, recorded_at, memo, postings });
 
 impl OrderBook {
     fn line_mut(&mut self, sku: &Sku) -> Option<&mut LineBook> {
@@ -450,7 +457,7 @@ impl emporium_projections::Projection for Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{self, DayConfig};
+    use crate::rehearsal::sim::{self, DayConfig};
 
     #[test]
     fn a_journal_entry_packs_every_account_and_amount_exactly() {
@@ -458,10 +465,13 @@ mod tests {
             Account::ALL.iter().zip(-5_i64..).map(|(account, n)| (*account, Decimal::new(n * 10_001, 2))).collect();
         let entry =
             JournalEntry { position: 300, recorded_at: Timestamp(1_700_000_000_000), memo: "m".into(), postings };
-        let bytes = crate::pack::pack(&entry, &mut Vec::new());
-        assert_eq!(crate::pack::unpack::<JournalEntry>(&bytes), Ok(entry));
+        let bytes = crate::memory::pack::pack(&entry, &mut Vec::new());
+        assert_eq!(crate::memory::pack::unpack::<JournalEntry>(&bytes), Ok(entry));
         let past_the_chart = Account::ALL.len() as u8;
-        assert_eq!(crate::pack::unpack::<Account>(&[past_the_chart]), Err(PackError::Tag("account", past_the_chart)));
+        assert_eq!(
+            crate::memory::pack::unpack::<Account>(&[past_the_chart]),
+            Err(PackError::Tag("account", past_the_chart))
+        );
     }
 
     /// Folding a generated day with nearly every order's book frozen between its postings
@@ -469,7 +479,7 @@ mod tests {
     /// book as a value, and each frozen book unpacks to what it was.
     #[test]
     fn frozen_books_fold_as_hot_ones() {
-        let envelopes = sim::day_envelopes(&DayConfig::new(2_000, 11, crate::demo::DAY_START), "test");
+        let envelopes = sim::day_envelopes(&DayConfig::new(2_000, 11, crate::rehearsal::demo::DAY_START), "test");
         let mut hot = Ledger::new();
         hot.books.set_hot_max(usize::MAX);
         let mut frozen = Ledger::new();
@@ -491,8 +501,8 @@ mod tests {
         assert!(earned > 0 && refunded > 0, "books with earnings ({earned}) and refunds from deposits ({refunded})");
         let mut scratch = Vec::new();
         for (key, book) in hot.books.iter() {
-            let bytes = crate::pack::pack(book.as_ref(), &mut scratch);
-            assert_eq!(crate::pack::unpack::<OrderBook>(&bytes).as_ref(), Ok(book.as_ref()), "{key}");
+            let bytes = crate::memory::pack::pack(book.as_ref(), &mut scratch);
+            assert_eq!(crate::memory::pack::unpack::<OrderBook>(&bytes).as_ref(), Ok(book.as_ref()), "{key}");
         }
     }
 }

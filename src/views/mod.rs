@@ -30,9 +30,9 @@ pub use ledger::{Account, JournalEntry, Ledger};
 pub use shop::{COVER_WINDOW_DAYS, DAY_MS, SLOW_MOVER_DAYS_DEFAULT, ShopView, StockLevel};
 pub use timeline::{Histories, TimelineEntry};
 
-use crate::event::Event;
-use crate::log::Envelope;
-use crate::spill::Spill;
+use crate::domain::event::Event;
+use crate::log::record::Envelope;
+use crate::memory::spill::Spill;
 
 /// The canonical encoding of a view's state: postcard of ordered maps and vectors only.
 pub(crate) fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, EncodeError> {
@@ -248,6 +248,6 @@ pub fn describe(event: &Event) -> String {
     }
 }
 
-fn lines_text<'l>(lines: impl Iterator<Item = (&'l crate::ids::Sku, u64)>) -> String {
+fn lines_text<'l>(lines: impl Iterator<Item = (&'l crate::domain::ids::Sku, u64)>) -> String {
     lines.map(|(sku, quantity)| format!("{sku} x{quantity}")).collect::<Vec<_>>().join(", ")
 }

@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
-use crate::idmap::IdMap;
-use crate::ids::{Sku, Timestamp};
-use crate::log::Envelope;
-use crate::state::{Holds, Product, State};
+use crate::domain::event::Event;
+use crate::domain::idmap::IdMap;
+use crate::domain::ids::{Sku, Timestamp};
+use crate::domain::state::{Holds, Product, State};
+use crate::log::record::Envelope;
 
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -61,7 +61,7 @@ pub struct ShopView {
     /// Products and checkout holds; never an order.
     state: State,
     /// What each open order not yet shipped in full keeps back.
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     holds: Holds,
     /// Money ever paid for orders.
     paid: Decimal,
@@ -70,7 +70,7 @@ pub struct ShopView {
     /// Units paid per SKU per day (day number since the epoch).
     daily_units: BTreeMap<(Sku, u64), u64>,
     /// The last payment of each SKU, or its listing when never sold.
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     last_sale_at: IdMap<Sku, Timestamp>,
     now: Timestamp,
 }

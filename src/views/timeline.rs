@@ -7,7 +7,7 @@
 //! hundreds of thousands of events to be indexed; these positions are at hand at once.
 //!
 //! An order placed from a checkout hold begins its history with the hold's events, exactly
-//! as [`crate::store::order_history`] reads them from the stream index. A hold's positions
+//! as [`crate::log::store::order_history`] reads them from the stream index. A hold's positions
 //! are kept only while the hold is active: an order can take over no other.
 //!
 //! An order's positions are kept as varints of the gaps between them (a [`Trail`]): a
@@ -20,11 +20,11 @@ use std::fmt;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::event::{Event, Subject};
-use crate::idmap::IdMap;
-use crate::ids::{CommandId, OrderId, ReservationId, Timestamp};
-use crate::log::Envelope;
-use crate::packed::PackedMap;
+use crate::domain::event::{Event, Subject};
+use crate::domain::idmap::IdMap;
+use crate::domain::ids::{CommandId, OrderId, ReservationId, Timestamp};
+use crate::log::record::Envelope;
+use crate::memory::packed::PackedMap;
 
 /// The positions of every order's events, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +32,7 @@ pub struct Histories {
     /// Packed: a position trail for every order ever placed.
     orders: PackedMap<OrderId, Trail>,
     /// Active holds' positions, until an order takes them over or they end.
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     holds: IdMap<ReservationId, Vec<u64>>,
 }
 
@@ -62,7 +62,7 @@ impl emporium_projections::Projection for Histories {
             (Event::OrderPlaced { order_id, reservation_id, .. }, _) => {
                 let mut positions =
                     reservation_id.as_ref().and_then(|hold| self.holds.remove(hold)).unwrap_or_default();
-                crate::idmap::shrink_if_sparse(&mut self.holds);
+                crate::domain::idmap::shrink_if_sparse(&mut self.holds);
                 positions.push(position);
                 let earlier = self.orders.insert(order_id.clone(), Trail::of(&positions));
                 assert!(earlier.is_none(), "order {order_id} placed twice");
@@ -72,7 +72,7 @@ impl emporium_projections::Projection for Histories {
             }
             (Event::ReservationReleased { reservation_id } | Event::ReservationExpired { reservation_id, .. }, _) => {
                 self.holds.remove(reservation_id);
-                crate::idmap::shrink_if_sparse(&mut self.holds);
+                crate::domain::idmap::shrink_if_sparse(&mut self.holds);
             }
             (_, Subject::Order(order_id)) => {
                 let Some(positions) = self.orders.get_mut(order_id) else {

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use emporium::engine::{Engine, EngineConfig, SystemClock};
-use emporium::store::{EventStore, SledStore};
+use emporium::log::store::{EventStore, SledStore};
 use emporium::{ShopId, State};
 
 use crate::support::temp_dir;
@@ -82,7 +82,7 @@ fn every_command_acknowledged_before_a_sigkill_is_in_the_log() {
         assert!(killed, "cycle {cycle}: the drill ended before it was killed (seed {seed})");
 
         runtime.block_on(async {
-            let store = SledStore::open(&emporium::layout::log_dir(dir.path())).expect("reopens after the kill");
+            let store = SledStore::open(&emporium::log::layout::log_dir(dir.path())).expect("reopens after the kill");
             let report = store.verify(&shop).await.expect("the log verifies after the kill");
             assert_eq!(store.last_position(&shop).await, Ok(report.events));
             for ack in &acks {
@@ -98,7 +98,7 @@ fn every_command_acknowledged_before_a_sigkill_is_in_the_log() {
         });
     }
     runtime.block_on(async {
-        let store = Arc::new(SledStore::open(&emporium::layout::log_dir(dir.path())).expect("reopens"));
+        let store = Arc::new(SledStore::open(&emporium::log::layout::log_dir(dir.path())).expect("reopens"));
         let engine = Engine::open(store, Arc::new(SystemClock), EngineConfig::default()).await.expect("recovers");
         let state = engine.read(&shop, State::clone).await.expect("served");
         state.check_invariants();

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use emporium::engine::{Accepted, CommandError, Engine, EngineConfig, ManualClock, Positions, Request};
-use emporium::log::{Envelope, Hash};
-use emporium::store::{AppendBatch, EventStore, MemoryStore, RejectionRecord, SledStore, StoreError, VerifyReport};
-use emporium::{CommandId, Event, OrderStatus, Rejection, ShopId, Shortage, State, demo};
+use emporium::log::record::{Envelope, Hash};
+use emporium::log::store::{
+    AppendBatch, EventStore, MemoryStore, RejectionRecord, SledStore, StoreError, VerifyReport,
+};
+use emporium::{CommandId, Event, OrderStatus, Rejection, ShopId, Shortage, State, rehearsal::demo};
 use rust_decimal::dec;
 
 use crate::support::*;

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use emporium::engine::{Engine, EngineConfig};
-use emporium::loadgen::{self, RunClock, RunOptions, Scenario, Stop, Target};
-use emporium::store::SledStore;
-use emporium::{ShopId, demo};
+use emporium::log::store::SledStore;
+use emporium::rehearsal::loadgen::{self, RunClock, RunOptions, Scenario, Stop, Target};
+use emporium::{ShopId, rehearsal::demo};
 
 use crate::http::{ADMIN, Server};
 use crate::support::temp_dir;

@@ -4,9 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use emporium::engine::{CommandError, Engine, EngineConfig, ManualClock, Request};
-use emporium::log::{Envelope, RECORD_OVERHEAD_BYTES};
-use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore, StoreError};
-use emporium::{CommandId, Event, ShopId, Sku, demo::DAY_START};
+use emporium::log::record::{Envelope, RECORD_OVERHEAD_BYTES};
+use emporium::log::store::{AppendBatch, EventStore, MemoryStore, SledStore, StoreError};
+use emporium::{CommandId, Event, ShopId, Sku, rehearsal::demo::DAY_START};
 use rust_decimal::dec;
 
 use crate::support::*;
@@ -97,9 +97,9 @@ fn raw_records(dir: &Path) -> Vec<(u64, Vec<u8>, usize, usize)> {
 
 /// The raw sled database, once the last store on it has let go of its lock.
 fn raw_db(dir: &Path) -> sled::Db {
-    let timeout = std::time::Duration::from_millis(emporium::store::LOCK_WAIT_MS);
-    assert!(emporium::store::wait_until_unlocked(dir, timeout).expect("lockable"), "the database is still open");
-    sled::Config::new().path(dir).segment_size(emporium::store::SEGMENT_BYTES).open().expect("raw open")
+    let timeout = std::time::Duration::from_millis(emporium::log::store::LOCK_WAIT_MS);
+    assert!(emporium::log::store::wait_until_unlocked(dir, timeout).expect("lockable"), "the database is still open");
+    sled::Config::new().path(dir).segment_size(emporium::log::store::SEGMENT_BYTES).open().expect("raw open")
 }
 
 fn flip_byte(dir: &Path, key: &[u8], offset: usize) {
@@ -244,7 +244,7 @@ async fn opening_from_zero_refuses_a_broken_chain_that_every_checksum_passes() {
 #[tokio::test]
 async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
     let dir = temp_dir();
-    let log = emporium::layout::log_dir(dir.path());
+    let log = emporium::log::layout::log_dir(dir.path());
     write_shop_log(&log, 10, 2).await;
     let verify = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
@@ -270,8 +270,8 @@ async fn the_verify_command_exits_non_zero_naming_shop_and_position() {
 /// wrote them before `order_cancelled` went to schema v2. Today's code must read them.
 #[test]
 fn records_stored_under_an_older_schema_decode_into_todays_events() {
-    use emporium::log::{Check, decode_records, genesis_hash, schema_version};
-    use emporium::{Party, demo};
+    use emporium::log::record::{Check, decode_records, genesis_hash, schema_version};
+    use emporium::{Party, rehearsal::demo};
 
     let bytes = include_bytes!("../fixtures/shop-log-v1.bin");
     let (stored, _) = decode_records(bytes, 1, genesis_hash(&ShopId::main()), Check::Chain).expect("v1 decodes");
@@ -300,7 +300,7 @@ fn records_stored_under_an_older_schema_decode_into_todays_events() {
 
 /// What every backend must do, checked the same way on each.
 async fn check_store(store: Arc<dyn EventStore>) {
-    use emporium::store::RejectionRecord;
+    use emporium::log::store::RejectionRecord;
     use std::time::Duration;
 
     let shop = ShopId::new("conformance").expect("valid");
@@ -357,7 +357,7 @@ async fn check_store(store: Arc<dyn EventStore>) {
     assert_eq!(store.verify(&shop).await.map(|r| r.events), Ok(300));
     // Read with the chain checked, page by page, the log is the same as read plainly; each
     // page's hash anchors the next, and the last is the head's.
-    let (mut verified, mut hash) = (Vec::new(), emporium::log::genesis_hash(&shop));
+    let (mut verified, mut hash) = (Vec::new(), emporium::log::record::genesis_hash(&shop));
     for _ in 0..300 {
         let after = verified.len() as u64;
         let (page, next) = store.read_verified(&shop, after, hash, 64).await.expect("verified");
@@ -433,5 +433,5 @@ async fn a_database_made_with_another_segment_size_still_opens() {
 
     let new = temp_dir();
     drop(SledStore::open(new.path()).expect("opens"));
-    assert_eq!(segment_size(new.path()), Some(emporium::store::SEGMENT_BYTES.to_string()));
+    assert_eq!(segment_size(new.path()), Some(emporium::log::store::SEGMENT_BYTES.to_string()));
 }

@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 
-use emporium::command::{AdjustmentReason, Condition, Inspection, Line};
-use emporium::demo::DAY_START;
+use emporium::domain::command::{AdjustmentReason, Condition, Inspection, Line};
+use emporium::rehearsal::demo::DAY_START;
 use emporium::{Command, Event, Order, State, Timestamp};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -89,7 +89,11 @@ fn order_id(state: &State, index: usize) -> emporium::OrderId {
 }
 
 /// `fraction` quarters of each line's `available` units, at least one.
-fn portion(order: Option<&Order>, fraction: u64, available: impl Fn(&emporium::state::OrderLine) -> u64) -> Vec<Line> {
+fn portion(
+    order: Option<&Order>,
+    fraction: u64,
+    available: impl Fn(&emporium::domain::state::OrderLine) -> u64,
+) -> Vec<Line> {
     let Some(order) = order else { return vec![Line::new("S0", 1)] };
     let lines: Vec<Line> = order
         .lines
@@ -266,7 +270,7 @@ proptest! {
     /// overdrawn; and the shop view folded from envelopes is the domain state.
     #[test]
     fn the_ledger_balances_after_every_event(ops in ops()) {
-        use emporium::log::{Envelope, stream_of};
+        use emporium::log::record::{Envelope, stream_of};
         use emporium::views::{Ledger, ShopView};
         use emporium_projections::{Projection, Runner};
 

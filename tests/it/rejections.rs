@@ -1,9 +1,9 @@
 //! Every rejection, data-driven: one shop in many situations, one command per case, the
 //! exact typed rejection expected, and the state unchanged afterwards.
 
-use emporium::command::{AdjustmentReason, Condition};
-use emporium::limits::{COUNTED_QUANTITY_MAX, ON_HAND_MAX, RECEIPT_QUANTITY_MAX};
-use emporium::state::{OrderStatus, ReservationStatus};
+use emporium::domain::command::{AdjustmentReason, Condition};
+use emporium::domain::limits::{COUNTED_QUANTITY_MAX, ON_HAND_MAX, RECEIPT_QUANTITY_MAX};
+use emporium::domain::state::{OrderStatus, ReservationStatus};
 use emporium::{Command, Field, Rejection, Shortage, State};
 use rust_decimal::dec;
 

@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use emporium::command::{AdjustmentReason, Condition, Party};
-use emporium::store::{EventStore, SledStore};
-use emporium::{Command, Event, ShopId, demo, layout};
+use emporium::domain::command::{AdjustmentReason, Condition, Party};
+use emporium::log::store::{EventStore, SledStore};
+use emporium::{Command, Event, ShopId, log::layout, rehearsal::demo};
 use serde_json::{Value, json};
 
 use crate::http::{ADMIN, AUDITOR, Client, Follower, OPERATOR, Response, Server};
@@ -169,7 +169,7 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
         let history = client.get(&format!("{SHOP}/orders/{}/history", order.id)).json();
         let events_of_order = expected_events
             .iter()
-            .filter(|e| matches!(e.subject(), emporium::event::Subject::Order(id) if *id == order.id))
+            .filter(|e| matches!(e.subject(), emporium::domain::event::Subject::Order(id) if *id == order.id))
             .count();
         assert_eq!(history["history"].as_array().map(Vec::len), Some(events_of_order), "{}", order.id);
         assert_eq!(history["as_of_position"], end);
@@ -212,7 +212,7 @@ fn the_shop_day_runs_over_http_and_every_read_agrees_with_the_core() {
     assert_eq!(client.get("/healthz").json()["status"], "ok");
 }
 
-/// The binary turns transparent huge pages off for itself (`emporium::process`): with them, the
+/// The binary turns transparent huge pages off for itself (`emporium::cli::process`): with them, the
 /// allocator's returned pages were faulted back in 2 MiB at a time.
 #[test]
 fn the_server_runs_without_transparent_huge_pages() {

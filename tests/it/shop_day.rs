@@ -1,6 +1,6 @@
 //! The scripted shop day, end to end: every event it records and the state it ends in.
 
-use emporium::demo::{self, DAY_START};
+use emporium::rehearsal::demo::{self, DAY_START};
 use emporium::{Event, OrderId, OrderStatus, RefundState, ReturnState, Sku, State};
 use expect_test::expect;
 use rust_decimal::dec;

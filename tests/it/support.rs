@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use emporium::command::{Inspection, Line};
-use emporium::demo::DAY_START;
+use emporium::domain::command::{Inspection, Line};
 use emporium::engine::{Accepted, CommandError, Engine, ManualClock, Request};
-use emporium::log::Envelope;
-use emporium::store::EventStore;
-use emporium::{Command, Condition, ShopId, State, Timestamp, sim};
+use emporium::log::record::Envelope;
+use emporium::log::store::EventStore;
+use emporium::rehearsal::demo::DAY_START;
+use emporium::{Command, Condition, ShopId, State, Timestamp, rehearsal::sim};
 use rust_decimal::Decimal;
 
 pub const MINUTE_MS: u64 = 60_000;

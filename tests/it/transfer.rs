@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use emporium::engine::{Engine, EngineConfig, ManualClock};
-use emporium::log::genesis_hash;
-use emporium::sim::{self, DayConfig};
-use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore, VerifyReport};
-use emporium::transfer::{self, BATCH_EVENTS, ImportError, Phase};
-use emporium::{ShopId, Timestamp, demo};
+use emporium::log::record::genesis_hash;
+use emporium::log::store::{AppendBatch, EventStore, MemoryStore, SledStore, VerifyReport};
+use emporium::log::transfer::{self, BATCH_EVENTS, ImportError, Phase};
+use emporium::rehearsal::sim::{self, DayConfig};
+use emporium::{ShopId, Timestamp, rehearsal::demo};
 use serde_json::Value;
 
 use crate::support::{all_events, drive, emporium, emporium_into_closed_pipe, temp_dir};

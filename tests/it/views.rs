@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emporium::engine::{ENGINE_SNAPSHOT_SCHEMA, Engine, EngineConfig, ManualClock, Request, SnapshotConfig};
-use emporium::log::Envelope;
-use emporium::sim::{self, DayConfig};
-use emporium::store::{AppendBatch, EventStore, MemoryStore, SledStore};
+use emporium::log::record::Envelope;
+use emporium::log::store::{AppendBatch, EventStore, MemoryStore, SledStore};
+use emporium::rehearsal::sim::{self, DayConfig};
 use emporium::views::{
     Account, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, PARALLEL_FOLD_FACTS_MIN, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views,
 };
-use emporium::{OrderId, ShopId, State, Timestamp, demo};
+use emporium::{OrderId, ShopId, State, Timestamp, rehearsal::demo};
 use emporium_projections::{AsOf, Gap};
 use emporium_snapshots::{Snapshot, SnapshotStore};
 use rust_decimal::{Decimal, dec};
@@ -129,7 +129,7 @@ async fn the_views_of_the_shop_day_hold_the_expected_figures() {
         .expect("served");
 
     // An order's history comes from the log's stream index, not from a view.
-    let history = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("A-1001"), last)
+    let history = emporium::log::store::order_history(store.as_ref(), &shop, &OrderId::from("A-1001"), last)
         .await
         .expect("readable")
         .expect("placed");
@@ -151,10 +151,11 @@ async fn the_views_of_the_shop_day_hold_the_expected_figures() {
     );
     assert_eq!(timeline[1].summary, "paid 438.00 (PAY-1)");
     assert!(timeline.iter().all(|e| e.actor == "tester"));
-    let unknown = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("A-9999"), last).await;
+    let unknown = emporium::log::store::order_history(store.as_ref(), &shop, &OrderId::from("A-9999"), last).await;
     assert_eq!(unknown.expect("readable"), None);
     let placed_at = timeline[0].position;
-    let before = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("A-1001"), placed_at - 1).await;
+    let before =
+        emporium::log::store::order_history(store.as_ref(), &shop, &OrderId::from("A-1001"), placed_at - 1).await;
     assert_eq!(before.expect("readable"), None, "not yet placed as of the position before");
 }
 
@@ -224,7 +225,7 @@ async fn the_histories_view_agrees_with_the_stream_index() {
         let mut placed = 0;
         for order_id in &orders {
             let stored =
-                emporium::store::order_history(store.as_ref(), &shop, order_id, through).await.expect("readable");
+                emporium::log::store::order_history(store.as_ref(), &shop, order_id, through).await.expect("readable");
             let stored: Option<Vec<u64>> = stored.map(|events| events.iter().map(|e| e.position).collect());
             let kept = views.histories.projection().positions(order_id);
             assert_eq!(kept, stored, "order {order_id} as of {through}");
@@ -474,7 +475,7 @@ async fn an_order_placed_from_a_hold_starts_its_history_with_the_hold() {
         let store = store.clone();
         let shop = shop.clone();
         async move {
-            let events = emporium::store::order_history(store.as_ref(), &shop, &OrderId::from("O-1"), through)
+            let events = emporium::log::store::order_history(store.as_ref(), &shop, &OrderId::from("O-1"), through)
                 .await
                 .expect("readable");
             events.map(|events| events.iter().map(|e| (e.position, e.event.kind())).collect::<Vec<_>>())
@@ -487,11 +488,11 @@ async fn an_order_placed_from_a_hold_starts_its_history_with_the_hold() {
     engine.views_reach(&shop, last, Duration::from_secs(10)).await.expect("caught up");
     let kept = engine.views(&shop, |views| views.histories.projection().positions(&OrderId::from("O-1")));
     assert_eq!(kept.expect("served"), Some(vec![3, 5]));
-    let read = emporium::store::read_positions(store.as_ref(), &shop, &[3, 5]).await.expect("readable");
+    let read = emporium::log::store::read_positions(store.as_ref(), &shop, &[3, 5]).await.expect("readable");
     assert_eq!(
         read.iter().map(|e| (e.position, e.event.kind())).collect::<Vec<_>>(),
         [(3, "stock_reserved"), (5, "order_placed")]
     );
-    let past_end = emporium::store::read_positions(store.as_ref(), &shop, &[last + 1]).await;
-    assert!(matches!(past_end, Err(emporium::store::StoreError::Corrupt { .. })), "{past_end:?}");
+    let past_end = emporium::log::store::read_positions(store.as_ref(), &shop, &[last + 1]).await;
+    assert!(matches!(past_end, Err(emporium::log::store::StoreError::Corrupt { .. })), "{past_end:?}");
 }

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use rust_decimal::Decimal;
 
-use crate::command::{Command, Line};
+use crate::domain::command::{Command, Line};
+use crate::domain::ids::{CommandId, CustomerId, OrderId, PaymentId, ShopId};
+use crate::domain::rejection::Rejection;
 use crate::engine::{CommandError, Engine, Request};
-use crate::ids::{CommandId, CustomerId, OrderId, PaymentId, ShopId};
-use crate::rejection::Rejection;
 
 use super::RunClock;
 use super::http::Connection;

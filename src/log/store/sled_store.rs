@@ -2,7 +2,7 @@
 //!
 //! On disk, each shop is a sled tree named `shop/<id>` holding, by key prefix:
 //! - `e` + first position (u64 big-endian): a chunk of consecutive records (see
-//!   [`crate::log`]) of at most 64 KiB. One group commit writes one chunk or a few, so the
+//!   [`crate::log::record`]) of at most 64 KiB. One group commit writes one chunk or a few, so the
 //!   cost per event is a share of one sled value, not a sled key.
 //! - `q` + group number (u64 big-endian): the rejections one group commit remembered, as one
 //!   value (`crc32 u32 LE | postcard(Vec<RejectionRecord>)`): a promotion day refuses more
@@ -36,8 +36,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ids::ShopId;
-use crate::log::{self, Envelope, Hash};
+use crate::domain::ids::ShopId;
+use crate::log::record::{self, Envelope, Hash};
 
 use super::chunks::{self, Head, ShopLog};
 use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
@@ -230,7 +230,7 @@ impl SledStore {
         // first bad record; it takes no appends.
         let (head, broken) = match chunks::head_of(shop_id, last) {
             Ok(head) => (head, None),
-            Err(error) => (chunks::Head { last_position: 0, hash: log::genesis_hash(shop_id) }, Some(error)),
+            Err(error) => (chunks::Head { last_position: 0, hash: record::genesis_hash(shop_id) }, Some(error)),
         };
         let last_group = tree.scan_prefix([REJECTION_GROUP]).next_back().transpose().map_err(io_error)?;
         let rejection_group_next = match last_group {
@@ -592,7 +592,7 @@ impl EventStore for SledStore {
                 let head = shop.log.head.lock().await;
                 Ok((head.last_position, head.hash))
             }
-            None => Ok((0, log::genesis_hash(shop_id))),
+            None => Ok((0, record::genesis_hash(shop_id))),
         }
     }
 }

@@ -52,10 +52,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::Event;
-use crate::ids::{CommandId, ShopId, Timestamp};
-use crate::log::{self, Envelope, Hash, RECORD_BODY_BYTES_MAX};
-use crate::store::{AppendBatch, EventStore, StoreError};
+use crate::domain::event::Event;
+use crate::domain::ids::{CommandId, ShopId, Timestamp};
+use crate::log::record::{self, Envelope, Hash, RECORD_BODY_BYTES_MAX};
+use crate::log::store::{AppendBatch, EventStore, StoreError};
 
 /// Most events read from the store at once when exporting.
 pub const PAGE_EVENTS: usize = 65_536;
@@ -454,7 +454,7 @@ pub async fn export<W: Write>(
             e.into_export(|reason| ExportError::Encode { what: format!("the header of shop {shop}"), reason })
         })?;
         progress(Progress { phase: Phase::Export, shop: &shop, done: 0, total: last });
-        let mut head = log::genesis_hash(&shop);
+        let mut head = record::genesis_hash(&shop);
         let mut position = 0;
         while position < last {
             let limit = usize::try_from(last - position).unwrap_or(usize::MAX).min(PAGE_EVENTS);
@@ -469,10 +469,11 @@ pub async fn export<W: Write>(
                 }
                 position = envelope.position;
                 let kind = envelope.event.kind();
-                let schema_version = log::schema_version(kind)
+                let schema_version = record::schema_version(kind)
                     .ok_or_else(|| encode(format!("event type {kind} has no schema version"), position))?;
                 record.clear();
-                head = log::encode_record(envelope, &head, &mut record).map_err(|e| encode(e.to_string(), position))?;
+                head =
+                    record::encode_record(envelope, &head, &mut record).map_err(|e| encode(e.to_string(), position))?;
                 let event_line = EventLineOut {
                     shop: &shop,
                     position,
@@ -644,7 +645,7 @@ async fn write<R: BufRead>(
                 batches = 0;
                 progress(Progress { phase: Phase::Write, shop: &shop, done: 0, total: events });
                 if events == 0 {
-                    let head = log::genesis_hash(&shop);
+                    let head = record::genesis_hash(&shop);
                     check_head(store, &shop, 0, head).await?;
                     summaries.push(ShopSummary { shop, events, head });
                 }
@@ -819,7 +820,7 @@ impl Checker {
         if !self.seen.insert(shop.clone()) {
             return Err(self.fail(number, None, Problem::ShopRepeated(shop)));
         }
-        let head = log::genesis_hash(&shop);
+        let head = record::genesis_hash(&shop);
         let cursor = Cursor { shop: shop.clone(), declared: header.events, position: 0, head, streams: HashMap::new() };
         self.cursor = Some(cursor);
         Ok(Item::Shop { shop, events: header.events })
@@ -867,12 +868,12 @@ impl Checker {
         if line.kind != kind {
             return fail(self, Problem::TypeMismatch { declared: line.kind.clone(), actual: kind.to_owned() });
         }
-        let schema_version = log::schema_version(kind).unwrap_or(0);
+        let schema_version = record::schema_version(kind).unwrap_or(0);
         if line.schema_version != schema_version {
             let found = line.schema_version;
             return fail(self, Problem::SchemaVersion { kind: kind.to_owned(), expected: schema_version, found });
         }
-        let stream = log::stream_of(&event);
+        let stream = record::stream_of(&event);
         if line.stream != stream {
             return fail(
                 self,
@@ -906,13 +907,13 @@ impl Checker {
         };
         let position = envelope.position;
         let fail = |this: &Checker, problem| Err(this.fail(number, Some(position), problem));
-        match log::record_body_len(&envelope) {
+        match crate::log::record::record_body_len(&envelope) {
             Ok(bytes) if bytes > RECORD_BODY_BYTES_MAX => return fail(self, Problem::TooLarge(bytes)),
             Ok(_) => {}
             Err(error) => return fail(self, Problem::Encode(error.to_string())),
         }
         self.record.clear();
-        let computed = match log::encode_record(&envelope, &cursor.head, &mut self.record) {
+        let computed = match record::encode_record(&envelope, &cursor.head, &mut self.record) {
             Ok(computed) => computed,
             Err(error) => return fail(self, Problem::Encode(error.to_string())),
         };

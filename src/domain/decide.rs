@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::command::{Command, Condition, Inspection, Line};
-use crate::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
-use crate::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
-use crate::limits::*;
-use crate::money::{self, PAYMENT_AMOUNT_MAX, Sign, UNIT_AMOUNT_MAX};
-use crate::rejection::{Field, Rejection, Shortage};
-use crate::state::{Deadline, Order, OrderLine, OrderStatus, Product, Reservation, ReservationStatus, Return, State};
+use crate::domain::command::{Command, Condition, Inspection, Line};
+use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
+use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
+use crate::domain::limits::*;
+use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign, UNIT_AMOUNT_MAX};
+use crate::domain::rejection::{Field, Rejection, Shortage};
+use crate::domain::state::{
+    Deadline, Order, OrderLine, OrderStatus, Product, Reservation, ReservationStatus, Return, State,
+};
 
 /// The refund id recorded when cancelling a paid order refunds it in full.
 pub const CANCELLATION_REFUND_ID: &str = "cancellation";

@@ -44,7 +44,7 @@ pub fn shrink_if_sparse<K: Hash + Eq, V>(map: &mut IdMap<K, V>) {
 }
 
 /// The room to shrink a table of `capacity` holding `len` entries to, when it should be
-/// shrunk ([`shrink_if_sparse`]'s rule, which [`crate::packed::PackedMap`] follows too).
+/// shrunk ([`shrink_if_sparse`]'s rule, which [`crate::memory::packed::PackedMap`] follows too).
 pub fn shrunk_room(len: usize, capacity: usize) -> Option<usize> {
     (capacity > SHRINK_CAPACITY_MIN && len < capacity / 4).then(|| len.saturating_mul(2))
 }

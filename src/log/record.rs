@@ -18,8 +18,8 @@
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Subject};
-use crate::ids::{CommandId, ShopId, Timestamp};
+use crate::domain::event::{Event, Subject};
+use crate::domain::ids::{CommandId, ShopId, Timestamp};
 
 /// The version of the body layout. Bumped when the header changes shape.
 pub const RECORD_FORMAT_VERSION: u8 = 1;
@@ -124,12 +124,12 @@ pub fn stream_of(event: &Event) -> CompactString {
 }
 
 /// The stream of an order's events.
-pub fn order_stream(order_id: &crate::ids::OrderId) -> CompactString {
+pub fn order_stream(order_id: &crate::domain::ids::OrderId) -> CompactString {
     compact_str::format_compact!("order-{order_id}")
 }
 
 /// The stream of a checkout hold's events.
-pub fn reservation_stream(reservation_id: &crate::ids::ReservationId) -> CompactString {
+pub fn reservation_stream(reservation_id: &crate::domain::ids::ReservationId) -> CompactString {
     compact_str::format_compact!("reservation-{reservation_id}")
 }
 
@@ -360,8 +360,8 @@ fn decode_body(body: &[u8]) -> Result<Envelope, String> {
 pub mod upcast {
     use serde::Deserialize;
 
-    use crate::event::Event;
-    use crate::ids::{OrderId, Timestamp};
+    use crate::domain::event::Event;
+    use crate::domain::ids::{OrderId, Timestamp};
 
     /// `Event::OrderCancelled` as schema v1 stored it.
     #[derive(Deserialize)]
@@ -394,7 +394,7 @@ pub mod upcast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Sku;
+    use crate::domain::ids::Sku;
 
     fn envelope(position: u64) -> Envelope {
         Envelope {

@@ -5,11 +5,11 @@
 
 use rust_decimal::Decimal;
 
-use crate::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
-use crate::event::Event;
-use crate::ids::Timestamp;
-use crate::rejection::Rejection;
-use crate::state::State;
+use crate::domain::command::{AdjustmentReason, Command, Condition, Inspection, Line, Party};
+use crate::domain::event::Event;
+use crate::domain::ids::Timestamp;
+use crate::domain::rejection::Rejection;
+use crate::domain::state::State;
 
 /// 2026-11-11T09:00:00Z, when the day starts.
 pub const DAY_START: Timestamp = Timestamp(1_794_387_600_000);

@@ -4,8 +4,8 @@
 
 use tokio::sync::watch;
 
-use crate::ids::ShopId;
-use crate::log::{self, Check, Envelope, Hash};
+use crate::domain::ids::ShopId;
+use crate::log::record::{self, Check, Envelope, Hash};
 
 use super::{StoreError, VerifyReport};
 
@@ -61,7 +61,7 @@ pub fn encode_batch(
             _ => chunks.push((position, Vec::with_capacity(CHUNK_BYTES_MAX.min(events.len() * 256)))),
         }
         let Some((_, bytes)) = chunks.last_mut() else { unreachable!("a chunk was just pushed") };
-        hash = log::encode_record(envelope, &hash, bytes).map_err(|e| StoreError::Io(format!("encoding: {e}")))?;
+        hash = record::encode_record(envelope, &hash, bytes).map_err(|e| StoreError::Io(format!("encoding: {e}")))?;
     }
     Ok((chunks, Head { last_position: expected_last + events.len() as u64, hash }))
 }
@@ -91,7 +91,7 @@ pub fn collect_after(
     let mut out = page_with_room(limit);
     for chunk in chunks {
         let (first, bytes) = chunk?;
-        log::decode_records_into(&bytes, first, [0; 32], Check::Checksum, after, &mut out)
+        record::decode_records_into(&bytes, first, [0; 32], Check::Checksum, after, &mut out)
             .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
         if out.len() >= limit {
             out.truncate(limit);
@@ -142,7 +142,7 @@ fn check_chunks(
 ) -> Result<(VerifyReport, Head), StoreError> {
     let corrupt = |position: u64, reason: String| StoreError::Corrupt {
         shop: shop.clone(),
-        corruption: log::Corruption { position, reason },
+        corruption: record::Corruption { position, reason },
     };
     let check = if after == 0 { Check::Chain } else { Check::ChainAfter(after) };
     let mut hash = anchor;
@@ -164,7 +164,7 @@ fn check_chunks(
             Some((out, _)) => (after, &mut **out),
             None => (u64::MAX, &mut nothing),
         };
-        let (records, last) = log::decode_records_into(&bytes, first, hash, check, keep_after, out)
+        let (records, last) = record::decode_records_into(&bytes, first, hash, check, keep_after, out)
             .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
         debug_assert!(nothing.is_empty());
         if records == 0 {
@@ -185,8 +185,8 @@ fn check_chunks(
 
 /// The head of a log whose last chunk is `last`: read with checksums only.
 pub fn head_of(shop: &ShopId, last: Option<Chunk>) -> Result<Head, StoreError> {
-    let Some((first, bytes)) = last else { return Ok(Head { last_position: 0, hash: log::genesis_hash(shop) }) };
-    let (envelopes, hash) = log::decode_records(&bytes, first, [0; 32], Check::Checksum)
+    let Some((first, bytes)) = last else { return Ok(Head { last_position: 0, hash: record::genesis_hash(shop) }) };
+    let (envelopes, hash) = record::decode_records(&bytes, first, [0; 32], Check::Checksum)
         .map_err(|corruption| StoreError::Corrupt { shop: shop.clone(), corruption })?;
     Ok(Head { last_position: first + envelopes.len() as u64 - 1, hash })
 }

@@ -4,11 +4,11 @@
 //! Guarantees:
 //! - It is one map: [`TieredMap::get`], iteration, equality, `Debug` and serialization see
 //!   the same entries whichever tier holds them, and serialize exactly as
-//!   [`crate::idmap::sorted_map`] does, so a view snapshot or hash does not depend on the
+//!   [`crate::domain::idmap::sorted_map`] does, so a view snapshot or hash does not depend on the
 //!   tiers. Only [`image`], for engine snapshots, writes the tiers as they are held.
 //! - At most `hot_max` entries are kept as values (*hot*). Inserting an entry, or changing
 //!   it through [`TieredMap::get_mut`], makes it hot; when that makes too many, the one made
-//!   hot longest ago is encoded with [`crate::pack`] (*frozen*). An encoded order is a small
+//!   hot longest ago is encoded with [`crate::memory::pack`] (*frozen*). An encoded order is a small
 //!   fraction of its size as a value.
 //! - Reading a frozen entry decodes a copy and leaves it frozen. [`TieredMap::get_mut`]
 //!   decodes it back into the hot tier; [`TieredMap::update`] changes it where it is, so a
@@ -39,10 +39,10 @@ use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::idmap::{IdMap, IdSet};
-use crate::pack::{Entry, Pack};
-use crate::packed::PackedMap;
-use crate::spill::{Spill, Spot};
+use crate::domain::idmap::{IdMap, IdSet};
+use crate::memory::pack::{Entry, Pack};
+use crate::memory::packed::PackedMap;
+use crate::memory::spill::{Spill, Spot};
 
 /// Hot entries kept unless the owner sets another bound.
 pub const HOT_DEFAULT_MAX: usize = 65_536;
@@ -235,7 +235,7 @@ where
         }
         let mut value: V = thaw(bytes);
         let changed = change(&mut value);
-        *bytes = crate::pack::pack(&value, &mut self.scratch);
+        *bytes = crate::memory::pack::pack(&value, &mut self.scratch);
         debug_assert!(V::thaw(bytes).is_ok(), "a frozen entry unpacks");
         Some(changed)
     }
@@ -312,7 +312,7 @@ where
             .iter()
             .filter(|key| {
                 let slot = self.entries.get(key);
-                slot.and_then(Slot::frozen).is_some_and(|bytes| bytes.len() <= crate::spill::RECORD_BYTES_MAX)
+                slot.and_then(Slot::frozen).is_some_and(|bytes| bytes.len() <= crate::memory::spill::RECORD_BYTES_MAX)
             })
             .filter(|key| seen.insert(*key))
             .cloned()
@@ -328,9 +328,9 @@ where
         }
         // Recovery freezes every order before the spill is attached: give that table back,
         // and the list of them. (An entry too large for a record stays in memory for good.)
-        crate::idmap::shrink_if_sparse(&mut self.entries);
+        crate::domain::idmap::shrink_if_sparse(&mut self.entries);
         self.unspilled.clear();
-        self.unspilled.shrink_to(crate::idmap::SHRINK_CAPACITY_MIN);
+        self.unspilled.shrink_to(crate::domain::idmap::SHRINK_CAPACITY_MIN);
         Ok(self.spilled.len())
     }
 
@@ -387,7 +387,7 @@ where
             let Some(key) = self.queue.pop_front() else { break };
             let Some(slot) = self.entries.get_mut(&key) else { unreachable!("every queued key has an entry") };
             let Slot::Hot(value) = slot else { unreachable!("every queued key is hot") };
-            let bytes = crate::pack::pack(&**value, &mut self.scratch);
+            let bytes = crate::memory::pack::pack(&**value, &mut self.scratch);
             debug_assert!(V::thaw(&bytes).is_ok(), "a frozen entry unpacks");
             *slot = Slot::Frozen(bytes);
             if self.spill.is_some() {
@@ -610,7 +610,7 @@ where
 /// back off its hot path), and gives them back to the map read from the image
 /// ([`TieredMap::restore_frozen`]).
 ///
-/// Use with `#[serde(with = "crate::tiered::image")]`.
+/// Use with `#[serde(with = "crate::memory::tiered::image")]`.
 pub mod image {
     use super::*;
     use serde::ser::SerializeTuple;
@@ -806,7 +806,7 @@ where
     }
 
     /// Appends `item`, whose key must not be below the last one's; seals the open block
-    /// with [`crate::pack`] when it is full.
+    /// with [`crate::memory::pack`] when it is full.
     pub fn push(&mut self, item: T) {
         if let Some(last) = self.key_last() {
             assert!(item.key() >= last, "a block log is appended in key order: {} after {last}", item.key());
@@ -817,8 +817,8 @@ where
         }
         let open = std::mem::take(&mut self.open);
         let key_last = open.last().map(Keyed::key).unwrap_or_else(|| unreachable!("a full block has items"));
-        let bytes = crate::pack::pack(&open, &mut Vec::new());
-        debug_assert!(crate::pack::unpack::<Vec<T>>(&bytes).is_ok(), "a sealed block unpacks");
+        let bytes = crate::memory::pack::pack(&open, &mut Vec::new());
+        debug_assert!(crate::memory::pack::unpack::<Vec<T>>(&bytes).is_ok(), "a sealed block unpacks");
         self.sealed.push(Block { key_last, items: open.len(), bytes: Sealed::Held(bytes) });
     }
 
@@ -1176,7 +1176,7 @@ mod tests {
             &1,
             |_| unreachable!("a frozen entry is offered to append"),
             |bytes, scratch| {
-                assert_eq!(crate::pack::unpack::<Vec<u64>>(bytes), Ok(vec![1]));
+                assert_eq!(crate::memory::pack::unpack::<Vec<u64>>(bytes), Ok(vec![1]));
                 assert!(scratch.is_empty(), "the scratch buffer is handed over empty");
                 bytes.clear();
                 vec![1u64, 10].pack(bytes);
@@ -1271,7 +1271,7 @@ mod tests {
     #[test]
     fn an_entry_takes_a_frozen_entrys_room_in_the_table_however_it_is_held() {
         // The table holds every order in memory; a hot one's value is behind a box.
-        let slot = std::mem::size_of::<Slot<crate::state::Order>>();
+        let slot = std::mem::size_of::<Slot<crate::domain::state::Order>>();
         assert_eq!(slot, std::mem::size_of::<Box<[u8]>>());
     }
 
@@ -1283,7 +1283,7 @@ mod tests {
             (self.0, self.1.clone()).pack(out);
         }
 
-        fn unpack(input: &mut crate::pack::Reader<'_>) -> Result<Self, crate::pack::PackError> {
+        fn unpack(input: &mut crate::memory::pack::Reader<'_>) -> Result<Self, crate::memory::pack::PackError> {
             let (key, text) = Pack::unpack(input)?;
             Ok(Item(key, text))
         }

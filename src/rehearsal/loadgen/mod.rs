@@ -26,11 +26,11 @@ use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::command::{Command, Condition, Inspection, Line};
+use crate::domain::command::{Command, Condition, Inspection, Line};
+use crate::domain::ids::{CommandId, ShopId, Sku, Timestamp};
+use crate::domain::state::State;
 use crate::engine::{Clock, Engine};
-use crate::ids::{CommandId, ShopId, Sku, Timestamp};
-use crate::sim::Rng;
-use crate::state::State;
+use crate::rehearsal::sim::Rng;
 use crate::views::{SLOW_MOVER_DAYS_DEFAULT, Views};
 
 mod http;
@@ -396,7 +396,7 @@ struct Tally {
     accepted: Vec<u64>,
     refused: BTreeMap<String, u64>,
     /// SKUs named by a refusal for lack of stock.
-    short: crate::idmap::IdSet<String>,
+    short: crate::domain::idmap::IdSet<String>,
     events: u64,
     paid: u64,
     failures: Vec<String>,
@@ -491,7 +491,7 @@ async fn submitter(mut link: Link, shared: Arc<Shared>) -> Tally {
         latency_us: latency_histogram(),
         accepted: Vec::new(),
         refused: BTreeMap::new(),
-        short: crate::idmap::IdSet::default(),
+        short: crate::domain::idmap::IdSet::default(),
         events: 0,
         paid: 0,
         failures: Vec::new(),
@@ -616,7 +616,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
     let mut accepted: Vec<u64> = Vec::new();
     let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
     let (mut events, mut paid, mut failures) = (0, 0, Vec::new());
-    let mut short = crate::idmap::IdSet::default();
+    let mut short = crate::domain::idmap::IdSet::default();
     for tally in tallies {
         latency.add(&tally.latency_us).map_err(|e| e.to_string())?;
         accepted.extend(tally.accepted);
@@ -634,7 +634,7 @@ pub async fn run(target: Target, shop: ShopId, options: &RunOptions) -> Result<R
 
     // Abandoned orders pass their payment time limit; the engine's tick records it.
     if let Target::InProcess { engine, clock } = &target {
-        clock.jump_ms(crate::limits::PAYMENT_TTL_MS_MAX);
+        clock.jump_ms(crate::domain::limits::PAYMENT_TTL_MS_MAX);
         engine.tick(&shop).await.map_err(|e| e.to_string())?;
     }
 
@@ -873,7 +873,7 @@ fn check_state(
     let (mut expired, mut unreadable) = (0, 0);
     for order in state.try_orders() {
         match order {
-            Ok(order) => expired += u64::from(order.status() == crate::state::OrderStatus::Expired),
+            Ok(order) => expired += u64::from(order.status() == crate::domain::state::OrderStatus::Expired),
             Err(_) => unreadable += 1,
         }
     }
@@ -952,7 +952,7 @@ struct FeedLine {
     command_id: String,
     correlation_id: CompactString,
     actor: CompactString,
-    event: crate::event::Event,
+    event: crate::domain::event::Event,
 }
 
 /// Events read per page of the server's feed.
@@ -986,7 +986,7 @@ async fn check_http(
         for line in lines {
             let command_id = CommandId::new(&line.command_id).map_err(|e| format!("the feed: {e}"))?;
             state.apply(&line.event);
-            envelopes.push(crate::log::Envelope {
+            envelopes.push(crate::log::record::Envelope {
                 position: line.position,
                 stream: line.stream,
                 stream_version: line.stream_version,

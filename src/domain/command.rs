@@ -6,7 +6,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku};
+use crate::domain::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku};
 
 /// A SKU and a number of units, as a caller sends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

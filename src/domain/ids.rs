@@ -7,13 +7,13 @@
 //! a copy of 24 bytes and a comparison touches no other memory. They serialize exactly as
 //! strings, so logs, snapshots and state hashes are unchanged. Constructing one never validates:
 //! commands arrive from callers, and [`crate::decide()`] is the single place that checks
-//! them (see [`Limits`](crate::limits)). Events only ever hold values that passed.
+//! them (see [`Limits`](crate::domain::limits)). Events only ever hold values that passed.
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::rejection::{Field, Rejection};
+use crate::domain::rejection::{Field, Rejection};
 
 /// Milliseconds since the Unix epoch, as read from the engine clock.
 ///

@@ -1,5 +1,5 @@
-//! A compact binary encoding for the values a [`crate::tiered::TieredMap`] keeps frozen and
-//! the blocks a [`crate::tiered::BlockLog`] seals.
+//! A compact binary encoding for the values a [`crate::memory::tiered::TieredMap`] keeps frozen and
+//! the blocks a [`crate::memory::tiered::BlockLog`] seals.
 //!
 //! Guarantees:
 //! - [`unpack`] gives back exactly the value [`pack`] was given, down to each amount's scale
@@ -25,10 +25,12 @@ use std::fmt;
 use compact_str::CompactString;
 use rust_decimal::Decimal;
 
-use crate::command::{Condition, Line, Party};
-use crate::event::{CostedLine, Discount, DiscountSource, InspectedLine, RefundShare, RefundTarget};
-use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
-use crate::state::{Closure, Order, OrderLine, Payment, Refund, Return, Shipment};
+use crate::domain::command::{Condition, Line, Party};
+use crate::domain::event::{CostedLine, Discount, DiscountSource, InspectedLine, RefundShare, RefundTarget};
+use crate::domain::ids::{
+    CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp,
+};
+use crate::domain::state::{Closure, Order, OrderLine, Payment, Refund, Return, Shipment};
 
 /// Why bytes do not unpack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,8 +169,8 @@ pub trait Pack: Sized {
     fn unpack(input: &mut Reader<'_>) -> Result<Self, PackError>;
 }
 
-/// A value a [`crate::tiered::TieredMap`] keeps frozen: its encoding, which its type may
-/// follow with changes appended while it was frozen (see [`crate::state::Order`]).
+/// A value a [`crate::memory::tiered::TieredMap`] keeps frozen: its encoding, which its type may
+/// follow with changes appended while it was frozen (see [`crate::domain::state::Order`]).
 pub trait Entry: Pack + Clone {
     /// The value a frozen entry's bytes hold. By default exactly [`unpack`]: the entry is
     /// the value's encoding and nothing after it.
@@ -340,13 +342,13 @@ impl<A: Pack, B: Pack> Pack for (A, B) {
 /// builds the struct with exactly these fields, so one left out does not compile.
 macro_rules! pack_struct {
     ($name:ident { $($field:ident),+ $(,)? }) => {
-        impl $crate::pack::Pack for $name {
+        impl $crate::memory::pack::Pack for $name {
             fn pack(&self, out: &mut Vec<u8>) {
-                $($crate::pack::Pack::pack(&self.$field, out);)+
+                $($crate::memory::pack::Pack::pack(&self.$field, out);)+
             }
 
-            fn unpack(input: &mut $crate::pack::Reader<'_>) -> Result<Self, $crate::pack::PackError> {
-                Ok($name { $($field: $crate::pack::Pack::unpack(input)?),+ })
+            fn unpack(input: &mut $crate::memory::pack::Reader<'_>) -> Result<Self, $crate::memory::pack::PackError> {
+                Ok($name { $($field: $crate::memory::pack::Pack::unpack(input)?),+ })
             }
         }
     };
@@ -511,7 +513,7 @@ mod tests {
     use std::fmt::Debug;
 
     use super::*;
-    use crate::sim::{self, DayConfig};
+    use crate::rehearsal::sim::{self, DayConfig};
 
     /// Packs `value`, checks the bytes are `expected` where given, and that they unpack
     /// to an equal value and, amounts aside, an identical one (same `Debug`).
@@ -560,7 +562,7 @@ mod tests {
         check(Decimal::MAX, None);
         check(Decimal::MIN, None);
         check(Decimal::from_parts(1, 0, 0, false, 28), None);
-        check(crate::money::PAYMENT_AMOUNT_MAX, None);
+        check(crate::domain::money::PAYMENT_AMOUNT_MAX, None);
         assert_eq!(unpack::<Decimal>(&[29, 1, 0]), Err(PackError::Decimal), "scale past 28");
         assert_eq!(unpack::<Decimal>(&[0, 1, 0x80, 0x80, 0x80, 0x80, 0x10]), Err(PackError::Decimal), "past 96 bits");
     }
@@ -596,8 +598,8 @@ mod tests {
     /// Every order of a generated day of 3,000: paid, shipped, delivered, returned,
     /// refunded, cancelled and expired ones.
     fn day_orders() -> Vec<Order> {
-        let mut state = crate::state::State::new();
-        for envelope in sim::day_envelopes(&DayConfig::new(3_000, 7, crate::demo::DAY_START), "test") {
+        let mut state = crate::domain::state::State::new();
+        for envelope in sim::day_envelopes(&DayConfig::new(3_000, 7, crate::rehearsal::demo::DAY_START), "test") {
             state.apply(&envelope.event);
         }
         let orders: Vec<Order> = state.orders().map(|order| order.into_owned()).collect();

@@ -1,4 +1,4 @@
-//! A scratch file for the coldest tier of a [`crate::tiered::TieredMap`]: encoded entries
+//! A scratch file for the coldest tier of a [`crate::memory::tiered::TieredMap`]: encoded entries
 //! that have not changed for a while move here, and only where each one is stays in memory.
 //!
 //! Guarantees:

@@ -7,8 +7,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{OrderId, RefundId, ReservationId, ReturnId, ShipmentId, Sku};
-use crate::state::{OrderStatus, ReservationStatus};
+use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, ShipmentId, Sku};
+use crate::domain::state::{OrderStatus, ReservationStatus};
 
 /// The field of a command that failed validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

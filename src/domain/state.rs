@@ -26,14 +26,18 @@ use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Condition, Line, Party};
-use crate::event::{CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject};
-use crate::idmap::IdMap;
-use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
-use crate::limits::EXPIRIES_PER_TICK_MAX;
-use crate::pack::{Entry, Pack, PackError, Reader, put_varint};
-use crate::spill::Spill;
-use crate::tiered::{SpilledEntries, TieredMap};
+use crate::domain::command::{Command, Condition, Line, Party};
+use crate::domain::event::{
+    CostedLine, Discount, Event, InspectedLine, PricedLine, RefundShare, RefundTarget, Subject,
+};
+use crate::domain::idmap::IdMap;
+use crate::domain::ids::{
+    CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp,
+};
+use crate::domain::limits::EXPIRIES_PER_TICK_MAX;
+use crate::memory::pack::{Entry, Pack, PackError, Reader, put_varint};
+use crate::memory::spill::Spill;
+use crate::memory::tiered::{SpilledEntries, TieredMap};
 
 /// Stock of one SKU. Available = on hand - reserved.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,8 +385,8 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Policy {
         Policy {
-            payment_ttl_ms: crate::limits::PAYMENT_TTL_MS_DEFAULT,
-            reservation_ttl_ms_default: crate::limits::RESERVATION_TTL_MS_DEFAULT,
+            payment_ttl_ms: crate::domain::limits::PAYMENT_TTL_MS_DEFAULT,
+            reservation_ttl_ms_default: crate::domain::limits::RESERVATION_TTL_MS_DEFAULT,
         }
     }
 }
@@ -390,8 +394,8 @@ impl Default for Policy {
 impl Policy {
     /// Whether both durations are within their bounds.
     pub fn is_valid(&self) -> bool {
-        (1..=crate::limits::PAYMENT_TTL_MS_MAX).contains(&self.payment_ttl_ms)
-            && (1..=crate::limits::RESERVATION_TTL_MS_MAX).contains(&self.reservation_ttl_ms_default)
+        (1..=crate::domain::limits::PAYMENT_TTL_MS_MAX).contains(&self.payment_ttl_ms)
+            && (1..=crate::domain::limits::RESERVATION_TTL_MS_MAX).contains(&self.reservation_ttl_ms_default)
     }
 }
 
@@ -412,16 +416,16 @@ pub struct State {
     #[serde(skip)]
     policy: Policy,
     /// Looked up once or more per line of every command and event: hashed, not ordered.
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     products: IdMap<Sku, Product>,
-    #[serde(serialize_with = "crate::idmap::sorted_map")]
+    #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
     /// The orders placed most recently are kept as values, the rest encoded: a promotion
     /// day places millions, and an order's events after payment come hours to days later.
     /// An encoded order is changed where it is (`change_order`), not made a value again.
-    /// Serialized as the tiers hold them ([`crate::tiered::image`]): only engine snapshots
+    /// Serialized as the tiers hold them ([`crate::memory::tiered::image`]): only engine snapshots
     /// serialize a state, and they are read back by the same build.
-    #[serde(with = "crate::tiered::image")]
+    #[serde(with = "crate::memory::tiered::image")]
     orders: TieredMap<OrderId, Order>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
@@ -501,7 +505,7 @@ impl State {
     }
 
     /// The spilled orders, for an engine snapshot that writes them apart from the state's
-    /// image (`crate::tiered::image`), read back off the writer.
+    /// image (`crate::memory::tiered::image`), read back off the writer.
     pub fn spilled_orders(&self) -> SpilledEntries<OrderId> {
         self.orders.spilled()
     }
@@ -960,7 +964,7 @@ impl State {
                 let Some(held) = holds.remove(order_id) else {
                     panic!("closing order {order_id}, which holds nothing")
                 };
-                crate::idmap::shrink_if_sparse(holds);
+                crate::domain::idmap::shrink_if_sparse(holds);
                 self.stock_released(&held);
                 self.check_stock_of(held.iter().map(|(sku, _)| sku));
             }
@@ -978,7 +982,7 @@ impl State {
                 }
                 if held.iter().all(|(_, quantity)| *quantity == 0) {
                     holds.remove(order_id);
-                    crate::idmap::shrink_if_sparse(holds);
+                    crate::domain::idmap::shrink_if_sparse(holds);
                 }
             }
             Event::ReturnReceived { lines, .. } => {
@@ -1303,7 +1307,7 @@ fn check_stock(product: &Product) {
         s.reserved,
         s.on_hand
     );
-    assert!(s.on_hand <= crate::limits::ON_HAND_MAX, "{sku}: on hand over the limit");
+    assert!(s.on_hand <= crate::domain::limits::ON_HAND_MAX, "{sku}: on hand over the limit");
     let units = i128::from(s.received) + i128::from(s.adjusted) + i128::from(s.restocked) - i128::from(s.shipped);
     assert_eq!(units, i128::from(s.on_hand), "{sku}: stock is not conserved");
     let value = s.value_received + s.value_adjusted + s.value_restocked - s.value_shipped;
@@ -1337,7 +1341,7 @@ fn check_order(order: &Order) {
     for request in &order.returns {
         for returned in &request.lines {
             let Some(line) = order.line(&returned.sku) else { panic!("{id}: return of a SKU it lacks") };
-            let value = crate::money::share(line.net_amount, returned.quantity, line.quantity);
+            let value = crate::domain::money::share(line.net_amount, returned.quantity, line.quantity);
             let refunded = order.refunded_for_return(&request.id, &returned.sku);
             assert!(refunded <= value, "{id}: return {} refunded {refunded} beyond its value {value}", request.id);
         }
@@ -1361,7 +1365,7 @@ fn push_exact<T>(items: &mut Vec<T>, item: T) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{self, DayConfig};
+    use crate::rehearsal::sim::{self, DayConfig};
 
     /// An order's later events change it where it is kept: after a whole day (payments,
     /// shipments, deliveries, returns), the orders kept as values are the ones placed last,
@@ -1370,7 +1374,7 @@ mod tests {
     #[test]
     fn later_events_leave_an_encoded_order_encoded() {
         let hot_max = 50;
-        let envelopes = sim::day_envelopes(&DayConfig::new(600, 7, crate::demo::DAY_START), "test");
+        let envelopes = sim::day_envelopes(&DayConfig::new(600, 7, crate::rehearsal::demo::DAY_START), "test");
         let mut state = State::new();
         state.set_orders_hot_max(hot_max);
         let mut all_hot = State::new();
@@ -1416,7 +1420,7 @@ mod tests {
     /// as a value comes to.
     #[test]
     fn an_encoded_order_with_many_changes_is_encoded_again() {
-        let envelopes = sim::day_envelopes(&DayConfig::new(60, 7, crate::demo::DAY_START), "test");
+        let envelopes = sim::day_envelopes(&DayConfig::new(60, 7, crate::rehearsal::demo::DAY_START), "test");
         let mut state = State::new();
         state.set_orders_hot_max(1);
         let mut all_hot = State::new();
@@ -1442,7 +1446,7 @@ mod tests {
                 amount: cent,
                 return_id: None,
                 allocation: vec![RefundShare { target: RefundTarget::Line(sku.clone()), amount: cent }],
-                refunded_at: Timestamp(crate::demo::DAY_START.0 + 1_000 * u64::from(n)),
+                refunded_at: Timestamp(crate::rehearsal::demo::DAY_START.0 + 1_000 * u64::from(n)),
             };
             let before = state.orders.frozen_bytes(&order_id).map(<[u8]>::len);
             assert_eq!(state.apply_versioned(&event), all_hot.apply_versioned(&event), "refund {n}: the version");
@@ -1454,7 +1458,7 @@ mod tests {
                 appended += 1;
             } else {
                 let Some(order) = state.order(&order_id) else { panic!("the order is there") };
-                let encoded = crate::pack::pack(&*order, &mut scratch);
+                let encoded = crate::memory::pack::pack(&*order, &mut scratch);
                 assert_eq!(after, &encoded[..], "refund {n}: encoded again with its changes applied");
                 reencoded += 1;
             }
@@ -1469,7 +1473,7 @@ mod tests {
     /// caller to decode, change and encode it.
     #[test]
     fn a_change_is_appended_in_place_unless_the_version_grows_a_byte() {
-        let envelopes = sim::day_envelopes(&DayConfig::new(20, 7, crate::demo::DAY_START), "test");
+        let envelopes = sim::day_envelopes(&DayConfig::new(20, 7, crate::rehearsal::demo::DAY_START), "test");
         let mut state = State::new();
         state.set_orders_hot_max(usize::MAX);
         state.apply_all(envelopes.iter().map(|envelope| &envelope.event));
@@ -1484,13 +1488,13 @@ mod tests {
             amount: cent,
             return_id: None,
             allocation: vec![RefundShare { target: RefundTarget::Line(order.lines[0].sku.clone()), amount: cent }],
-            refunded_at: Timestamp(crate::demo::DAY_START.0 + 1_000),
+            refunded_at: Timestamp(crate::rehearsal::demo::DAY_START.0 + 1_000),
         };
         let mut scratch = Vec::new();
         for (version, grows) in [(126u64, false), (127, true), (16_382, false), (16_383, true)] {
             let mut before = order.clone();
             before.stream_version = version;
-            let mut bytes = crate::pack::pack(&before, &mut scratch).into_vec();
+            let mut bytes = crate::memory::pack::pack(&before, &mut scratch).into_vec();
             let original = bytes.clone();
             let appended = append_change(&mut bytes, &event, &mut scratch);
             if grows {

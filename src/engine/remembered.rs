@@ -20,8 +20,8 @@
 use std::collections::VecDeque;
 use std::hash::Hash;
 
-use crate::ids::Timestamp;
-use crate::packed::PackedMap;
+use crate::domain::ids::Timestamp;
+use crate::memory::packed::PackedMap;
 
 /// How many generations a window is cut into.
 pub const GENERATIONS: u64 = 8;

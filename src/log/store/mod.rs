@@ -24,9 +24,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CommandId, ShopId, Timestamp};
-use crate::log::{Corruption, Envelope, Fingerprint, Hash};
-use crate::rejection::Rejection;
+use crate::domain::ids::{CommandId, ShopId, Timestamp};
+use crate::domain::rejection::Rejection;
+use crate::log::record::{Corruption, Envelope, Fingerprint, Hash};
 
 pub use memory::MemoryStore;
 pub use sled_store::{LOCK_WAIT_MS, SEGMENT_BYTES, SledStore, wait_until_unlocked};
@@ -141,7 +141,7 @@ pub trait EventStore: Send + Sync {
 
     /// Checks every record's checksum and the hash chain from the first record.
     async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
-        self.verify_after(shop, 0, crate::log::genesis_hash(shop)).await
+        self.verify_after(shop, 0, crate::log::record::genesis_hash(shop)).await
     }
 
     /// Checks checksums throughout, that the record at `after` carries `anchor` as its hash,
@@ -201,16 +201,17 @@ pub const ORDER_HISTORY_EVENTS_MAX: usize = 10_000;
 pub async fn order_history(
     store: &dyn EventStore,
     shop: &ShopId,
-    order_id: &crate::ids::OrderId,
+    order_id: &crate::domain::ids::OrderId,
     through: u64,
 ) -> Result<Option<Vec<Envelope>>, StoreError> {
-    let mut events = store.read_stream(shop, &crate::log::order_stream(order_id), 0, ORDER_HISTORY_EVENTS_MAX).await?;
+    let mut events =
+        store.read_stream(shop, &crate::log::record::order_stream(order_id), 0, ORDER_HISTORY_EVENTS_MAX).await?;
     events.retain(|envelope| envelope.position <= through);
     let Some(first) = events.first() else { return Ok(None) };
-    assert!(matches!(first.event, crate::event::Event::OrderPlaced { .. }), "order {order_id} begins unplaced");
-    if let crate::event::Event::OrderPlaced { reservation_id: Some(hold), .. } = &first.event {
+    assert!(matches!(first.event, crate::domain::event::Event::OrderPlaced { .. }), "order {order_id} begins unplaced");
+    if let crate::domain::event::Event::OrderPlaced { reservation_id: Some(hold), .. } = &first.event {
         let mut history =
-            store.read_stream(shop, &crate::log::reservation_stream(hold), 0, ORDER_HISTORY_EVENTS_MAX).await?;
+            store.read_stream(shop, &crate::log::record::reservation_stream(hold), 0, ORDER_HISTORY_EVENTS_MAX).await?;
         // The hold's own events all come before the order took it over.
         history.retain(|envelope| envelope.position < first.position);
         history.append(&mut events);

@@ -10,7 +10,7 @@
 //! Guarantees and costs:
 //! - The same contents make equal maps, and serialization writes entries in key order
 //!   (exactly as a `BTreeMap` of them), whatever the hasher's seed or the order of
-//!   insertion. The hasher is seeded at random, as [`crate::idmap`]'s are.
+//!   insertion. The hasher is seeded at random, as [`crate::domain::idmap`]'s are.
 //! - A lookup reads the index, then the entry: one memory access more than a `HashMap`.
 //! - Removal moves the last entry into the hole and finds that entry's index by its hash.
 //!   The table is rebuilt smaller once it is three quarters empty.
@@ -25,7 +25,7 @@ use hashbrown::HashTable;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::idmap::{IdHasher, shrunk_room};
+use crate::domain::idmap::{IdHasher, shrunk_room};
 
 /// Entries per chunk: a power of two. Only the first chunk grows by reallocating.
 pub const CHUNK_ENTRIES: usize = 1 << 14;
@@ -333,7 +333,7 @@ mod tests {
         }
         assert!(model.iter().all(|(key, value)| map.get(key.as_str()) == Some(value)));
         assert_eq!(map.iter().count(), model.len());
-        let capacity_min = crate::idmap::SHRINK_CAPACITY_MIN;
+        let capacity_min = crate::domain::idmap::SHRINK_CAPACITY_MIN;
         assert!(map.index.capacity() < 4 * model.len().max(capacity_min), "the index shrank");
         let bytes = postcard::to_allocvec(&map).expect("encodes");
         assert_eq!(bytes, postcard::to_allocvec(&model).expect("encodes"));

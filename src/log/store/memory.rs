@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ids::ShopId;
-use crate::log::{self, Envelope, Hash};
+use crate::domain::ids::ShopId;
+use crate::log::record::{self, Envelope, Hash};
 
 use super::chunks::{self, Head, ShopLog};
 use super::{AppendBatch, EventStore, RejectionRecord, StoreError, VerifyReport};
@@ -55,7 +55,7 @@ impl MemoryStore {
         shops
             .entry(shop.clone())
             .or_insert_with(|| {
-                let head = Head { last_position: 0, hash: log::genesis_hash(shop) };
+                let head = Head { last_position: 0, hash: record::genesis_hash(shop) };
                 Arc::new(Shop { log: ShopLog::new(head), data: Mutex::new(Data::default()) })
             })
             .clone()
@@ -164,7 +164,7 @@ impl EventStore for MemoryStore {
                 let head = shop.log.head.lock().await;
                 Ok((head.last_position, head.hash))
             }
-            None => Ok((0, log::genesis_hash(shop_id))),
+            None => Ok((0, record::genesis_hash(shop_id))),
         }
     }
 }

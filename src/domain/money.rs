@@ -7,7 +7,7 @@
 
 use rust_decimal::Decimal;
 
-use crate::rejection::{Field, Rejection};
+use crate::domain::rejection::{Field, Rejection};
 
 /// The shop's currency.
 pub const CURRENCY: &str = "CNY";

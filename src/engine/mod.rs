@@ -30,6 +30,9 @@
 //!   writer hands over once durable, and from the store whatever those miss. The writer
 //!   never waits for it.
 
+pub mod metrics;
+pub mod remembered;
+
 use compact_str::CompactString;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,17 +44,17 @@ use emporium_snapshots::{Snapshot, SnapshotStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::command::Command;
-use crate::event::{Event, Subject};
-use crate::idmap::IdMap;
-use crate::ids::{CommandId, OrderId, ShopId, Timestamp};
-use crate::log::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
-use crate::metrics::Histogram;
-use crate::rejection::{Rejection, Shortage};
-use crate::remembered::{GENERATIONS, Remembered};
-use crate::spill::Spill;
-use crate::state::{Policy, State};
-use crate::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
+use crate::domain::command::Command;
+use crate::domain::event::{Event, Subject};
+use crate::domain::idmap::IdMap;
+use crate::domain::ids::{CommandId, OrderId, ShopId, Timestamp};
+use crate::domain::rejection::{Rejection, Shortage};
+use crate::domain::state::{Policy, State};
+use crate::engine::metrics::Histogram;
+use crate::engine::remembered::{GENERATIONS, Remembered};
+use crate::log::record::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
+use crate::log::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
+use crate::memory::spill::Spill;
 use crate::views::Views;
 
 /// Reads the engine's time.
@@ -127,7 +130,7 @@ impl SnapshotConfig {
 
 /// The schema version of the engine's state snapshots: bumped whenever the shape of
 /// [`State`], of the remembered command ids or of the frozen orders' encoding
-/// ([`crate::pack`], and the changes appended to it, `state::append_change`) changes, so
+/// ([`crate::memory::pack`], and the changes appended to it, `state::append_change`) changes, so
 /// older snapshots are ignored.
 pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 8;
 
@@ -153,7 +156,7 @@ pub struct EngineConfig {
     /// when a command names them ([`State::set_orders_hot_max`]).
     pub orders_hot_max: usize,
     /// Where a shop's writer spills the orders it keeps encoded, out of memory
-    /// ([`crate::spill`]): a scratch file per shop, unnamed, never synced, rebuilt on every
+    /// ([`crate::memory::spill`]): a scratch file per shop, unnamed, never synced, rebuilt on every
     /// recovery. None keeps them in memory.
     pub spill_dir: Option<PathBuf>,
 }
@@ -167,7 +170,7 @@ impl Default for EngineConfig {
             tick_interval_ms: 1000,
             policy: Policy::default(),
             snapshots: None,
-            orders_hot_max: crate::tiered::HOT_DEFAULT_MAX,
+            orders_hot_max: crate::memory::tiered::HOT_DEFAULT_MAX,
             spill_dir: None,
         }
     }
@@ -335,9 +338,9 @@ impl Engine {
             config,
             shops: RwLock::new(HashMap::new()),
             stats: Arc::new(EngineStats {
-                batch_commands: Histogram::new(crate::metrics::BATCH_BOUNDS),
-                batch_events: Histogram::new(crate::metrics::EVENT_BATCH_BOUNDS),
-                group_commit_s: Histogram::new(crate::metrics::LATENCY_BOUNDS_S),
+                batch_commands: Histogram::new(crate::engine::metrics::BATCH_BOUNDS),
+                batch_events: Histogram::new(crate::engine::metrics::EVENT_BATCH_BOUNDS),
+                group_commit_s: Histogram::new(crate::engine::metrics::LATENCY_BOUNDS_S),
             }),
             writers: std::sync::Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
@@ -642,7 +645,7 @@ impl SharedShortages {
 struct Core {
     state: State,
     /// The versions of SKU and checkout-hold streams; an order counts its own stream's
-    /// ([`crate::state::Order::stream_version`]), so this does not grow with the orders.
+    /// ([`crate::domain::state::Order::stream_version`]), so this does not grow with the orders.
     stream_versions: IdMap<CompactString, u64>,
     idempotency: Idempotency,
     /// What the remembered refusals share.
@@ -814,7 +817,7 @@ impl Core {
                     last_recorded_at: Timestamp(0),
                     resumed_from: None,
                 };
-                (core, Tail::Verify { anchor: crate::log::genesis_hash(shop) })
+                (core, Tail::Verify { anchor: crate::log::record::genesis_hash(shop) })
             }
         };
         // The policy in force is the engine's, however the state was rebuilt.
@@ -830,7 +833,7 @@ impl Core {
             let page = page?;
             assert!(!page.is_empty(), "the reader sends no empty page");
             for (index, envelope) in page.iter().enumerate() {
-                if index % crate::state::PREFETCH_EVENTS == 0 {
+                if index % crate::domain::state::PREFETCH_EVENTS == 0 {
                     core.state.prefetch(page[index..].iter().map(|envelope| &envelope.event));
                 }
                 assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
@@ -1583,7 +1586,7 @@ fn snapshot_bytes_expected(last_bytes: usize) -> usize {
 }
 
 /// The stream and stream version of each of `events`, which the state has just applied.
-/// An order's stream counts in the order itself ([`crate::state::Order::stream_version`]),
+/// An order's stream counts in the order itself ([`crate::domain::state::Order::stream_version`]),
 /// now at its last event here: earlier events of the same order get their version by
 /// counting back. Other streams (SKUs, checkout holds) count in `core.stream_versions`.
 fn stream_versions(core: &mut Core, events: &[Event]) -> Vec<(CompactString, u64)> {
@@ -1708,12 +1711,12 @@ fn generated_prefix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{self, DayConfig};
-    use crate::store::MemoryStore;
+    use crate::log::store::MemoryStore;
+    use crate::rehearsal::sim::{self, DayConfig};
 
     /// A generated day's events as envelopes, in batches of 50.
     fn batches() -> Vec<Vec<Envelope>> {
-        let envelopes = sim::day_envelopes(&DayConfig::new(60, 5, crate::demo::DAY_START), "t");
+        let envelopes = sim::day_envelopes(&DayConfig::new(60, 5, crate::rehearsal::demo::DAY_START), "t");
         envelopes.chunks(50).map(<[Envelope]>::to_vec).collect()
     }
 

@@ -8,8 +8,10 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{AdjustmentReason, Condition, Line, Party};
-use crate::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp};
+use crate::domain::command::{AdjustmentReason, Condition, Line, Party};
+use crate::domain::ids::{
+    CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp,
+};
 
 /// Where a discount came from. Promotions and coupons are recorded here when they apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +94,7 @@ pub struct RefundShare {
 ///
 /// The order of the variants and of their fields is part of the stored format: new
 /// variants go at the end, and a changed variant gets a new schema version and an upcaster
-/// (see [`crate::log`]).
+/// (see [`crate::log::record`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]

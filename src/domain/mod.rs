@@ -1,0 +1,23 @@
+//! The domain: a shop's rules and facts, pure.
+//!
+//! Nothing here does IO, reads a clock, draws a random number or knows where an order is
+//! kept: the time of a command is an input, every decided price, cost and time is recorded in
+//! the events, and [`State`](state::State) reaches its orders through the [`Orders`] trait that the
+//! memory layer implements.
+//!
+//! - [`ids`], [`money`], [`limits`]: identifiers and their syntax, exact amounts, every bound;
+//! - [`command`] (what callers ask), [`event`] (the facts), [`rejection`] (typed refusals);
+//! - [`state`]: the state of one shop and its invariants;
+//! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`.
+
+pub mod command;
+pub mod decide;
+pub mod event;
+pub mod idmap;
+pub mod ids;
+pub mod limits;
+pub mod money;
+pub mod rejection;
+pub mod state;
+
+pub use decide::decide;
