@@ -36,5 +36,7 @@ pub use domain::event::Event;
 pub use domain::ids::{
     CommandId, CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, ShopId, Sku, Timestamp,
 };
+pub use domain::orders::{Orders, Unreadable};
 pub use domain::rejection::{Field, Rejection, Shortage};
-pub use domain::state::{Order, OrderStatus, Policy, Product, RefundState, ReturnState, State, Stock};
+pub use domain::state::{Order, OrderStatus, Policy, Product, RefundState, ReturnState, Stock};
+pub use memory::State;

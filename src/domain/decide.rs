@@ -15,6 +15,7 @@ use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundS
 use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
 use crate::domain::limits::*;
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign, UNIT_AMOUNT_MAX};
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
 use crate::domain::state::{
     Deadline, Order, OrderLine, OrderStatus, Product, Reservation, ReservationStatus, Return, State,
@@ -24,7 +25,7 @@ use crate::domain::state::{
 pub const CANCELLATION_REFUND_ID: &str = "cancellation";
 
 /// Decides `command` at time `now` against `state`.
-pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
+pub fn decide<O: Orders>(state: &State<O>, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
     match command {
         Command::ListProduct { sku, title, category, price, weight_g, low_stock_threshold } => {
             sku.check()?;
@@ -518,7 +519,11 @@ fn merge_inspections(inspections: &[Inspection]) -> Result<Vec<Inspection>, Reje
 
 /// Every line's SKU is listed, not short, and has enough available, counting `held`
 /// units that a consumed reservation gives back. Reports every short SKU at once.
-fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<&Sku, u64>) -> Result<(), Rejection> {
+fn check_availability<O: Orders>(
+    state: &State<O>,
+    lines: &[Line],
+    held: &BTreeMap<&Sku, u64>,
+) -> Result<(), Rejection> {
     let mut shortages = Vec::new();
     for line in lines {
         let stock = &listed_product(state, &line.sku)?.stock;
@@ -534,11 +539,11 @@ fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<&Sku, u64>)
     if shortages.is_empty() { Ok(()) } else { Err(Rejection::InsufficientStock { shortages }) }
 }
 
-fn known_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
+fn known_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
     state.product(sku).ok_or_else(|| Rejection::UnknownSku { sku: sku.clone() })
 }
 
-fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
+fn listed_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
     let product = known_product(state, sku)?;
     if !product.listed {
         return Err(Rejection::ProductDelisted { sku: sku.clone() });
@@ -546,7 +551,10 @@ fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Reject
     Ok(product)
 }
 
-fn active_reservation<'s>(state: &'s State, reservation_id: &ReservationId) -> Result<&'s Reservation, Rejection> {
+fn active_reservation<'s, O: Orders>(
+    state: &'s State<O>,
+    reservation_id: &ReservationId,
+) -> Result<&'s Reservation, Rejection> {
     let Some(reservation) = state.reservation(reservation_id) else {
         return Err(Rejection::UnknownReservation { reservation_id: reservation_id.clone() });
     };
@@ -559,11 +567,18 @@ fn active_reservation<'s>(state: &'s State, reservation_id: &ReservationId) -> R
     Ok(reservation)
 }
 
-fn known_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
-    state.order(order_id).ok_or_else(|| Rejection::UnknownOrder { order_id: order_id.clone() })
+/// The order `order_id`, the one way the rules read an order. The shell brings back every
+/// order a command may touch before deciding it ([`State::orders_touched_by`]), so the store
+/// reads it from memory and cannot fail: a failure is a broken precondition.
+fn known_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+    match state.order(order_id) {
+        Ok(Some(order)) => Ok(order),
+        Ok(None) => Err(Rejection::UnknownOrder { order_id: order_id.clone() }),
+        Err(error) => panic!("an order a command touches is brought back before deciding: {error}"),
+    }
 }
 
-fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+fn open_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     let order = known_order(state, order_id)?;
     if order.closure.is_some() {
         return Err(Rejection::OrderClosed { order_id: order_id.clone(), status: order.status() });
@@ -575,7 +590,7 @@ fn order_line_of<'o>(order: &'o Order, sku: &Sku) -> Result<&'o OrderLine, Rejec
     order.line(sku).ok_or_else(|| Rejection::SkuNotInOrder { order_id: order.id.clone(), sku: sku.clone() })
 }
 
-impl State {
+impl<O: Orders> State<O> {
     /// Decides `command` and applies its events: what an engine does with each command.
     /// On rejection the state is untouched.
     pub fn execute(&mut self, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
