@@ -5,6 +5,7 @@
 //! Opening the engine never waits for it either: it restores the newest usable view
 //! snapshot itself, after the engine opened.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -73,6 +74,16 @@ impl SpillHealth {
 
 /// Events a follower folds at once; readers wait at most for one page.
 const FOLLOW_PAGE_EVENTS: usize = 4096;
+
+/// What a follower's read of the store gave.
+enum Read {
+    /// Events after the checkpoint, to fold.
+    Page(Vec<Envelope>),
+    /// Nothing yet: look again.
+    Nothing,
+    /// The log could not be read, or the engine is gone: the follower stops.
+    Stop,
+}
 
 impl Follower {
     /// A follower with empty views; [`Follower::run`] first restores the newest usable view
@@ -151,16 +162,8 @@ impl Follower {
     /// Follows the log until the engine shuts down, then snapshots the views.
     pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.restore().await;
-        if let Some(dir) = &self.spill_dir {
-            // The views are restored or empty: from here on, the ledger spills after every fold.
-            match Spill::create_in(dir) {
-                Ok(spill) => {
-                    let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    views.attach_spill(Arc::new(spill));
-                }
-                Err(error) => tracing::warn!(shop = %self.shop, %error, "no spill for the views; they stay in memory"),
-            }
-        }
+        // The views are restored or empty: from here on, the ledger spills after every fold.
+        self.attach_spill();
         loop {
             if *shutdown.borrow() {
                 let checkpoint = *self.checkpoint.borrow();
@@ -170,78 +173,133 @@ impl Follower {
             let at = *self.checkpoint.borrow();
             // A handed batch that continues the views is folded as it is; one that starts
             // later waits while the gap is read from the store; one already folded is dropped.
-            let handed = match self.held.take() {
-                Some(batch) => Some(batch),
-                None => self.handed.try_recv().ok().inspect(|batch| self.handover.took(batch)),
-            };
-            let handed = handed.filter(|batch| batch.last().is_some_and(|e| e.position > at));
             let continues = |batch: &Vec<Envelope>| batch.first().is_some_and(|e| e.position <= at + 1);
-            let folded = match handed {
+            let folded = match self.next_handed(at) {
                 Some(batch) if continues(&batch) => {
                     let start = batch.iter().position(|e| e.position == at + 1).unwrap_or(batch.len());
                     self.fold(&batch[start..])
                 }
                 None if self.handed_open && at >= self.handover.unhanded_through.load(Ordering::Acquire) => {
                     // Whatever follows will be handed over, or the writer says it was not.
-                    tokio::select! {
-                        batch = self.handed.recv() => self.received(batch),
-                        _ = self.handover.skipped.notified() => {}
-                        changed = shutdown.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                        }
+                    match self.wait_for_writer(&mut shutdown).await {
+                        ControlFlow::Continue(()) => continue,
+                        ControlFlow::Break(()) => return,
                     }
-                    continue;
                 }
-                later => {
-                    // Read only the gap before a held batch: the batch itself is in memory.
-                    let gap = match later.as_ref().and_then(|batch| batch.first()) {
-                        Some(first) => Some(first.position - at - 1),
-                        // Read no further than what will not be handed over.
-                        None if self.handed_open => {
-                            Some(self.handover.unhanded_through.load(Ordering::Acquire).saturating_sub(at))
-                                .filter(|gap| *gap > 0)
-                        }
-                        None => None,
-                    };
-                    let limit = gap.map_or(FOLLOW_PAGE_EVENTS, |gap| usize::try_from(gap).unwrap_or(usize::MAX));
-                    self.held = later;
-                    let page = match self.store.read_from(&self.shop, at, limit.min(FOLLOW_PAGE_EVENTS)).await {
-                        Ok(page) => page,
-                        Err(error) => {
-                            tracing::error!(shop = %self.shop, %error, "views stopped following the log");
-                            return;
-                        }
-                    };
-                    if page.is_empty() {
-                        if self.held.is_none() {
-                            tokio::select! {
-                                batch = self.handed.recv(), if self.handed_open => self.received(batch),
-                                _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
-                                changed = shutdown.changed() => {
-                                    if changed.is_err() {
-                                        // The engine is gone without closing: nothing more comes.
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    self.fold(&page)
-                }
+                later => match self.read_store(at, later, &mut shutdown).await {
+                    Read::Page(page) => self.fold(&page),
+                    Read::Nothing => continue,
+                    Read::Stop => return,
+                },
             };
-            match folded {
-                Ok(checkpoint) => {
-                    self.checkpoint.send_replace(checkpoint);
-                    let every = self.snapshots.as_ref().map_or(u64::MAX, |(_, every)| *every);
-                    self.snapshot(checkpoint, every).await;
+            if self.publish(folded).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Gives the views a spill of their own in the spill directory, if there is one; without
+    /// one (or when it cannot be made), they stay in memory.
+    fn attach_spill(&self) {
+        let Some(dir) = &self.spill_dir else { return };
+        match Spill::create_in(dir) {
+            Ok(spill) => {
+                let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                views.attach_spill(Arc::new(spill));
+            }
+            Err(error) => tracing::warn!(shop = %self.shop, %error, "no spill for the views; they stay in memory"),
+        }
+    }
+
+    /// The next handed batch that reaches past `at`: the one held, or the next in the queue.
+    /// A batch already folded is dropped.
+    fn next_handed(&mut self, at: u64) -> Option<Arc<Vec<Envelope>>> {
+        let handed = match self.held.take() {
+            Some(batch) => Some(batch),
+            None => self.handed.try_recv().ok().inspect(|batch| self.handover.took(batch)),
+        };
+        handed.filter(|batch| batch.last().is_some_and(|e| e.position > at))
+    }
+
+    /// Waits for the writer's next batch, its notice that one was not handed over, or
+    /// shutdown; breaks when the engine is gone.
+    async fn wait_for_writer(&mut self, shutdown: &mut watch::Receiver<bool>) -> ControlFlow<()> {
+        tokio::select! {
+            batch = self.handed.recv() => self.received(batch),
+            _ = self.handover.skipped.notified() => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return ControlFlow::Break(());
                 }
-                Err(error) => {
-                    tracing::error!(shop = %self.shop, %error, "views stopped following the log");
-                    return;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Reads from the store what follows `at`, holding the handed batch `later` (if any)
+    /// meanwhile. With nothing to read and no batch held, waits for the writer, the log or
+    /// shutdown.
+    async fn read_store(
+        &mut self,
+        at: u64,
+        later: Option<Arc<Vec<Envelope>>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Read {
+        let limit = self.read_limit(at, later.as_deref());
+        self.held = later;
+        let page = match self.store.read_from(&self.shop, at, limit).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::error!(shop = %self.shop, %error, "views stopped following the log");
+                return Read::Stop;
+            }
+        };
+        if !page.is_empty() {
+            return Read::Page(page);
+        }
+        if self.held.is_none() {
+            tokio::select! {
+                batch = self.handed.recv(), if self.handed_open => self.received(batch),
+                _ = self.store.wait_for(&self.shop, at, Duration::from_secs(1)) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // The engine is gone without closing: nothing more comes.
+                        return Read::Stop;
+                    }
                 }
+            }
+        }
+        Read::Nothing
+    }
+
+    /// Most events to read from the store after `at`, at most a page: only the gap before a
+    /// held batch `later`, whose events are in memory; with none, no further than what will
+    /// not be handed over.
+    fn read_limit(&self, at: u64, later: Option<&Vec<Envelope>>) -> usize {
+        let gap = match later.and_then(|batch| batch.first()) {
+            Some(first) => Some(first.position - at - 1),
+            None if self.handed_open => {
+                Some(self.handover.unhanded_through.load(Ordering::Acquire).saturating_sub(at)).filter(|gap| *gap > 0)
+            }
+            None => None,
+        };
+        let limit = gap.map_or(FOLLOW_PAGE_EVENTS, |gap| usize::try_from(gap).unwrap_or(usize::MAX));
+        limit.min(FOLLOW_PAGE_EVENTS)
+    }
+
+    /// Publishes the checkpoint a fold reached, and snapshots the views when one is due;
+    /// breaks when the fold failed.
+    async fn publish(&mut self, folded: Result<u64, String>) -> ControlFlow<()> {
+        match folded {
+            Ok(checkpoint) => {
+                self.checkpoint.send_replace(checkpoint);
+                let every = self.snapshots.as_ref().map_or(u64::MAX, |(_, every)| *every);
+                self.snapshot(checkpoint, every).await;
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                tracing::error!(shop = %self.shop, %error, "views stopped following the log");
+                ControlFlow::Break(())
             }
         }
     }

@@ -3,6 +3,7 @@
 //! the whole log, verified as it is read; and the engine snapshot's image of it
 //! ([`CoreImage`]).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -173,6 +174,10 @@ impl Core {
         }
     }
 
+    /// Rebuilds `shop`'s core as of the end of its log, at engine time `now`: from the newest
+    /// usable engine snapshot and the log after it, or from the whole log, verified as it is
+    /// read. The commands recorded within the idempotency window before `now` are remembered;
+    /// with a spill directory, the orders kept encoded then move to a spill of their own.
     pub(super) async fn recover(
         store: &Arc<dyn EventStore>,
         shop: &ShopId,
@@ -182,92 +187,143 @@ impl Core {
         if !config.policy.is_valid() {
             return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
         }
+        let (mut core, tail) = Core::starting_point(store.as_ref(), shop, config).await;
+        let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
+        core.replay_tail(store, shop, tail, horizon).await?;
+        core.remember_rejections(store.as_ref(), shop, horizon).await?;
+        if let Some(dir) = &config.spill_dir {
+            core.spill_to(dir, shop)?;
+        }
+        Ok(core)
+    }
+
+    /// Where recovery starts, with the engine's policy in force: the newest usable engine
+    /// snapshot and its verified tail, or nothing and the whole log, to verify.
+    async fn starting_point(store: &dyn EventStore, shop: &ShopId, config: &EngineConfig) -> (Core, Tail) {
         let resumed = match &config.snapshots {
-            Some(snapshots) => Core::from_snapshot(store.as_ref(), shop, snapshots, config.idempotency_window_ms).await,
+            Some(snapshots) => Core::from_snapshot(store, shop, snapshots, config.idempotency_window_ms).await,
             None => None,
         };
         let (mut core, tail) = match resumed {
             Some((core, events)) => (core, Tail::Verified { events }),
             None => {
-                let core = Core {
-                    state: State::new(),
-                    stream_versions: IdMap::default(),
-                    idempotency: Idempotency::new(config.idempotency_window_ms),
-                    shared_shortages: SharedShortages::default(),
-                    last_position: 0,
-                    last_recorded_at: Timestamp(0),
-                    resumed_from: None,
-                };
+                let core = Core::empty(config.idempotency_window_ms);
                 (core, Tail::Verify { anchor: crate::log::record::genesis_hash(shop) })
             }
         };
         // The policy in force is the engine's, however the state was rebuilt.
         core.state.set_policy(config.policy);
         core.state.set_orders_hot_max(config.orders_hot_max);
-        let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
+        (core, tail)
+    }
+
+    /// The core of a shop before its log's first event, remembering ids for `window_ms`.
+    fn empty(window_ms: u64) -> Core {
+        Core {
+            state: State::new(),
+            stream_versions: IdMap::default(),
+            idempotency: Idempotency::new(window_ms),
+            shared_shortages: SharedShortages::default(),
+            last_position: 0,
+            last_recorded_at: Timestamp(0),
+            resumed_from: None,
+        }
+    }
+
+    /// Folds the log after the core's last position, read as `tail` says, and remembers the
+    /// commands recorded from `horizon` on.
+    async fn replay_tail(
+        &mut self,
+        store: &Arc<dyn EventStore>,
+        shop: &ShopId,
+        tail: Tail,
+        horizon: Timestamp,
+    ) -> Result<(), StoreError> {
         let verified_events = match tail {
             Tail::Verified { events } => Some(events),
             Tail::Verify { .. } => None,
         };
-        let mut pages = read_ahead(store.clone(), shop.clone(), core.last_position, tail);
+        let mut pages = read_ahead(store.clone(), shop.clone(), self.last_position, tail);
         while let Some(page) = pages.recv().await {
             let page = page?;
             assert!(!page.is_empty(), "the reader sends no empty page");
             for (index, envelope) in page.iter().enumerate() {
                 if index % crate::domain::state::PREFETCH_EVENTS == 0 {
-                    core.state.prefetch(page[index..].iter().map(|envelope| &envelope.event));
+                    self.state.prefetch(page[index..].iter().map(|envelope| &envelope.event));
                 }
-                assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
-                let order_version = core.state.apply_versioned(&envelope.event);
-                let version = match envelope.event.subject() {
-                    Subject::Order(_) => order_version,
-                    Subject::Sku(_) | Subject::Reservation(_) => {
-                        let version = core.stream_versions.entry(envelope.stream.clone()).or_insert(0);
-                        *version += 1;
-                        Some(*version)
-                    }
-                };
-                assert_eq!(version, Some(envelope.stream_version), "stream {} out of order", envelope.stream);
-                core.last_position = envelope.position;
-                core.last_recorded_at = core.last_recorded_at.max(envelope.recorded_at);
-                if envelope.recorded_at >= horizon {
-                    // A command's events are consecutive: extend its range, or start one.
-                    let started = Known {
-                        fingerprint: envelope.fingerprint,
-                        outcome: Outcome::Appended { first: envelope.position, more: 0 },
-                    };
-                    match core.idempotency.get_mut(&envelope.command_id) {
-                        Some(Known { outcome: Outcome::Appended { first, more }, .. }) => {
-                            *more = events_after(*first, envelope.position);
-                        }
-                        // From a snapshot: what the id did before it was forgotten and used again.
-                        Some(stale) => *stale = started,
-                        None => {
-                            core.idempotency.remember_new(envelope.recorded_at, envelope.command_id.clone(), started)
-                        }
-                    }
-                }
+                self.replay(envelope, horizon);
             }
         }
         if let Some(events) = verified_events {
-            assert_eq!(core.last_position, events, "the log changed while recovering");
+            assert_eq!(self.last_position, events, "the log changed while recovering");
         }
+        Ok(())
+    }
+
+    /// Folds the log's next envelope, checking its stream's version, and remembers its
+    /// command when it was recorded from `horizon` on.
+    fn replay(&mut self, envelope: &Envelope, horizon: Timestamp) {
+        assert_eq!(envelope.position, self.last_position + 1, "recovery reads the log in order");
+        let order_version = self.state.apply_versioned(&envelope.event);
+        let version = match envelope.event.subject() {
+            Subject::Order(_) => order_version,
+            Subject::Sku(_) | Subject::Reservation(_) => {
+                let version = self.stream_versions.entry(envelope.stream.clone()).or_insert(0);
+                *version += 1;
+                Some(*version)
+            }
+        };
+        assert_eq!(version, Some(envelope.stream_version), "stream {} out of order", envelope.stream);
+        self.last_position = envelope.position;
+        self.last_recorded_at = self.last_recorded_at.max(envelope.recorded_at);
+        if envelope.recorded_at >= horizon {
+            self.remember_appended(envelope);
+        }
+    }
+
+    /// Remembers that `envelope`'s command appended it. A command's events are consecutive:
+    /// this extends its range, or starts one.
+    fn remember_appended(&mut self, envelope: &Envelope) {
+        let started = Known {
+            fingerprint: envelope.fingerprint,
+            outcome: Outcome::Appended { first: envelope.position, more: 0 },
+        };
+        match self.idempotency.get_mut(&envelope.command_id) {
+            Some(Known { outcome: Outcome::Appended { first, more }, .. }) => {
+                *more = events_after(*first, envelope.position);
+            }
+            // From a snapshot: what the id did before it was forgotten and used again.
+            Some(stale) => *stale = started,
+            None => self.idempotency.remember_new(envelope.recorded_at, envelope.command_id.clone(), started),
+        }
+    }
+
+    /// Remembers the refusals the store recorded for `shop` from `horizon` on, oldest first.
+    async fn remember_rejections(
+        &mut self,
+        store: &dyn EventStore,
+        shop: &ShopId,
+        horizon: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut rejections = store.rejections(shop).await?;
         rejections.sort_by_key(|r| r.recorded_at);
         for record in rejections {
             if record.recorded_at >= horizon {
-                let outcome = Outcome::Rejected(core.shared_shortages.share(&record.rejection));
+                let outcome = Outcome::Rejected(self.shared_shortages.share(&record.rejection));
                 let known = Known { fingerprint: record.fingerprint, outcome };
-                core.idempotency.remember(record.recorded_at, record.command_id, known);
+                self.idempotency.remember(record.recorded_at, record.command_id, known);
             }
         }
-        if let Some(dir) = &config.spill_dir {
-            // Recovery folds in memory; from here on the writer spills after every batch.
-            let spill = Spill::create_in(dir).map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
-            core.state.attach_orders_spill(Arc::new(spill));
-            let spilled = core.state.spill_orders().map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
-            tracing::info!(shop = %shop, spilled, "orders kept encoded moved to the spill");
-        }
-        Ok(core)
+        Ok(())
+    }
+
+    /// Moves the orders kept encoded to a new spill in `dir`. Recovery folds in memory; from
+    /// here on the writer spills after every batch.
+    fn spill_to(&mut self, dir: &Path, shop: &ShopId) -> Result<(), StoreError> {
+        let spill = Spill::create_in(dir).map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
+        self.state.attach_orders_spill(Arc::new(spill));
+        let spilled = self.state.spill_orders().map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
+        tracing::info!(shop = %shop, spilled, "orders kept encoded moved to the spill");
+        Ok(())
     }
 }
