@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::command::Command;
 use crate::domain::event::{Event, Subject};
 use crate::domain::idmap::IdMap;
-use crate::domain::ids::{CommandId, OrderId, ShopId, Timestamp};
+use crate::domain::ids::{CommandId, ShopId, Timestamp};
 use crate::domain::state::State;
 use crate::engine::Engine;
 use crate::engine::api::{Accepted, CommandError, EngineStats, Positions, Request};
@@ -29,7 +29,7 @@ use crate::engine::handover::Handover;
 use crate::engine::idempotency::{Known, Outcome};
 use crate::engine::recovery::Core;
 use crate::engine::remembered::GENERATIONS;
-use crate::log::record::{Envelope, fingerprint, stream_of};
+use crate::log::record::{Envelope, Fingerprint, fingerprint, stream_of};
 use crate::log::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
 
 /// Where a command's answer goes.
@@ -450,46 +450,48 @@ impl Writer {
     }
 }
 
-/// The stream and stream version of each of `events`, which the state has just applied.
-/// An order's stream counts in the order itself ([`crate::domain::state::Order::stream_version`]),
-/// now at its last event here: earlier events of the same order get their version by
-/// counting back. Other streams (SKUs, checkout holds) count in `core.stream_versions`.
-fn stream_versions(core: &mut Core, events: &[Event]) -> Vec<(CompactString, u64)> {
-    let mut versions = vec![0; events.len()];
-    // Events of each order after the one at hand, in this command: none when there is one
-    // event, as for most commands, so the map is only built for the others.
-    let mut later: IdMap<&OrderId, u64> = IdMap::default();
-    for (index, event) in events.iter().enumerate().rev() {
-        if let Subject::Order(order_id) = event.subject() {
-            let Some(order) = core.state.order(order_id) else { panic!("an applied event's order {order_id} exists") };
-            let after = match events.len() {
-                1 => 0,
-                _ => {
-                    let after = later.entry(order_id).or_insert(0);
-                    *after += 1;
-                    *after - 1
-                }
-            };
-            assert!(order.stream_version > after, "order {order_id} counts every event applied");
-            versions[index] = order.stream_version - after;
-        }
+/// The stream of `event`, which the state has just applied, and the stream's version after
+/// it. An order counts its own stream ([`crate::domain::state::Order::stream_version`]):
+/// `order_version` is what applying the event returned ([`State::apply_versioned`]), so no
+/// order is read back. Other streams (SKUs, checkout holds) count in `counted`.
+fn stream_version(
+    counted: &mut IdMap<CompactString, u64>,
+    event: &Event,
+    order_version: Option<u64>,
+) -> (CompactString, u64) {
+    let stream = stream_of(event);
+    if let Subject::Order(order_id) = event.subject() {
+        let Some(version) = order_version else { panic!("applying an event of order {order_id} counts its stream") };
+        assert!(version > 0, "order {order_id} counts every event applied");
+        return (stream, version);
     }
-    let streams = events.iter().zip(versions).map(|(event, version)| {
-        let stream = stream_of(event);
-        if matches!(event.subject(), Subject::Order(_)) {
-            return (stream, version);
-        }
-        let counted = match core.stream_versions.get_mut(&stream) {
-            Some(counted) => counted,
-            None => core.stream_versions.entry(stream.clone()).or_insert(0),
-        };
-        *counted += 1;
-        (stream, *counted)
-    });
-    streams.collect()
+    debug_assert!(order_version.is_none(), "only an event about an order has an order's stream version");
+    let counted = match counted.get_mut(&stream) {
+        Some(counted) => counted,
+        None => counted.entry(stream.clone()).or_insert(0),
+    };
+    *counted += 1;
+    (stream, *counted)
 }
 
-/// Decides one request into `batch`: its events, or its rejection, and remembers its outcome.
+/// The answer to a command id remembered as `known`: its outcome again when `fingerprint`
+/// says it is the same command, a conflict when not.
+fn replayed(known: &Known, command_id: CommandId, fingerprint: Fingerprint) -> Result<Accepted, CommandError> {
+    if known.fingerprint != fingerprint {
+        return Err(CommandError::IdempotencyConflict { command_id });
+    }
+    match &known.outcome {
+        Outcome::Appended { first, more } => {
+            let positions = Some(Positions { first: *first, last: first + u64::from(*more) });
+            Ok(Accepted { command_id, positions, replayed: true, events: Vec::new() })
+        }
+        Outcome::Unchanged => Ok(Accepted { command_id, positions: None, replayed: true, events: Vec::new() }),
+        Outcome::Rejected(rejection) => Err(CommandError::Rejected((**rejection).clone())),
+    }
+}
+
+/// Decides one request into `batch`: its events, which the state applies, or its rejection;
+/// and remembers its outcome.
 fn decide_one(
     core: &mut Core,
     shop: &ShopId,
@@ -497,54 +499,20 @@ fn decide_one(
     now: Timestamp,
     request: Request,
 ) -> Result<Accepted, CommandError> {
-    let Some(command_id) = request.command_id else { unreachable!("every request has an id by now") };
-    let fingerprint = fingerprint(&request.command);
+    let Request { command_id, correlation_id, actor, command } = request;
+    let Some(command_id) = command_id else { unreachable!("every request has an id by now") };
+    let fingerprint = fingerprint(&command);
     if let Some(known) = core.idempotency.get(&command_id) {
-        if known.fingerprint != fingerprint {
-            return Err(CommandError::IdempotencyConflict { command_id });
-        }
-        return match &known.outcome {
-            Outcome::Appended { first, more } => {
-                let positions = Some(Positions { first: *first, last: first + u64::from(*more) });
-                Ok(Accepted { command_id, positions, replayed: true, events: Vec::new() })
-            }
-            Outcome::Unchanged => Ok(Accepted { command_id, positions: None, replayed: true, events: Vec::new() }),
-            Outcome::Rejected(rejection) => Err(CommandError::Rejected((**rejection).clone())),
-        };
+        return replayed(known, command_id, fingerprint);
     }
     // The shell's part: what the command may read comes back from the spill first, so that
     // deciding and applying never do IO. A failed read changes nothing and is not remembered.
-    if let Err(error) = core.state.load_for(now, &request.command) {
+    if let Err(error) = core.state.load_for(now, &command) {
         let reason = format!("an order could not be read back from the spill: {error}");
         return Err(CommandError::Unavailable { shop: shop.clone(), reason });
     }
-    match core.state.execute(now, &request.command) {
-        Ok(events) => {
-            // Once per command, inline when short: every event's envelope clones them.
-            let correlation_id = CompactString::from(request.correlation_id.as_deref().unwrap_or(command_id.as_str()));
-            let actor = CompactString::from(request.actor.as_str());
-            let first = core.last_position + 1;
-            let streams = stream_versions(core, &events);
-            for (event, (stream, stream_version)) in events.iter().cloned().zip(streams) {
-                core.last_position += 1;
-                batch.events.push(Envelope {
-                    position: core.last_position,
-                    stream,
-                    stream_version,
-                    recorded_at: now,
-                    command_id: command_id.clone(),
-                    fingerprint,
-                    correlation_id: correlation_id.clone(),
-                    actor: actor.clone(),
-                    event,
-                });
-            }
-            core.last_recorded_at = now;
-            let positions = (core.last_position >= first).then_some(Positions { first, last: core.last_position });
-            let known = Known { fingerprint, outcome: Outcome::accepted(positions) };
-            core.idempotency.remember_new(now, command_id.clone(), known);
-            Ok(Accepted { command_id, positions, replayed: false, events })
-        }
+    let events = match crate::domain::decide::decide(&core.state, now, &command) {
+        Ok(events) => events,
         Err(rejection) => {
             batch.rejections.push(RejectionRecord {
                 command_id: command_id.clone(),
@@ -554,9 +522,34 @@ fn decide_one(
             });
             let known = Known { fingerprint, outcome: Outcome::Rejected(core.shared_shortages.share(&rejection)) };
             core.idempotency.remember_new(now, command_id, known);
-            Err(CommandError::Rejected(rejection))
+            return Err(CommandError::Rejected(rejection));
         }
+    };
+    // Once per command, inline when short: every event's envelope clones them.
+    let correlation_id = CompactString::from(correlation_id.as_deref().unwrap_or(command_id.as_str()));
+    let actor = CompactString::from(actor.as_str());
+    let first = core.last_position + 1;
+    for event in &events {
+        let order_version = core.state.apply_versioned(event);
+        let (stream, stream_version) = stream_version(&mut core.stream_versions, event, order_version);
+        core.last_position += 1;
+        batch.events.push(Envelope {
+            position: core.last_position,
+            stream,
+            stream_version,
+            recorded_at: now,
+            command_id: command_id.clone(),
+            fingerprint,
+            correlation_id: correlation_id.clone(),
+            actor: actor.clone(),
+            event: event.clone(),
+        });
     }
+    core.last_recorded_at = now;
+    let positions = (core.last_position >= first).then_some(Positions { first, last: core.last_position });
+    let known = Known { fingerprint, outcome: Outcome::accepted(positions) };
+    core.idempotency.remember_new(now, command_id.clone(), known);
+    Ok(Accepted { command_id, positions, replayed: false, events })
 }
 
 /// A prefix unique to this process run, for generated command ids.
