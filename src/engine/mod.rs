@@ -230,7 +230,9 @@ impl Engine {
         self.execute(shop, Request::new("engine", Command::ExpireDue)).await
     }
 
-    /// Runs `read` on the shop's state as of every command answered so far.
+    /// Runs `read` on the shop's state as of every command answered so far. It runs on the
+    /// shop's writer, between two batches: it should be short, and must not panic (a panic
+    /// would stop the writer).
     pub async fn read<R: Send + 'static>(
         &self,
         shop: &ShopId,
@@ -243,7 +245,7 @@ impl Engine {
         self.enqueue(shop, Job::Read(reader))?;
         answer.await.map_err(|_| CommandError::Unavailable {
             shop: shop.clone(),
-            reason: "the shop's writer stopped, or the read panicked".to_owned(),
+            reason: "the shop's writer stopped".to_owned(),
         })
     }
 

@@ -35,7 +35,7 @@ use crate::log::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
 /// Where a command's answer goes.
 type Reply = oneshot::Sender<Result<Accepted, CommandError>>;
 
-/// A read of the shop's state, run by its writer.
+/// A read of the shop's state, run by its writer between two batches; it must not panic.
 pub(super) type Reader = Box<dyn FnOnce(&State) + Send>;
 
 /// What the engine queues for a shop's writer.
@@ -221,15 +221,12 @@ impl Writer {
         }
     }
 
+    /// Runs `read` on the state, which the writer made durable first. With no state (the
+    /// shop failed and could not be recovered) the reader is dropped, and its caller is
+    /// answered that the writer stopped.
     fn read(&self, read: Reader) {
         if let Some(core) = &self.core {
-            // A reader only sees the state, so one that panics (say, it reached a spilled
-            // order through `State::order` rather than `State::fetch_order`) leaves it whole:
-            // its caller is answered that the read failed, and the writer goes on.
-            let state = &core.state;
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(state))).is_err() {
-                tracing::error!(shop = %self.shop, "a read of the shop's state panicked; the writer goes on");
-            }
+            read(&core.state);
         }
     }
 
