@@ -2,7 +2,8 @@
 //! `batch_commands_max` queued commands, decides each against the state ([`decide_one`]:
 //! the remembered outcome of a known id, or the rules, then the state applies the events),
 //! and appends the batch in a task of its own ([`Writer::launch`]) while it decides the next
-//! ([`Open`], [`InFlight`]). Answers wait in [`Pending`] until their batch is durable; a
+//! ([`Open`], [`InFlight`]). A batch opens with the expiries due (the tick), which an idle
+//! shop also records every `tick_interval_ms`. Answers wait in [`Pending`] until their batch is durable; a
 //! failed append answers them `Unavailable` and rebuilds the state from the log. Durable
 //! batches go to the follower ([`crate::engine::handover`]), and every `every_events` the
 //! writer encodes an engine snapshot that a blocking task writes.
