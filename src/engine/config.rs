@@ -1,0 +1,95 @@
+//! How the engine is configured: batching, queues, the idempotency window, ticks, the
+//! policy, the orders kept in memory, where spills go ([`EngineConfig`]), and where and how
+//! often snapshots are taken ([`SnapshotConfig`]), with the schema versions of the two kinds
+//! of snapshot.
+
+use std::path::PathBuf;
+
+use emporium_snapshots::SnapshotStore;
+
+use crate::domain::ids::ShopId;
+use crate::domain::state::Policy;
+
+/// Where and how often the engine snapshots each shop's state and views.
+///
+/// Snapshots live in `dir/<shop>/engine` and `dir/<shop>/views`. With them, opening a shop
+/// reads the newest valid snapshot and the log after it, and verifies the log's chain from
+/// the snapshot's position on (the part before it was verified when the snapshot was taken;
+/// `emporium verify` checks it all). Without them, opening replays and verifies everything.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Events between two snapshots of the same kind.
+    pub every_events: u64,
+    /// Snapshots kept per shop and kind.
+    pub keep: usize,
+}
+
+impl SnapshotConfig {
+    /// Snapshots in `dir` every 1,000,000 events, keeping 3.
+    pub fn new(dir: PathBuf) -> SnapshotConfig {
+        SnapshotConfig { dir, every_events: 1_000_000, keep: 3 }
+    }
+
+    /// The store of `shop`'s snapshots of `kind` (`engine` or `views`).
+    pub(super) fn store(&self, shop: &ShopId, kind: &str) -> std::io::Result<SnapshotStore> {
+        SnapshotStore::open(&self.dir.join(shop.as_str()).join(kind), self.keep)
+    }
+}
+
+/// The schema version of the engine's state snapshots: bumped whenever the shape of
+/// [`State`](crate::memory::State), of the remembered command ids or of the frozen
+/// orders' encoding ([`crate::memory::pack`], and the changes appended to it,
+/// `state::append_change`) changes, so older snapshots are ignored.
+pub const ENGINE_SNAPSHOT_SCHEMA: u32 = 8;
+
+/// The schema version of view snapshots: bumped whenever a view's shape changes.
+pub const VIEWS_SNAPSHOT_SCHEMA: u32 = 5;
+
+/// How the engine batches, queues and remembers.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most commands decided and synced together.
+    pub batch_commands_max: usize,
+    /// Most commands waiting for a shop's writer.
+    pub queue_commands_max: usize,
+    /// How long command ids are remembered, in engine time.
+    pub idempotency_window_ms: u64,
+    /// How often an idle shop checks for expired holds and orders.
+    pub tick_interval_ms: u64,
+    /// The rules' defaults for new shops.
+    pub policy: Policy,
+    /// Snapshots of state and views; none by default.
+    pub snapshots: Option<SnapshotConfig>,
+    /// Most orders a shop's writer keeps as values; the rest are kept encoded and decoded
+    /// when a command names them
+    /// ([`State::set_orders_hot_max`](crate::memory::State::set_orders_hot_max)).
+    pub orders_hot_max: usize,
+    /// Where a shop's writer spills the orders it keeps encoded, out of memory
+    /// ([`crate::memory::spill`]): a scratch file per shop, unnamed, never synced, rebuilt on every
+    /// recovery. None keeps them in memory.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            batch_commands_max: 4096,
+            queue_commands_max: 65_536,
+            idempotency_window_ms: 24 * 60 * 60 * 1000,
+            tick_interval_ms: 1000,
+            policy: Policy::default(),
+            snapshots: None,
+            orders_hot_max: crate::memory::tiered::HOT_DEFAULT_MAX,
+            spill_dir: None,
+        }
+    }
+}
+
+/// Room to reserve for a snapshot whose last one took `last_bytes`: twice as much, for what
+/// was added since (a promotion day's image grows by half between two), and nothing before
+/// the first. Room never written to is address space, not resident memory.
+pub(super) fn snapshot_bytes_expected(last_bytes: usize) -> usize {
+    last_bytes.saturating_mul(2)
+}
