@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
+use crate::domain::catalog;
 use crate::domain::command::{Command, Condition, Inspection, Line};
 use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
 use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
@@ -27,45 +28,11 @@ pub const CANCELLATION_REFUND_ID: &str = "cancellation";
 pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
     match command {
         Command::ListProduct { sku, title, category, price, weight_g, low_stock_threshold } => {
-            sku.check()?;
-            check_text(Field::Title, title, TITLE_LENGTH_MAX)?;
-            check_text(Field::Category, category, LABEL_LENGTH_MAX)?;
-            let price = money::check_amount(Field::Price, *price, Sign::Positive, UNIT_AMOUNT_MAX)?;
-            check_at_most(Field::WeightG, *weight_g, WEIGHT_G_MAX)?;
-            check_at_most(Field::LowStockThreshold, *low_stock_threshold, LOW_STOCK_THRESHOLD_MAX)?;
-            if state.product(sku).is_some() {
-                return Err(Rejection::ProductAlreadyListed { sku: sku.clone() });
-            }
-            Ok(vec![Event::ProductListed {
-                sku: sku.clone(),
-                title: title.clone(),
-                category: category.clone(),
-                price,
-                weight_g: *weight_g,
-                low_stock_threshold: *low_stock_threshold,
-            }])
+            catalog::decide_list(state, sku, title, category, *price, *weight_g, *low_stock_threshold)
         }
-        Command::ChangePrice { sku, price } => {
-            sku.check()?;
-            let price = money::check_amount(Field::Price, *price, Sign::Positive, UNIT_AMOUNT_MAX)?;
-            let product = known_product(state, sku)?;
-            if product.price == price {
-                return Err(Rejection::PriceUnchanged { sku: sku.clone(), price });
-            }
-            Ok(vec![Event::PriceChanged { sku: sku.clone(), old_price: product.price, new_price: price }])
-        }
-        Command::DelistProduct { sku } => {
-            sku.check()?;
-            listed_product(state, sku)?;
-            Ok(vec![Event::ProductDelisted { sku: sku.clone() }])
-        }
-        Command::RelistProduct { sku } => {
-            sku.check()?;
-            if known_product(state, sku)?.listed {
-                return Err(Rejection::ProductNotDelisted { sku: sku.clone() });
-            }
-            Ok(vec![Event::ProductRelisted { sku: sku.clone() }])
-        }
+        Command::ChangePrice { sku, price } => catalog::decide_change_price(state, sku, *price),
+        Command::DelistProduct { sku } => catalog::decide_delist(state, sku),
+        Command::RelistProduct { sku } => catalog::decide_relist(state, sku),
         Command::ReceiveStock { sku, quantity, unit_cost, supplier_ref } => {
             sku.check()?;
             check_quantity(Field::Quantity, *quantity, RECEIPT_QUANTITY_MAX)?;
@@ -459,7 +426,8 @@ fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget,
     }
 }
 
-fn check_at_most(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
+/// Checks that `value` is at most `max`.
+pub(crate) fn check_at_most(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
     if value > max {
         return Err(Rejection::invalid(field, format!("must be at most {max}")));
     }
@@ -534,11 +502,13 @@ fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<&Sku, u64>)
     if shortages.is_empty() { Ok(()) } else { Err(Rejection::InsufficientStock { shortages }) }
 }
 
-fn known_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
+/// The product of `sku`, listed or not.
+pub(crate) fn known_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
     state.product(sku).ok_or_else(|| Rejection::UnknownSku { sku: sku.clone() })
 }
 
-fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
+/// The product of `sku`, if it is listed.
+pub(crate) fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
     let product = known_product(state, sku)?;
     if !product.listed {
         return Err(Rejection::ProductDelisted { sku: sku.clone() });
