@@ -15,11 +15,12 @@ use crate::domain::command::{Command, Condition, Inspection, Line};
 use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
 use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
 use crate::domain::limits::*;
-use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign, UNIT_AMOUNT_MAX};
+use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::rejection::{Field, Rejection, Shortage};
 use crate::domain::state::{
     Deadline, Order, OrderLine, OrderStatus, Product, Reservation, ReservationStatus, Return, State,
 };
+use crate::domain::stock;
 
 /// The refund id recorded when cancelling a paid order refunds it in full.
 pub const CANCELLATION_REFUND_ID: &str = "cancellation";
@@ -34,48 +35,9 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         Command::DelistProduct { sku } => catalog::decide_delist(state, sku),
         Command::RelistProduct { sku } => catalog::decide_relist(state, sku),
         Command::ReceiveStock { sku, quantity, unit_cost, supplier_ref } => {
-            sku.check()?;
-            check_quantity(Field::Quantity, *quantity, RECEIPT_QUANTITY_MAX)?;
-            let unit_cost = money::check_amount(Field::UnitCost, *unit_cost, Sign::NonNegative, UNIT_AMOUNT_MAX)?;
-            check_text(Field::SupplierRef, supplier_ref, LABEL_LENGTH_MAX)?;
-            let stock = &known_product(state, sku)?.stock;
-            match stock.on_hand.checked_add(*quantity) {
-                Some(on_hand) if on_hand <= ON_HAND_MAX => {}
-                _ => return Err(Rejection::StockLimitExceeded { sku: sku.clone(), max: ON_HAND_MAX }),
-            }
-            let value = money::normalize(unit_cost * Decimal::from(*quantity));
-            Ok(vec![Event::StockReceived {
-                sku: sku.clone(),
-                quantity: *quantity,
-                unit_cost,
-                value,
-                supplier_ref: supplier_ref.clone(),
-            }])
+            stock::decide_receive(state, sku, *quantity, *unit_cost, supplier_ref)
         }
-        Command::Stocktake { sku, counted, reason } => {
-            sku.check()?;
-            check_at_most(Field::Counted, *counted, COUNTED_QUANTITY_MAX.min(ON_HAND_MAX))?;
-            let stock = &known_product(state, sku)?.stock;
-            let value_delta = if *counted < stock.on_hand {
-                -money::share(stock.value, stock.on_hand - counted, stock.on_hand)
-            } else if *counted > stock.on_hand && stock.on_hand > 0 {
-                money::value_at_average(stock.value, counted - stock.on_hand, stock.on_hand)
-            } else {
-                money::normalize(stock.last_unit_cost * Decimal::from(counted - stock.on_hand))
-            };
-            // Both counts are at most ON_HAND_MAX, far inside i64.
-            let delta = i64::try_from(i128::from(*counted) - i128::from(stock.on_hand))
-                .map_err(|_| Rejection::invalid(Field::Counted, "is out of range"))?;
-            Ok(vec![Event::StockCounted {
-                sku: sku.clone(),
-                counted: *counted,
-                previous_on_hand: stock.on_hand,
-                delta,
-                value_delta: money::normalize(value_delta),
-                reason: *reason,
-                shortfall: stock.reserved.saturating_sub(*counted),
-            }])
-        }
+        Command::Stocktake { sku, counted, reason } => stock::decide_stocktake(state, sku, *counted, *reason),
         Command::ReserveStock { reservation_id, lines, ttl_ms } => {
             reservation_id.check()?;
             let lines = merge_lines(lines)?;
@@ -434,7 +396,8 @@ pub(crate) fn check_at_most(field: Field, value: u64, max: u64) -> Result<(), Re
     Ok(())
 }
 
-fn check_quantity(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
+/// Checks that `value` is 1 to `max`.
+pub(crate) fn check_quantity(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
     if value == 0 || value > max {
         return Err(Rejection::invalid(field, format!("must be 1 to {max}")));
     }

@@ -20,5 +20,6 @@ pub mod limits;
 pub mod money;
 pub mod rejection;
 pub mod state;
+pub mod stock;
 
 pub use decide::decide;
