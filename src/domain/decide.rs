@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use crate::domain::catalog;
 use crate::domain::command::{Command, Condition, Inspection, Line};
 use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
+use crate::domain::holds;
 use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
 use crate::domain::limits::*;
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
@@ -39,22 +40,9 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         }
         Command::Stocktake { sku, counted, reason } => stock::decide_stocktake(state, sku, *counted, *reason),
         Command::ReserveStock { reservation_id, lines, ttl_ms } => {
-            reservation_id.check()?;
-            let lines = merge_lines(lines)?;
-            let ttl_ms = ttl_ms.unwrap_or(state.policy().reservation_ttl_ms_default);
-            check_quantity(Field::TtlMs, ttl_ms, RESERVATION_TTL_MS_MAX)?;
-            let expires_at = later(now, ttl_ms, Field::TtlMs)?;
-            if state.reservation(reservation_id).is_some() {
-                return Err(Rejection::ReservationExists { reservation_id: reservation_id.clone() });
-            }
-            check_availability(state, &lines, &BTreeMap::new())?;
-            Ok(vec![Event::StockReserved { reservation_id: reservation_id.clone(), lines, expires_at }])
+            holds::decide_reserve(state, now, reservation_id, lines, *ttl_ms)
         }
-        Command::ReleaseReservation { reservation_id } => {
-            reservation_id.check()?;
-            active_reservation(state, reservation_id)?;
-            Ok(vec![Event::ReservationReleased { reservation_id: reservation_id.clone() }])
-        }
+        Command::ReleaseReservation { reservation_id } => holds::decide_release(state, reservation_id),
         Command::PlaceOrder { order_id, customer_id, lines, region, reservation_id } => {
             order_id.check()?;
             customer_id.check()?;
@@ -404,13 +392,14 @@ pub(crate) fn check_quantity(field: Field, value: u64, max: u64) -> Result<(), R
     Ok(())
 }
 
-fn later(now: Timestamp, duration_ms: u64, field: Field) -> Result<Timestamp, Rejection> {
+/// `duration_ms` after `now`, refused as an invalid `field` past the end of time.
+pub(crate) fn later(now: Timestamp, duration_ms: u64, field: Field) -> Result<Timestamp, Rejection> {
     now.checked_add_ms(duration_ms).ok_or_else(|| Rejection::invalid(field, "deadline is past the end of time"))
 }
 
 /// Checks 1 to [`LINES_MAX`] lines of 1 to [`LINE_QUANTITY_MAX`] units each and sums
 /// the lines of each SKU into one, in the order SKUs first appear.
-fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
+pub(crate) fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
     if lines.is_empty() || lines.len() > LINES_MAX {
         return Err(Rejection::invalid(Field::Lines, format!("must be 1 to {LINES_MAX} lines")));
     }
@@ -449,7 +438,7 @@ fn merge_inspections(inspections: &[Inspection]) -> Result<Vec<Inspection>, Reje
 
 /// Every line's SKU is listed, not short, and has enough available, counting `held`
 /// units that a consumed reservation gives back. Reports every short SKU at once.
-fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<&Sku, u64>) -> Result<(), Rejection> {
+pub(crate) fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<&Sku, u64>) -> Result<(), Rejection> {
     let mut shortages = Vec::new();
     for line in lines {
         let stock = &listed_product(state, &line.sku)?.stock;
@@ -479,7 +468,11 @@ pub(crate) fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Prod
     Ok(product)
 }
 
-fn active_reservation<'s>(state: &'s State, reservation_id: &ReservationId) -> Result<&'s Reservation, Rejection> {
+/// The hold `reservation_id`, if it is active.
+pub(crate) fn active_reservation<'s>(
+    state: &'s State,
+    reservation_id: &ReservationId,
+) -> Result<&'s Reservation, Rejection> {
     let Some(reservation) = state.reservation(reservation_id) else {
         return Err(Rejection::UnknownReservation { reservation_id: reservation_id.clone() });
     };
