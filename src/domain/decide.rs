@@ -12,19 +12,17 @@ use rust_decimal::Decimal;
 
 use crate::domain::catalog;
 use crate::domain::command::{Command, Condition, Inspection, Line};
-use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
+use crate::domain::event::{CostedLine, Event, InspectedLine, RefundShare, RefundTarget};
 use crate::domain::holds;
-use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
+use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
 use crate::domain::limits::*;
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
+use crate::domain::orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
-use crate::domain::state::{
-    Deadline, Order, OrderLine, OrderStatus, Product, Reservation, ReservationStatus, Return, State,
-};
+use crate::domain::state::{Deadline, Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
 use crate::domain::stock;
 
-/// The refund id recorded when cancelling a paid order refunds it in full.
-pub const CANCELLATION_REFUND_ID: &str = "cancellation";
+pub use crate::domain::orders::CANCELLATION_REFUND_ID;
 
 /// Decides `command` at time `now` against `state`.
 pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
@@ -44,105 +42,10 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         }
         Command::ReleaseReservation { reservation_id } => holds::decide_release(state, reservation_id),
         Command::PlaceOrder { order_id, customer_id, lines, region, reservation_id } => {
-            order_id.check()?;
-            customer_id.check()?;
-            let lines = merge_lines(lines)?;
-            check_text(Field::Region, region, LABEL_LENGTH_MAX)?;
-            if let Some(reservation_id) = reservation_id {
-                reservation_id.check()?;
-            }
-            let payment_due_by = later(now, state.policy().payment_ttl_ms, Field::OrderId)?;
-            if state.has_order(order_id) {
-                return Err(Rejection::OrderExists { order_id: order_id.clone() });
-            }
-            let mut held = BTreeMap::new();
-            if let Some(reservation_id) = reservation_id {
-                let reservation = active_reservation(state, reservation_id)?;
-                if now >= reservation.expires_at {
-                    return Err(Rejection::ReservationExpired { reservation_id: reservation_id.clone() });
-                }
-                held.extend(reservation.lines.iter().map(|l| (&l.sku, l.quantity)));
-            }
-            check_availability(state, &lines, &held)?;
-            let mut priced = Vec::with_capacity(lines.len());
-            let mut total = Decimal::ZERO;
-            for line in lines {
-                let unit_price = known_product(state, &line.sku)?.price;
-                let net_amount = unit_price * Decimal::from(line.quantity);
-                total += net_amount;
-                priced.push(PricedLine {
-                    sku: line.sku,
-                    quantity: line.quantity,
-                    unit_price,
-                    discounts: Vec::new(),
-                    net_amount,
-                });
-            }
-            let shipping_fee = money::normalize(Decimal::ZERO);
-            Ok(vec![Event::OrderPlaced {
-                order_id: order_id.clone(),
-                customer_id: customer_id.clone(),
-                region: region.clone(),
-                lines: priced,
-                shipping_fee,
-                total: total + shipping_fee,
-                placed_at: now,
-                payment_due_by,
-                reservation_id: reservation_id.clone(),
-            }])
+            orders::decide_place(state, now, order_id, customer_id, lines, region, reservation_id.as_ref())
         }
-        Command::Pay { order_id, payment_id, amount } => {
-            order_id.check()?;
-            payment_id.check()?;
-            let amount = money::check_amount(Field::Amount, *amount, Sign::Positive, PAYMENT_AMOUNT_MAX)?;
-            let order = known_order(state, order_id)?;
-            let status = order.status();
-            if status != OrderStatus::AwaitingPayment {
-                return Err(Rejection::OrderNotAwaitingPayment { order_id: order_id.clone(), status });
-            }
-            if now >= order.payment_due_by {
-                return Err(Rejection::PaymentDeadlinePassed { order_id: order_id.clone() });
-            }
-            if amount != order.amount_due() {
-                return Err(Rejection::AmountMismatch {
-                    order_id: order_id.clone(),
-                    due: order.amount_due(),
-                    offered: amount,
-                });
-            }
-            Ok(vec![Event::OrderPaid {
-                order_id: order_id.clone(),
-                payment_id: payment_id.clone(),
-                amount,
-                paid_at: now,
-            }])
-        }
-        Command::Cancel { order_id, by, reason } => {
-            order_id.check()?;
-            check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
-            let order = open_order(state, order_id)?;
-            if !order.shipments.is_empty() {
-                return Err(Rejection::AlreadyShipped { order_id: order_id.clone() });
-            }
-            let mut events = vec![Event::OrderCancelled {
-                order_id: order_id.clone(),
-                by: Some(*by),
-                reason: reason.clone(),
-                cancelled_at: now,
-            }];
-            let refundable = order.refundable();
-            if refundable > Decimal::ZERO {
-                events.push(Event::RefundIssued {
-                    order_id: order_id.clone(),
-                    refund_id: RefundId::from(CANCELLATION_REFUND_ID),
-                    amount: refundable,
-                    return_id: None,
-                    allocation: allocate_refund(&order, refundable, None),
-                    refunded_at: now,
-                });
-            }
-            Ok(events)
-        }
+        Command::Pay { order_id, payment_id, amount } => orders::decide_pay(state, now, order_id, payment_id, *amount),
+        Command::Cancel { order_id, by, reason } => orders::decide_cancel(state, now, order_id, *by, reason),
         Command::Ship { order_id, shipment_id, carrier, tracking_number, lines } => {
             order_id.check()?;
             shipment_id.check()?;
@@ -338,7 +241,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
 /// Spreads a refund by largest remainder over what it pays back: the returned units of
 /// `return_id`'s lines when given, otherwise everything still refundable, lines and
 /// shipping fee alike. Precondition: `amount` is at most the targets' total.
-fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<&ReturnId>) -> Vec<RefundShare> {
+pub(crate) fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<&ReturnId>) -> Vec<RefundShare> {
     let request = return_id.and_then(|id| order.returns.iter().find(|r| &r.id == id));
     let targets = refund_targets(order, request);
     let weights: Vec<Decimal> = targets.iter().map(|(_, w)| *w).collect();
@@ -485,11 +388,13 @@ pub(crate) fn active_reservation<'s>(
     Ok(reservation)
 }
 
-fn known_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+/// The order `order_id`. Every read of an order by id in the rules goes through here.
+pub(crate) fn known_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     state.order(order_id).ok_or_else(|| Rejection::UnknownOrder { order_id: order_id.clone() })
 }
 
-fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+/// The order `order_id`, if it is neither cancelled nor expired.
+pub(crate) fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     let order = known_order(state, order_id)?;
     if order.closure.is_some() {
         return Err(Rejection::OrderClosed { order_id: order_id.clone(), status: order.status() });

@@ -19,6 +19,7 @@ pub mod idmap;
 pub mod ids;
 pub mod limits;
 pub mod money;
+pub mod orders;
 pub mod rejection;
 pub mod state;
 pub mod stock;
