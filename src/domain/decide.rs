@@ -12,9 +12,10 @@ use rust_decimal::Decimal;
 
 use crate::domain::catalog;
 use crate::domain::command::{Command, Condition, Inspection, Line};
-use crate::domain::event::{CostedLine, Event, InspectedLine, RefundShare, RefundTarget};
+use crate::domain::event::{Event, InspectedLine, RefundShare, RefundTarget};
+use crate::domain::fulfilment;
 use crate::domain::holds;
-use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
+use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp, check_text};
 use crate::domain::limits::*;
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::orders;
@@ -47,60 +48,10 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         Command::Pay { order_id, payment_id, amount } => orders::decide_pay(state, now, order_id, payment_id, *amount),
         Command::Cancel { order_id, by, reason } => orders::decide_cancel(state, now, order_id, *by, reason),
         Command::Ship { order_id, shipment_id, carrier, tracking_number, lines } => {
-            order_id.check()?;
-            shipment_id.check()?;
-            check_text(Field::Carrier, carrier, LABEL_LENGTH_MAX)?;
-            check_identifier(Field::TrackingNumber, tracking_number)?;
-            let lines = merge_lines(lines)?;
-            let order = open_order(state, order_id)?;
-            if order.payment.is_none() {
-                return Err(Rejection::OrderNotPaid { order_id: order_id.clone(), status: order.status() });
-            }
-            if order.shipments.iter().any(|s| &s.id == shipment_id) {
-                return Err(Rejection::ShipmentExists { shipment_id: shipment_id.clone() });
-            }
-            let mut costed = Vec::with_capacity(lines.len());
-            for line in lines {
-                let order_line = order_line_of(&order, &line.sku)?;
-                let remaining = order_line.quantity - order_line.shipped;
-                if line.quantity > remaining {
-                    return Err(Rejection::ShipExceedsOrdered { sku: line.sku, requested: line.quantity, remaining });
-                }
-                let stock = &known_product(state, &line.sku)?.stock;
-                if line.quantity > stock.on_hand {
-                    return Err(Rejection::InsufficientOnHand {
-                        sku: line.sku,
-                        requested: line.quantity,
-                        on_hand: stock.on_hand,
-                    });
-                }
-                let cost = money::share(stock.value, line.quantity, stock.on_hand);
-                costed.push(CostedLine { sku: line.sku, quantity: line.quantity, cost });
-            }
-            Ok(vec![Event::ShipmentDispatched {
-                order_id: order_id.clone(),
-                shipment_id: shipment_id.clone(),
-                carrier: carrier.clone(),
-                tracking_number: tracking_number.clone(),
-                lines: costed,
-                shipped_at: now,
-            }])
+            fulfilment::decide_ship(state, now, order_id, shipment_id, carrier, tracking_number, lines)
         }
         Command::ConfirmDelivery { order_id, shipment_id } => {
-            order_id.check()?;
-            shipment_id.check()?;
-            let order = known_order(state, order_id)?;
-            let Some(shipment) = order.shipments.iter().find(|s| &s.id == shipment_id) else {
-                return Err(Rejection::UnknownShipment { shipment_id: shipment_id.clone() });
-            };
-            if shipment.delivered_at.is_some() {
-                return Err(Rejection::AlreadyDelivered { shipment_id: shipment_id.clone() });
-            }
-            Ok(vec![Event::ShipmentDelivered {
-                order_id: order_id.clone(),
-                shipment_id: shipment_id.clone(),
-                delivered_at: now,
-            }])
+            fulfilment::decide_confirm_delivery(state, now, order_id, shipment_id)
         }
         Command::RequestReturn { order_id, return_id, lines, reason } => {
             order_id.check()?;
@@ -402,7 +353,8 @@ pub(crate) fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow
     Ok(order)
 }
 
-fn order_line_of<'o>(order: &'o Order, sku: &Sku) -> Result<&'o OrderLine, Rejection> {
+/// The line of `sku` in `order`.
+pub(crate) fn order_line_of<'o>(order: &'o Order, sku: &Sku) -> Result<&'o OrderLine, Rejection> {
     order.line(sku).ok_or_else(|| Rejection::SkuNotInOrder { order_id: order.id.clone(), sku: sku.clone() })
 }
 

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod command;
 pub mod decide;
 pub mod event;
+pub mod fulfilment;
 pub mod holds;
 pub mod idmap;
 pub mod ids;
