@@ -10,14 +10,15 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
+use crate::domain::after_sales;
 use crate::domain::catalog;
-use crate::domain::command::{Command, Condition, Inspection, Line};
-use crate::domain::event::{Event, InspectedLine, RefundShare, RefundTarget};
+use crate::domain::command::{Command, Line};
+use crate::domain::event::{Event, RefundShare, RefundTarget};
 use crate::domain::fulfilment;
 use crate::domain::holds;
-use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp, check_text};
+use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp};
 use crate::domain::limits::*;
-use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
+use crate::domain::money;
 use crate::domain::orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
 use crate::domain::state::{Deadline, Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
@@ -54,128 +55,13 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
             fulfilment::decide_confirm_delivery(state, now, order_id, shipment_id)
         }
         Command::RequestReturn { order_id, return_id, lines, reason } => {
-            order_id.check()?;
-            return_id.check()?;
-            let lines = merge_lines(lines)?;
-            check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
-            let order = known_order(state, order_id)?;
-            if order.returns.iter().any(|r| &r.id == return_id) {
-                return Err(Rejection::ReturnExists { return_id: return_id.clone() });
-            }
-            for line in &lines {
-                let order_line = order_line_of(&order, &line.sku)?;
-                let returnable = order_line.shipped - order_line.return_requested;
-                if line.quantity > returnable {
-                    return Err(Rejection::ReturnExceedsShipped {
-                        sku: line.sku.clone(),
-                        requested: line.quantity,
-                        returnable,
-                    });
-                }
-            }
-            Ok(vec![Event::ReturnRequested {
-                order_id: order_id.clone(),
-                return_id: return_id.clone(),
-                lines,
-                reason: reason.clone(),
-                requested_at: now,
-            }])
+            after_sales::decide_request_return(state, now, order_id, return_id, lines, reason)
         }
         Command::ReceiveReturn { order_id, return_id, inspections } => {
-            order_id.check()?;
-            return_id.check()?;
-            let inspections = merge_inspections(inspections)?;
-            let order = known_order(state, order_id)?;
-            let Some(request) = order.returns.iter().find(|r| &r.id == return_id) else {
-                return Err(Rejection::UnknownReturn { return_id: return_id.clone() });
-            };
-            if request.received_at.is_some() {
-                return Err(Rejection::ReturnAlreadyReceived { return_id: return_id.clone() });
-            }
-            let mut inspected_per_sku: BTreeMap<&Sku, u64> = BTreeMap::new();
-            for inspection in &inspections {
-                *inspected_per_sku.entry(&inspection.sku).or_default() += inspection.quantity;
-            }
-            for (sku, inspected) in &inspected_per_sku {
-                if !request.lines.iter().any(|l| &l.sku == *sku) {
-                    return Err(Rejection::InspectionMismatch {
-                        sku: (*sku).clone(),
-                        expected: 0,
-                        inspected: *inspected,
-                    });
-                }
-            }
-            for line in &request.lines {
-                let inspected = inspected_per_sku.get(&line.sku).copied().unwrap_or(0);
-                if inspected != line.quantity {
-                    return Err(Rejection::InspectionMismatch {
-                        sku: line.sku.clone(),
-                        expected: line.quantity,
-                        inspected,
-                    });
-                }
-            }
-            // Each returned unit comes back at the average cost of the line's shipped units
-            // not yet returned, so the line's returns never add up to more than it shipped.
-            let mut returned: BTreeMap<&Sku, (u64, Decimal)> = BTreeMap::new();
-            let mut lines = Vec::with_capacity(inspections.len());
-            for inspection in &inspections {
-                let order_line = order_line_of(&order, &inspection.sku)?;
-                let (units, cost) =
-                    returned.entry(&inspection.sku).or_insert((order_line.returned, order_line.returned_cost));
-                let line_cost =
-                    money::share(order_line.shipped_cost - *cost, inspection.quantity, order_line.shipped - *units);
-                *units += inspection.quantity;
-                *cost += line_cost;
-                lines.push(InspectedLine {
-                    sku: inspection.sku.clone(),
-                    quantity: inspection.quantity,
-                    condition: inspection.condition,
-                    cost: line_cost,
-                });
-            }
-            Ok(vec![Event::ReturnReceived {
-                order_id: order_id.clone(),
-                return_id: return_id.clone(),
-                lines,
-                received_at: now,
-            }])
+            after_sales::decide_receive_return(state, now, order_id, return_id, inspections)
         }
         Command::Refund { order_id, refund_id, amount, return_id } => {
-            order_id.check()?;
-            refund_id.check()?;
-            let amount = money::check_amount(Field::Amount, *amount, Sign::Positive, PAYMENT_AMOUNT_MAX)?;
-            if let Some(return_id) = return_id {
-                return_id.check()?;
-            }
-            let order = known_order(state, order_id)?;
-            if order.refunds.iter().any(|r| &r.id == refund_id) {
-                return Err(Rejection::RefundExists { refund_id: refund_id.clone() });
-            }
-            if order.payment.is_none() {
-                return Err(Rejection::OrderNotPaid { order_id: order_id.clone(), status: order.status() });
-            }
-            if amount > order.refundable() {
-                return Err(Rejection::RefundExceedsPaid { requested: amount, refundable: order.refundable() });
-            }
-            if let Some(return_id) = return_id {
-                let Some(request) = order.returns.iter().find(|r| &r.id == return_id) else {
-                    return Err(Rejection::UnknownReturn { return_id: return_id.clone() });
-                };
-                let refundable: Decimal = refund_targets(&order, Some(request)).iter().map(|(_, w)| *w).sum();
-                if amount > refundable {
-                    return Err(Rejection::RefundExceedsReturned { requested: amount, refundable });
-                }
-            }
-            let allocation = allocate_refund(&order, amount, return_id.as_ref());
-            Ok(vec![Event::RefundIssued {
-                order_id: order_id.clone(),
-                refund_id: refund_id.clone(),
-                amount,
-                return_id: return_id.clone(),
-                allocation,
-                refunded_at: now,
-            }])
+            after_sales::decide_refund(state, now, order_id, refund_id, *amount, return_id.as_ref())
         }
         Command::ExpireDue => Ok(state
             .due(now, EXPIRIES_PER_TICK_MAX)
@@ -208,7 +94,7 @@ pub(crate) fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<
 /// What a refund may pay back, and how much of each. For a return: each returned line's
 /// price of the returned units less what earlier refunds for the same return paid on it,
 /// and at most what that line has left unrefunded.
-fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget, Decimal)> {
+pub(crate) fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget, Decimal)> {
     let remaining = |line: &OrderLine| line.net_amount - line.refunded;
     match request {
         Some(request) => request
@@ -267,26 +153,6 @@ pub(crate) fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
             None => merged.push(line.clone()),
         }
     }
-    Ok(merged)
-}
-
-/// Like [`merge_lines`] for inspections: one entry per SKU and condition.
-fn merge_inspections(inspections: &[Inspection]) -> Result<Vec<Inspection>, Rejection> {
-    let inspections_max = 2 * LINES_MAX;
-    if inspections.is_empty() || inspections.len() > inspections_max {
-        return Err(Rejection::invalid(Field::Lines, format!("must be 1 to {inspections_max} inspections")));
-    }
-    let mut merged: Vec<Inspection> = Vec::with_capacity(inspections.len());
-    for inspection in inspections {
-        inspection.sku.check()?;
-        check_quantity(Field::Quantity, inspection.quantity, LINE_QUANTITY_MAX)?;
-        match merged.iter_mut().find(|m| m.sku == inspection.sku && m.condition == inspection.condition) {
-            Some(m) => m.quantity += inspection.quantity,
-            None => merged.push(inspection.clone()),
-        }
-    }
-    // Resellable before damaged within a SKU keeps the event's order independent of input order.
-    merged.sort_by_key(|i| (i.condition == Condition::Damaged) as u8);
     Ok(merged)
 }
 

@@ -10,6 +10,7 @@
 //! - [`state`]: the state of one shop and its invariants;
 //! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`.
 
+pub mod after_sales;
 pub mod catalog;
 pub mod command;
 pub mod decide;
