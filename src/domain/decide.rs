@@ -21,8 +21,9 @@ use crate::domain::limits::*;
 use crate::domain::money;
 use crate::domain::orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
-use crate::domain::state::{Deadline, Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
+use crate::domain::state::{Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
 use crate::domain::stock;
+use crate::domain::time;
 
 pub use crate::domain::orders::CANCELLATION_REFUND_ID;
 
@@ -63,15 +64,7 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         Command::Refund { order_id, refund_id, amount, return_id } => {
             after_sales::decide_refund(state, now, order_id, refund_id, *amount, return_id.as_ref())
         }
-        Command::ExpireDue => Ok(state
-            .due(now, EXPIRIES_PER_TICK_MAX)
-            .map(|(_, deadline)| match deadline {
-                Deadline::Reservation(reservation_id) => {
-                    Event::ReservationExpired { reservation_id: reservation_id.clone(), expired_at: now }
-                }
-                Deadline::Payment(order_id) => Event::OrderExpired { order_id: order_id.clone(), expired_at: now },
-            })
-            .collect()),
+        Command::ExpireDue => time::decide_expire_due(state, now),
     }
 }
 

@@ -25,5 +25,6 @@ pub mod orders;
 pub mod rejection;
 pub mod state;
 pub mod stock;
+pub mod time;
 
 pub use decide::decide;
