@@ -30,7 +30,7 @@ use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::{Order, Return, State};
 
-/// Decides `Command::RequestReturn`.
+/// Decides `Command::RequestReturn`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_request_return(
     state: &State,
     now: Timestamp,
@@ -39,7 +39,7 @@ pub(crate) fn decide_request_return(
     lines: &[Line],
     reason: &str,
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     return_id.check()?;
     let lines = merge_lines(lines)?;
     check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
@@ -67,7 +67,7 @@ pub(crate) fn decide_request_return(
     }])
 }
 
-/// Decides `Command::ReceiveReturn`.
+/// Decides `Command::ReceiveReturn`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_receive_return(
     state: &State,
     now: Timestamp,
@@ -75,7 +75,7 @@ pub(crate) fn decide_receive_return(
     return_id: &ReturnId,
     inspections: &[Inspection],
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     return_id.check()?;
     let inspections = merge_inspections(inspections)?;
     let order = known_order(state, order_id)?;
@@ -159,7 +159,7 @@ fn cost_inspections(order: &Order, inspections: &[Inspection]) -> Result<Vec<Ins
     Ok(lines)
 }
 
-/// Decides `Command::Refund`.
+/// Decides `Command::Refund`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_refund(
     state: &State,
     now: Timestamp,
@@ -168,7 +168,7 @@ pub(crate) fn decide_refund(
     amount: Decimal,
     return_id: Option<&ReturnId>,
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     refund_id.check()?;
     let amount = money::check_amount(Field::Amount, amount, Sign::Positive, PAYMENT_AMOUNT_MAX)?;
     if let Some(return_id) = return_id {

@@ -28,7 +28,13 @@ use crate::domain::time;
 pub use crate::domain::orders::CANCELLATION_REFUND_ID;
 
 /// Decides `command` at time `now` against `state`.
+///
+/// The order id a command names is checked here, first, for every area; the rest of the
+/// command is decided by the rules of its area.
 pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
+    if let Some(order_id) = command.order_id() {
+        order_id.check()?;
+    }
     match command {
         Command::ListProduct { sku, title, category, price, weight_g, low_stock_threshold } => {
             catalog::decide_list(state, sku, title, category, *price, *weight_g, *low_stock_threshold)

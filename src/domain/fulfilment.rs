@@ -19,7 +19,7 @@ use crate::domain::money;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::{Order, State};
 
-/// Decides `Command::Ship`.
+/// Decides `Command::Ship`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_ship(
     state: &State,
     now: Timestamp,
@@ -29,7 +29,7 @@ pub(crate) fn decide_ship(
     tracking_number: &str,
     lines: &[Line],
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     shipment_id.check()?;
     check_text(Field::Carrier, carrier, LABEL_LENGTH_MAX)?;
     check_identifier(Field::TrackingNumber, tracking_number)?;
@@ -76,14 +76,14 @@ fn cost_parcel(state: &State, order: &Order, lines: Vec<Line>) -> Result<Vec<Cos
     Ok(costed)
 }
 
-/// Decides `Command::ConfirmDelivery`.
+/// Decides `Command::ConfirmDelivery`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_confirm_delivery(
     state: &State,
     now: Timestamp,
     order_id: &OrderId,
     shipment_id: &ShipmentId,
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     shipment_id.check()?;
     let order = known_order(state, order_id)?;
     let Some(shipment) = order.shipments.iter().find(|s| &s.id == shipment_id) else {

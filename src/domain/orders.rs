@@ -35,7 +35,7 @@ use crate::domain::state::{OrderStatus, State};
 /// The refund id recorded when cancelling a paid order refunds it in full.
 pub const CANCELLATION_REFUND_ID: &str = "cancellation";
 
-/// Decides `Command::PlaceOrder`.
+/// Decides `Command::PlaceOrder`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_place(
     state: &State,
     now: Timestamp,
@@ -45,7 +45,7 @@ pub(crate) fn decide_place(
     region: &str,
     reservation_id: Option<&ReservationId>,
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     customer_id.check()?;
     let lines = merge_lines(lines)?;
     check_text(Field::Region, region, LABEL_LENGTH_MAX)?;
@@ -100,7 +100,7 @@ fn price_lines(state: &State, lines: Vec<Line>) -> Result<(Vec<PricedLine>, Deci
     Ok((priced, total))
 }
 
-/// Decides `Command::Pay`.
+/// Decides `Command::Pay`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_pay(
     state: &State,
     now: Timestamp,
@@ -108,7 +108,7 @@ pub(crate) fn decide_pay(
     payment_id: &PaymentId,
     amount: Decimal,
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     payment_id.check()?;
     let amount = money::check_amount(Field::Amount, amount, Sign::Positive, PAYMENT_AMOUNT_MAX)?;
     let order = known_order(state, order_id)?;
@@ -125,7 +125,7 @@ pub(crate) fn decide_pay(
     Ok(vec![Event::OrderPaid { order_id: order_id.clone(), payment_id: payment_id.clone(), amount, paid_at: now }])
 }
 
-/// Decides `Command::Cancel`.
+/// Decides `Command::Cancel`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_cancel(
     state: &State,
     now: Timestamp,
@@ -133,7 +133,7 @@ pub(crate) fn decide_cancel(
     by: Party,
     reason: &str,
 ) -> Result<Vec<Event>, Rejection> {
-    order_id.check()?;
+    debug_assert!(order_id.check().is_ok(), "decide checks the order id first");
     check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
     let order = open_order(state, order_id)?;
     if !order.shipments.is_empty() {
