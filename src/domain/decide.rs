@@ -19,13 +19,13 @@ use crate::domain::holds;
 use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp};
 use crate::domain::limits::*;
 use crate::domain::money;
-use crate::domain::orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
+use crate::domain::sales;
 use crate::domain::state::{Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
 use crate::domain::stock;
 use crate::domain::time;
 
-pub use crate::domain::orders::CANCELLATION_REFUND_ID;
+pub use crate::domain::sales::CANCELLATION_REFUND_ID;
 
 /// Decides `command` at time `now` against `state`.
 ///
@@ -51,10 +51,10 @@ pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Ev
         }
         Command::ReleaseReservation { reservation_id } => holds::decide_release(state, reservation_id),
         Command::PlaceOrder { order_id, customer_id, lines, region, reservation_id } => {
-            orders::decide_place(state, now, order_id, customer_id, lines, region, reservation_id.as_ref())
+            sales::decide_place(state, now, order_id, customer_id, lines, region, reservation_id.as_ref())
         }
-        Command::Pay { order_id, payment_id, amount } => orders::decide_pay(state, now, order_id, payment_id, *amount),
-        Command::Cancel { order_id, by, reason } => orders::decide_cancel(state, now, order_id, *by, reason),
+        Command::Pay { order_id, payment_id, amount } => sales::decide_pay(state, now, order_id, payment_id, *amount),
+        Command::Cancel { order_id, by, reason } => sales::decide_cancel(state, now, order_id, *by, reason),
         Command::Ship { order_id, shipment_id, carrier, tracking_number, lines } => {
             fulfilment::decide_ship(state, now, order_id, shipment_id, carrier, tracking_number, lines)
         }

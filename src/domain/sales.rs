@@ -1,4 +1,4 @@
-//! Orders: placing, paying and cancelling them.
+//! Sales: placing orders, paying them and cancelling them.
 //!
 //! An order's id is chosen by the caller and is unique within the shop, closed orders
 //! included. An order has 1 to [`LINES_MAX`](crate::domain::limits::LINES_MAX) lines (the
@@ -159,5 +159,5 @@ pub(crate) fn decide_cancel(
     Ok(events)
 }
 
-// Applying the orders' events (`OrderPlaced`, `OrderPaid`, `OrderCancelled`) belongs below,
+// Applying the sales' events (`OrderPlaced`, `OrderPaid`, `OrderCancelled`) belongs below,
 // next to the rules that decide them.
