@@ -4,6 +4,16 @@
 //! checked against the state. Either every check passes and the command becomes events,
 //! or the first failing check becomes a typed [`Rejection`] and nothing is produced.
 //! `decide` is pure: it reads the state and the time it is given, nothing else.
+//!
+//! The rules live with the area of the shop they govern, each area's module opening with
+//! an overview of them: [`catalog`] (listing, price changes, delisting, relisting),
+//! [`stock`] (receipts, stocktakes), [`holds`] (checkout holds), [`sales`] (placing,
+//! paying, cancelling orders), [`fulfilment`] (shipping, delivery), [`after_sales`] (returns,
+//! refunds) and [`time`] (expiring holds and unpaid orders). [`decide`] checks what is common
+//! to the areas and hands each command to its area. This module keeps what several areas
+//! share: field checks, merging lines, availability, reading products, holds and orders
+//! (every read of an order by id goes through one function, `known_order`), and spreading
+//! a refund.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

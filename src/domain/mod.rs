@@ -8,7 +8,9 @@
 //! - [`ids`], [`money`], [`limits`]: identifiers and their syntax, exact amounts, every bound;
 //! - [`command`] (what callers ask), [`event`] (the facts), [`rejection`] (typed refusals);
 //! - [`state`]: the state of one shop and its invariants;
-//! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`.
+//! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`,
+//!   dispatched to one module per area of the shop: [`catalog`], [`stock`], [`holds`],
+//!   [`sales`], [`fulfilment`], [`after_sales`], [`time`].
 
 pub mod after_sales;
 pub mod catalog;
