@@ -93,7 +93,7 @@ fn codec(c: &mut Criterion) {
     for envelope in &envelopes {
         state.apply(&envelope.event);
     }
-    let orders: Vec<Order> = state.orders().map(|order| order.into_owned()).collect();
+    let orders: Vec<Order> = state.orders().map(|order| order.expect("in memory").into_owned()).collect();
     let mut scratch = Vec::new();
     let packed: Vec<Box<[u8]>> = orders.iter().map(|order| pack::pack(order, &mut scratch)).collect();
     let packed_bytes: usize = packed.iter().map(|bytes| bytes.len()).sum();

@@ -74,7 +74,7 @@ fn shop(scenario: &Scenario, zipf: &Zipf) -> State {
     for n in 0..EXISTING_ORDERS {
         let plan = loadgen::plan(scenario, zipf, n);
         if state.execute(NOW, &place(&plan)).is_ok() && plan.pays {
-            let order = state.order(&plan.order_id.as_str().into()).expect("placed");
+            let order = state.order(&plan.order_id.as_str().into()).expect("read").expect("placed");
             let payment = pay(&order);
             state.execute(NOW, &payment).expect("the payment is accepted");
         }
@@ -104,6 +104,7 @@ fn deciding(c: &mut Criterion) {
     }
     let payments: Vec<Command> = state
         .orders()
+        .map(|order| order.expect("in memory"))
         .filter(|order| order.status() == OrderStatus::AwaitingPayment)
         .take(PREPARED)
         .map(|order| pay(&order))

@@ -401,7 +401,7 @@ fn report(state: &State) -> Result<String, String> {
         "order", "customer", "status", "total", "paid", "refunded"
     );
     // Read back one by one: the engine's writer may keep orders in its spill.
-    let orders: Result<Vec<_>, _> = state.try_orders().collect();
+    let orders: Result<Vec<_>, _> = state.orders().collect();
     let mut orders = orders.map_err(|e| format!("an order could not be read back from the spill: {e}"))?;
     orders.sort_by(|a, b| a.id.cmp(&b.id));
     for order in orders {

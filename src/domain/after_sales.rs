@@ -27,12 +27,13 @@ use crate::domain::event::{Event, InspectedLine};
 use crate::domain::ids::{OrderId, RefundId, ReturnId, Sku, Timestamp, check_text};
 use crate::domain::limits::{LINE_QUANTITY_MAX, LINES_MAX, REASON_LENGTH_MAX};
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::{Order, Return, State};
 
 /// Decides `Command::RequestReturn`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_request_return(
-    state: &State,
+pub(crate) fn decide_request_return<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     return_id: &ReturnId,
@@ -68,8 +69,8 @@ pub(crate) fn decide_request_return(
 }
 
 /// Decides `Command::ReceiveReturn`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_receive_return(
-    state: &State,
+pub(crate) fn decide_receive_return<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     return_id: &ReturnId,
@@ -160,8 +161,8 @@ fn cost_inspections(order: &Order, inspections: &[Inspection]) -> Result<Vec<Ins
 }
 
 /// Decides `Command::Refund`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_refund(
-    state: &State,
+pub(crate) fn decide_refund<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     refund_id: &RefundId,

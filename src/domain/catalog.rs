@@ -15,12 +15,13 @@ use crate::domain::event::Event;
 use crate::domain::ids::{Sku, check_text};
 use crate::domain::limits::{LABEL_LENGTH_MAX, LOW_STOCK_THRESHOLD_MAX, TITLE_LENGTH_MAX, WEIGHT_G_MAX};
 use crate::domain::money::{self, Sign, UNIT_AMOUNT_MAX};
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::State;
 
 /// Decides `Command::ListProduct`.
-pub(crate) fn decide_list(
-    state: &State,
+pub(crate) fn decide_list<O: Orders>(
+    state: &State<O>,
     sku: &Sku,
     title: &str,
     category: &str,
@@ -48,7 +49,11 @@ pub(crate) fn decide_list(
 }
 
 /// Decides `Command::ChangePrice`.
-pub(crate) fn decide_change_price(state: &State, sku: &Sku, price: Decimal) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn decide_change_price<O: Orders>(
+    state: &State<O>,
+    sku: &Sku,
+    price: Decimal,
+) -> Result<Vec<Event>, Rejection> {
     sku.check()?;
     let price = money::check_amount(Field::Price, price, Sign::Positive, UNIT_AMOUNT_MAX)?;
     let product = known_product(state, sku)?;
@@ -59,14 +64,14 @@ pub(crate) fn decide_change_price(state: &State, sku: &Sku, price: Decimal) -> R
 }
 
 /// Decides `Command::DelistProduct`.
-pub(crate) fn decide_delist(state: &State, sku: &Sku) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn decide_delist<O: Orders>(state: &State<O>, sku: &Sku) -> Result<Vec<Event>, Rejection> {
     sku.check()?;
     listed_product(state, sku)?;
     Ok(vec![Event::ProductDelisted { sku: sku.clone() }])
 }
 
 /// Decides `Command::RelistProduct`.
-pub(crate) fn decide_relist(state: &State, sku: &Sku) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn decide_relist<O: Orders>(state: &State<O>, sku: &Sku) -> Result<Vec<Event>, Rejection> {
     sku.check()?;
     if known_product(state, sku)?.listed {
         return Err(Rejection::ProductNotDelisted { sku: sku.clone() });

@@ -29,6 +29,7 @@ use crate::domain::holds;
 use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp};
 use crate::domain::limits::*;
 use crate::domain::money;
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
 use crate::domain::sales;
 use crate::domain::state::{Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
@@ -41,7 +42,7 @@ pub use crate::domain::sales::CANCELLATION_REFUND_ID;
 ///
 /// The order id a command names is checked here, first, for every area; the rest of the
 /// command is decided by the rules of its area.
-pub fn decide(state: &State, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
+pub fn decide<O: Orders>(state: &State<O>, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
     if let Some(order_id) = command.order_id() {
         order_id.check()?;
     }
@@ -167,7 +168,11 @@ pub(crate) fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
 
 /// Every line's SKU is listed, not short, and has enough available, counting `held`
 /// units that a consumed reservation gives back. Reports every short SKU at once.
-pub(crate) fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<&Sku, u64>) -> Result<(), Rejection> {
+pub(crate) fn check_availability<O: Orders>(
+    state: &State<O>,
+    lines: &[Line],
+    held: &BTreeMap<&Sku, u64>,
+) -> Result<(), Rejection> {
     let mut shortages = Vec::new();
     for line in lines {
         let stock = &listed_product(state, &line.sku)?.stock;
@@ -184,12 +189,12 @@ pub(crate) fn check_availability(state: &State, lines: &[Line], held: &BTreeMap<
 }
 
 /// The product of `sku`, listed or not.
-pub(crate) fn known_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
+pub(crate) fn known_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
     state.product(sku).ok_or_else(|| Rejection::UnknownSku { sku: sku.clone() })
 }
 
 /// The product of `sku`, if it is listed.
-pub(crate) fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Product, Rejection> {
+pub(crate) fn listed_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
     let product = known_product(state, sku)?;
     if !product.listed {
         return Err(Rejection::ProductDelisted { sku: sku.clone() });
@@ -198,8 +203,8 @@ pub(crate) fn listed_product<'s>(state: &'s State, sku: &Sku) -> Result<&'s Prod
 }
 
 /// The hold `reservation_id`, if it is active.
-pub(crate) fn active_reservation<'s>(
-    state: &'s State,
+pub(crate) fn active_reservation<'s, O: Orders>(
+    state: &'s State<O>,
     reservation_id: &ReservationId,
 ) -> Result<&'s Reservation, Rejection> {
     let Some(reservation) = state.reservation(reservation_id) else {
@@ -214,13 +219,19 @@ pub(crate) fn active_reservation<'s>(
     Ok(reservation)
 }
 
-/// The order `order_id`. Every read of an order by id in the rules goes through here.
-pub(crate) fn known_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
-    state.order(order_id).ok_or_else(|| Rejection::UnknownOrder { order_id: order_id.clone() })
+/// The order `order_id`, the one way the rules read an order. The shell brings back every
+/// order a command may touch before deciding it ([`State::orders_touched_by`]), so the store
+/// reads it from memory and cannot fail: a failure is a broken precondition.
+pub(crate) fn known_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+    match state.order(order_id) {
+        Ok(Some(order)) => Ok(order),
+        Ok(None) => Err(Rejection::UnknownOrder { order_id: order_id.clone() }),
+        Err(error) => panic!("an order a command touches is brought back before deciding: {error}"),
+    }
 }
 
 /// The order `order_id`, if it is neither cancelled nor expired.
-pub(crate) fn open_order<'s>(state: &'s State, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+pub(crate) fn open_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     let order = known_order(state, order_id)?;
     if order.closure.is_some() {
         return Err(Rejection::OrderClosed { order_id: order_id.clone(), status: order.status() });
@@ -233,7 +244,7 @@ pub(crate) fn order_line_of<'o>(order: &'o Order, sku: &Sku) -> Result<&'o Order
     order.line(sku).ok_or_else(|| Rejection::SkuNotInOrder { order_id: order.id.clone(), sku: sku.clone() })
 }
 
-impl State {
+impl<O: Orders> State<O> {
     /// Decides `command` and applies its events: what an engine does with each command.
     /// On rejection the state is untouched.
     pub fn execute(&mut self, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {

@@ -16,12 +16,13 @@ use crate::domain::event::{CostedLine, Event};
 use crate::domain::ids::{OrderId, ShipmentId, Timestamp, check_identifier, check_text};
 use crate::domain::limits::LABEL_LENGTH_MAX;
 use crate::domain::money;
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::{Order, State};
 
 /// Decides `Command::Ship`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_ship(
-    state: &State,
+pub(crate) fn decide_ship<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     shipment_id: &ShipmentId,
@@ -54,7 +55,7 @@ pub(crate) fn decide_ship(
 
 /// Checks each of a parcel's `lines`, in order, against what `order` has left to ship and
 /// what is on hand, and costs it at the moving average cost of the units on hand.
-fn cost_parcel(state: &State, order: &Order, lines: Vec<Line>) -> Result<Vec<CostedLine>, Rejection> {
+fn cost_parcel<O: Orders>(state: &State<O>, order: &Order, lines: Vec<Line>) -> Result<Vec<CostedLine>, Rejection> {
     let mut costed = Vec::with_capacity(lines.len());
     for line in lines {
         let order_line = order_line_of(order, &line.sku)?;
@@ -77,8 +78,8 @@ fn cost_parcel(state: &State, order: &Order, lines: Vec<Line>) -> Result<Vec<Cos
 }
 
 /// Decides `Command::ConfirmDelivery`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_confirm_delivery(
-    state: &State,
+pub(crate) fn decide_confirm_delivery<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     shipment_id: &ShipmentId,

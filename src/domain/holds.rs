@@ -17,12 +17,13 @@ use crate::domain::decide::{active_reservation, check_availability, check_quanti
 use crate::domain::event::Event;
 use crate::domain::ids::{ReservationId, Timestamp};
 use crate::domain::limits::RESERVATION_TTL_MS_MAX;
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::State;
 
 /// Decides `Command::ReserveStock`.
-pub(crate) fn decide_reserve(
-    state: &State,
+pub(crate) fn decide_reserve<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     reservation_id: &ReservationId,
     lines: &[Line],
@@ -41,7 +42,10 @@ pub(crate) fn decide_reserve(
 }
 
 /// Decides `Command::ReleaseReservation`.
-pub(crate) fn decide_release(state: &State, reservation_id: &ReservationId) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn decide_release<O: Orders>(
+    state: &State<O>,
+    reservation_id: &ReservationId,
+) -> Result<Vec<Event>, Rejection> {
     reservation_id.check()?;
     active_reservation(state, reservation_id)?;
     Ok(vec![Event::ReservationReleased { reservation_id: reservation_id.clone() }])

@@ -9,6 +9,11 @@
 //! Iteration order is unspecified. Serialization is not: [`sorted_map`] and [`sorted_set`]
 //! write entries in key order, so a snapshot or a state hash depends on the contents
 //! alone, never on the seed or on the order of insertion.
+//!
+//! The seed is the domain's one random number, and nothing shows it: no decision, event,
+//! comparison or serialization depends on iteration order. The maps live in the domain
+//! because its state is made of them; the memory layer builds its packed and tiered maps on
+//! them.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;

@@ -29,6 +29,7 @@ use crate::domain::event::{Event, PricedLine};
 use crate::domain::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId, Timestamp, check_text};
 use crate::domain::limits::{LABEL_LENGTH_MAX, REASON_LENGTH_MAX};
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::{OrderStatus, State};
 
@@ -36,8 +37,8 @@ use crate::domain::state::{OrderStatus, State};
 pub const CANCELLATION_REFUND_ID: &str = "cancellation";
 
 /// Decides `Command::PlaceOrder`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_place(
-    state: &State,
+pub(crate) fn decide_place<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     customer_id: &CustomerId,
@@ -82,7 +83,7 @@ pub(crate) fn decide_place(
 
 /// Prices `lines` at their products' current prices: the priced lines, in the same order,
 /// and the sum of their net amounts.
-fn price_lines(state: &State, lines: Vec<Line>) -> Result<(Vec<PricedLine>, Decimal), Rejection> {
+fn price_lines<O: Orders>(state: &State<O>, lines: Vec<Line>) -> Result<(Vec<PricedLine>, Decimal), Rejection> {
     let mut priced = Vec::with_capacity(lines.len());
     let mut total = Decimal::ZERO;
     for line in lines {
@@ -101,8 +102,8 @@ fn price_lines(state: &State, lines: Vec<Line>) -> Result<(Vec<PricedLine>, Deci
 }
 
 /// Decides `Command::Pay`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_pay(
-    state: &State,
+pub(crate) fn decide_pay<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     payment_id: &PaymentId,
@@ -126,8 +127,8 @@ pub(crate) fn decide_pay(
 }
 
 /// Decides `Command::Cancel`. [`decide`](super::decide::decide) has checked `order_id`.
-pub(crate) fn decide_cancel(
-    state: &State,
+pub(crate) fn decide_cancel<O: Orders>(
+    state: &State<O>,
     now: Timestamp,
     order_id: &OrderId,
     by: Party,

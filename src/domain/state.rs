@@ -4,9 +4,12 @@
 //! same state: it never fails, never reads a clock and never re-runs a business rule. An
 //! event that does not fit the state (an unknown order, stock going negative) can only come
 //! from a bug or a tampered log, and is a broken invariant: `apply` asserts it. One
-//! exception in time, not in kind: an event that changes only an order kept encoded is
-//! appended to the order's bytes, and its assertions run when the order is next decoded
-//! (at once in debug builds and tests).
+//! exception in time, not in kind: a store that keeps an order encoded may keep an event
+//! that changes only that order beside it ([`Orders::change_by`]), and then its assertions
+//! run when the order is next decoded (at once in debug builds and tests).
+//!
+//! The state holds its orders in any [`Orders`] store: the memory layer's keeps the newest
+//! as values and the rest encoded or out of memory, and the rules do not see the difference.
 //!
 //! After every applied event the invariants of the entities it touched are checked in
 //! debug builds and tests ([`State::check_invariants`] checks all of them):
@@ -19,8 +22,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
-use std::sync::Arc;
 
 use compact_str::CompactString;
 use rust_decimal::Decimal;
@@ -35,9 +36,7 @@ use crate::domain::ids::{
     CustomerId, OrderId, PaymentId, RefundId, ReservationId, ReturnId, ShipmentId, Sku, Timestamp,
 };
 use crate::domain::limits::EXPIRIES_PER_TICK_MAX;
-use crate::memory::pack::{Entry, Pack, PackError, Reader, put_varint};
-use crate::memory::spill::Spill;
-use crate::memory::tiered::{SpilledEntries, TieredMap};
+use crate::domain::orders::{Orders, Unreadable};
 
 /// Stock of one SKU. Available = on hand - reserved.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +352,100 @@ impl Order {
         self.lines.iter().filter(move |_| open).map(|l| (&l.sku, l.quantity - l.shipped))
     }
 
+    /// What an event that changes only its order does to it, the stream version aside: the one
+    /// definition, whichever store keeps the order and however ([`crate::domain::orders::Orders`]). Panics for any other event, and where the order does not fit
+    /// the event (a broken invariant, as in [`State::apply`]).
+    pub fn apply_change(&mut self, event: &Event) {
+        let order = self;
+        match event {
+            Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at, .. } => {
+                assert!(order.payment.is_some() && order.closure.is_none());
+                for line in lines {
+                    let order_line = order.line_mut(&line.sku);
+                    order_line.shipped = add(order_line.shipped, line.quantity);
+                    order_line.shipped_cost += line.cost;
+                }
+                push_exact(
+                    &mut order.shipments,
+                    Shipment {
+                        id: shipment_id.clone(),
+                        carrier: carrier.as_str().into(),
+                        tracking_number: tracking_number.as_str().into(),
+                        lines: lines.clone(),
+                        shipped_at: *shipped_at,
+                        delivered_at: None,
+                    },
+                );
+            }
+            Event::ShipmentDelivered { shipment_id, delivered_at, .. } => {
+                let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
+                    panic!("delivery of unknown shipment {shipment_id}");
+                };
+                assert!(shipment.delivered_at.is_none());
+                shipment.delivered_at = Some(*delivered_at);
+            }
+            Event::ReturnRequested { return_id, lines, reason, requested_at, .. } => {
+                for line in lines {
+                    let order_line = order.line_mut(&line.sku);
+                    order_line.return_requested = add(order_line.return_requested, line.quantity);
+                }
+                push_exact(
+                    &mut order.returns,
+                    Return {
+                        id: return_id.clone(),
+                        lines: lines.clone(),
+                        reason: reason.clone(),
+                        requested_at: *requested_at,
+                        received_at: None,
+                        inspected: Vec::new(),
+                    },
+                );
+            }
+            Event::ReturnReceived { return_id, lines, received_at, .. } => {
+                for line in lines {
+                    let order_line = order.line_mut(&line.sku);
+                    order_line.returned = add(order_line.returned, line.quantity);
+                    order_line.returned_cost += line.cost;
+                }
+                let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
+                    panic!("receipt of unknown return {return_id}");
+                };
+                assert!(request.received_at.is_none());
+                request.received_at = Some(*received_at);
+                request.inspected = lines.clone();
+            }
+            Event::RefundIssued { refund_id, amount, return_id, allocation, refunded_at, .. } => {
+                order.refunded += *amount;
+                for share in allocation {
+                    match &share.target {
+                        RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
+                        RefundTarget::Shipping => order.shipping_refunded += share.amount,
+                    }
+                }
+                push_exact(
+                    &mut order.refunds,
+                    Refund {
+                        id: refund_id.clone(),
+                        amount: *amount,
+                        return_id: return_id.clone(),
+                        allocation: allocation.clone(),
+                        refunded_at: *refunded_at,
+                    },
+                );
+            }
+            other => unreachable!("{} changes more than its order", other.kind()),
+        }
+    }
+
+    /// Counts one more event in the order's stream and returns its version now.
+    pub fn count_event(&mut self) -> u64 {
+        let Some(version) = self.stream_version.checked_add(1) else {
+            panic!("order {} has more events than a u64 counts", self.id)
+        };
+        self.stream_version = version;
+        version
+    }
+
     fn line_mut(&mut self, sku: &Sku) -> &mut OrderLine {
         let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) else {
             panic!("event names SKU {sku} that order {} does not have", self.id);
@@ -408,9 +501,9 @@ pub const PREFETCH_EVENTS: usize = 16;
 /// all that a stock-only fold ([`State::apply_stock`]) keeps of the orders.
 pub type Holds = IdMap<OrderId, Vec<(Sku, u64)>>;
 
-/// The state of one shop.
+/// The state of one shop, its orders kept in `O` ([`Orders`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
+pub struct State<O> {
     /// A setting, not a fact: never part of a snapshot or a state hash. Whoever restores a
     /// state sets the policy in force.
     #[serde(skip)]
@@ -420,27 +513,24 @@ pub struct State {
     products: IdMap<Sku, Product>,
     #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
     reservations: IdMap<ReservationId, Reservation>,
-    /// The orders placed most recently are kept as values, the rest encoded: a promotion
-    /// day places millions, and an order's events after payment come hours to days later.
-    /// An encoded order is changed where it is (`change_order`), not made a value again.
-    /// Serialized as the tiers hold them ([`crate::memory::tiered::image`]): only engine snapshots
-    /// serialize a state, and they are read back by the same build.
-    #[serde(with = "crate::memory::tiered::image")]
-    orders: TieredMap<OrderId, Order>,
+    /// Every order: the store decides how each is kept, and how the orders serialize.
+    orders: O,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
 
-impl State {
+impl<O: Orders + Default> State<O> {
     /// An empty shop with the default policy.
-    pub fn new() -> State {
+    pub fn new() -> State<O> {
         State::default()
     }
 
     /// An empty shop with `policy`, or `None` when the policy is out of bounds.
-    pub fn with_policy(policy: Policy) -> Option<State> {
+    pub fn with_policy(policy: Policy) -> Option<State<O>> {
         policy.is_valid().then(|| State { policy, ..State::default() })
     }
+}
 
+impl<O: Orders> State<O> {
     /// Puts `policy` in force. Precondition: it is within bounds ([`Policy::is_valid`]).
     pub(crate) fn set_policy(&mut self, policy: Policy) {
         assert!(policy.is_valid(), "policy out of bounds: {policy:?}");
@@ -469,89 +559,21 @@ impl State {
         self.reservations.get(id)
     }
 
-    /// An order by id: borrowed when it was placed recently, else a decoded copy.
-    ///
-    /// Panics when the order is spilled and not loaded ([`State::load_for`]): the core reads
-    /// only orders in memory. Readers outside the core use [`State::fetch_order`].
-    pub fn order(&self, id: &OrderId) -> Option<Cow<'_, Order>> {
+    /// An order by id, wherever its store keeps it: borrowed when it is held as a value,
+    /// else a copy. Never panics: an order the store could not read back is an error.
+    pub fn order(&self, id: &OrderId) -> Result<Option<Cow<'_, Order>>, Unreadable> {
         self.orders.get(id)
     }
 
     /// Whether an order has this id, wherever it is kept.
     pub fn has_order(&self, id: &OrderId) -> bool {
-        self.orders.contains_key(id)
+        self.orders.contains(id)
     }
 
-    /// An order by id, read back from the spill if it is there.
-    pub fn fetch_order(&self, id: &OrderId) -> io::Result<Option<Cow<'_, Order>>> {
-        self.orders.fetch(id)
-    }
-
-    /// Every order, in no particular order; those not placed recently decoded one by one.
-    ///
-    /// Panics when orders are spilled; use [`State::try_orders`] on a state that spills.
-    pub fn orders(&self) -> impl Iterator<Item = Cow<'_, Order>> {
-        self.orders.values()
-    }
-
-    /// Every order, spilled ones read back one at a time; a failed read is an item of its own.
-    pub fn try_orders(&self) -> impl Iterator<Item = io::Result<Cow<'_, Order>>> {
-        self.orders.try_iter().map(|entry| entry.map(|(_, order)| order))
-    }
-
-    /// Orders out of memory, in a spill.
-    pub fn orders_spilled(&self) -> usize {
-        self.orders.spilled_len()
-    }
-
-    /// The spilled orders, for an engine snapshot that writes them apart from the state's
-    /// image (`crate::memory::tiered::image`), read back off the writer.
-    pub fn spilled_orders(&self) -> SpilledEntries<OrderId> {
-        self.orders.spilled()
-    }
-
-    /// Gives back the orders [`State::spilled_orders`] wrote apart, encoded, to a state read
-    /// from an image. Refuses (and changes nothing) if one is already in the state.
-    pub fn restore_orders(&mut self, orders: Vec<(OrderId, Box<[u8]>)>) -> Result<(), &'static str> {
-        self.orders.restore_frozen(orders)
-    }
-
-    /// Lets [`State::spill_orders`] move orders kept encoded to `spill`.
-    pub fn attach_orders_spill(&mut self, spill: Arc<Spill>) {
-        self.orders.attach(spill);
-    }
-
-    /// Moves the orders kept encoded in memory to the spill, if one is attached; returns how
-    /// many orders are spilled. On failure they stay in memory and nothing changes.
-    pub fn spill_orders(&mut self) -> io::Result<usize> {
-        self.orders.spill_frozen()
-    }
-
-    /// Brings back into memory every spilled order that deciding `command` at `now` may read
-    /// or change: the order it names, or for [`Command::ExpireDue`] those due. After this,
-    /// [`State::execute`] reads nothing spilled. On failure the state holds the same orders
-    /// (some may have come back into memory).
-    pub fn load_for(&mut self, now: Timestamp, command: &Command) -> io::Result<()> {
-        if self.orders.spilled_len() == 0 {
-            return Ok(());
-        }
-        if let Command::ExpireDue = command {
-            let due: Vec<OrderId> = self
-                .due(now, EXPIRIES_PER_TICK_MAX)
-                .filter_map(|(_, deadline)| match deadline {
-                    Deadline::Payment(order_id) => Some(order_id.clone()),
-                    Deadline::Reservation(_) => None,
-                })
-                .collect();
-            for order_id in &due {
-                self.orders.load(order_id)?;
-            }
-            return Ok(());
-        }
-        match command.order_id() {
-            Some(order_id) => self.orders.load(order_id),
-            None => Ok(()),
-        }
+    /// Every order, in no particular order; an order that could not be read back is an item
+    /// of its own.
+    pub fn orders(&self) -> impl Iterator<Item = Result<Cow<'_, Order>, Unreadable>> {
+        self.orders.iter()
     }
 
     /// Orders in all.
@@ -559,16 +581,31 @@ impl State {
         self.orders.len()
     }
 
-    /// Orders kept encoded rather than as values.
-    pub fn orders_frozen(&self) -> usize {
-        self.orders.frozen_len()
+    /// Where the orders are kept, for the layer that keeps them.
+    pub fn order_store(&self) -> &O {
+        &self.orders
     }
 
-    /// Keeps at most `hot_max` (at least 1) orders as values, encoding the ones placed
-    /// longest ago beyond that. A setting, not a fact: it changes memory, never what the
-    /// state holds or how it compares or serializes.
-    pub fn set_orders_hot_max(&mut self, hot_max: usize) {
-        self.orders.set_hot_max(hot_max);
+    /// Where the orders are kept, for the layer that keeps them to change how (never which
+    /// orders, or what they hold: only `apply` changes those).
+    pub(crate) fn order_store_mut(&mut self) -> &mut O {
+        &mut self.orders
+    }
+
+    /// The orders that deciding `command` at `now` may read or change: the order it names,
+    /// or for [`Command::ExpireDue`] the unpaid orders due. A shell that keeps orders out of
+    /// memory brings these back before deciding, so that deciding and applying do no IO.
+    pub fn orders_touched_by(&self, now: Timestamp, command: &Command) -> Vec<OrderId> {
+        if let Command::ExpireDue = command {
+            return self
+                .due(now, EXPIRIES_PER_TICK_MAX)
+                .filter_map(|(_, deadline)| match deadline {
+                    Deadline::Payment(order_id) => Some(order_id.clone()),
+                    Deadline::Reservation(_) => None,
+                })
+                .collect();
+        }
+        command.order_id().into_iter().cloned().collect()
     }
 
     /// Deadlines at or before `now`, earliest first, at most `limit`.
@@ -590,8 +627,7 @@ impl State {
         for event in events.into_iter().take(PREFETCH_EVENTS) {
             if let Subject::Order(order_id) = event.subject() {
                 // A byte of what was read, so that the reads are not left out as unused.
-                let byte = self.orders.prefetch(order_id, |order| order.stream_version.to_le_bytes()[0]);
-                peeked = peeked.wrapping_add(byte);
+                peeked = peeked.wrapping_add(self.orders.prefetch(order_id));
             }
             let first = |text: &str| text.as_bytes().first().copied().unwrap_or(0);
             let parts = match event {
@@ -624,16 +660,11 @@ impl State {
         }
     }
 
-    /// Applies one event. See the module documentation for what it assumes.
-    pub fn apply(&mut self, event: &Event) {
-        self.apply_versioned(event);
-    }
-
-    /// Applies one event as [`State::apply`] does, and returns, for an event about an
-    /// order, the version of the order's stream it brought the order to (its events so
-    /// far). Recovery checks it against the log's without reading the order back, which
-    /// for an order kept encoded would decode it.
-    pub fn apply_versioned(&mut self, event: &Event) -> Option<u64> {
+    /// Applies one event (see the module documentation for what it assumes) and returns,
+    /// for an event about an order, the version of the order's stream it brought the order
+    /// to (its events so far), so that whoever records or checks the stream never reads the
+    /// order back, which for an order kept encoded would decode it.
+    pub fn apply(&mut self, event: &Event) -> Option<u64> {
         let version = match event {
             Event::ProductListed { sku, title, category, price, weight_g, low_stock_threshold } => {
                 assert!(!self.products.contains_key(sku), "SKU {sku} listed twice");
@@ -745,7 +776,7 @@ impl State {
                     closure: None,
                     stream_version: 1,
                 };
-                assert!(!self.orders.insert(order_id.clone(), order), "order {order_id} placed twice");
+                assert!(!self.orders.insert(order), "order {order_id} placed twice");
                 self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
                 Some(1)
             }
@@ -793,55 +824,27 @@ impl State {
         product
     }
 
-    /// Applies `change` to the order `order_id` and counts the event in the order's stream
-    /// version: [`State::change_order_or_append`] for a change that is never appended.
+    /// Applies `change` to the order `order_id`, counts the event in the order's stream
+    /// version, and returns what `change` returned and the version after it.
     fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> (R, u64) {
-        self.change_order_or_append(order_id, change, |_, _| None)
-    }
-
-    /// Applies an event that changes only its order ([`change_by`]) and returns the order's
-    /// stream version after it. An order kept encoded is not decoded: the event is appended
-    /// to its bytes ([`append_change`]) and applied when the order is next read ([`Order`]'s
-    /// [`Entry::thaw`]), unless the order has grown to [`FROZEN_ORDER_BYTES_MAX`] with
-    /// changes already, when it is decoded, changed and encoded with them all applied.
-    fn change_order_by(&mut self, order_id: &OrderId, event: &Event) -> u64 {
-        let ((), version) = self.change_order_or_append(
-            order_id,
-            |order| change_by(order, event),
-            |bytes, scratch| append_change(bytes, event, scratch).map(|version| ((), version)),
-        );
-        version
-    }
-
-    /// Applies `change` to the order `order_id`, or for an order kept encoded lets `append`
-    /// append it to the order's bytes ([`TieredMap::update_or_append`]), and counts the event
-    /// in the order's stream version: every event about an order after the first goes
-    /// through here, once. Returns what `change` returned (or `append`, which counts the
-    /// version itself) and the version after it.
-    ///
-    /// The order is changed where it is kept: one placed before the newest `hot_max` stays
-    /// encoded. On a promotion day an order's later events (shipping hours to days after
-    /// payment, delivery after that, a return after delivery) come after more orders have
-    /// changed than the hot tier holds, so thawing it would only freeze another.
-    fn change_order_or_append<R>(
-        &mut self,
-        order_id: &OrderId,
-        change: impl FnOnce(&mut Order) -> R,
-        append: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> Option<(R, u64)>,
-    ) -> (R, u64) {
-        let changed = self.orders.update_or_append(
-            order_id,
-            |order| {
-                let changed = change(order);
-                order.stream_version = order.stream_version.checked_add(1).expect("an order's events fit a u64");
-                (changed, order.stream_version)
-            },
-            append,
-        );
-        let Some(changed) = changed else {
-            panic!("event names unknown order {order_id}");
-        };
+        let changed = self.orders.change(order_id, |order| {
+            let changed = change(order);
+            (changed, order.count_event())
+        });
+        let Some(changed) = changed else { panic!("event names unknown order {order_id}") };
         changed
+    }
+
+    /// Applies an event that changes only its order ([`Order::apply_change`]) and returns
+    /// the order's stream version after it. The store may keep the event beside an order it
+    /// keeps encoded rather than decode it ([`Orders::change_by`]): on a promotion day an
+    /// order's later events (shipping hours to days after payment, delivery after that, a
+    /// return after delivery) come when it has long been encoded.
+    fn change_order_by(&mut self, order_id: &OrderId, event: &Event) -> u64 {
+        let Some(version) = self.orders.change_by(order_id, event) else {
+            panic!("event names unknown order {order_id}")
+        };
+        version
     }
 
     /// Ends an active hold: its units return to sale. Returns the SKUs it held; the caller
@@ -1001,7 +1004,9 @@ impl State {
             | Event::StockCounted { .. }
             | Event::StockReserved { .. }
             | Event::ReservationReleased { .. }
-            | Event::ReservationExpired { .. } => self.apply(event),
+            | Event::ReservationExpired { .. } => {
+                self.apply(event);
+            }
         }
     }
 
@@ -1064,7 +1069,11 @@ impl State {
             }
             Subject::Order(id) => order_id = Some(id),
         }
-        if let Some(order) = order_id.and_then(|id| self.orders.get(id)) {
+        let order = order_id.map(|id| match self.orders.get(id) {
+            Ok(order) => order,
+            Err(error) => panic!("an order just changed is in memory: {error}"),
+        });
+        if let Some(order) = order.flatten() {
             check_order(&order);
             self.check_stock_of(order.lines.iter().map(|l| &l.sku));
         }
@@ -1082,7 +1091,8 @@ impl State {
         }
         // One pass: orders kept encoded are decoded once each.
         let (mut held, mut awaiting) = (Vec::new(), 0);
-        for order in self.orders.values() {
+        for order in self.orders.iter() {
+            let order = order.unwrap_or_else(|error| panic!("checking every order: {error}"));
             check_order(&order);
             let unpaid = order.payment.is_none() && order.closure.is_none();
             let due = (order.payment_due_by, Deadline::Payment(order.id.clone()));
@@ -1093,177 +1103,6 @@ impl State {
         self.check_reserved(held.iter().map(|(sku, quantity)| (sku, *quantity)));
         let active = self.reservations.values().filter(|r| r.status == ReservationStatus::Active).count();
         assert_eq!(self.deadlines.len(), active + awaiting, "stale deadlines");
-    }
-}
-
-/// The most bytes an encoded order holds with the changes appended to it: one that has
-/// reached it is decoded at its next change, and encoded again with all of them applied. An
-/// order of three lines encodes in about 230 bytes; a parcel appends about 50 to 90, a
-/// delivery about 15, so a promotion day's order rarely reaches it.
-pub const FROZEN_ORDER_BYTES_MAX: usize = 1024;
-
-/// The changes [`append_change`] appends to an encoded order, one per event kind that
-/// [`change_by`] applies: its tag, and the event's fields it carries (all but the order's
-/// id) in the order they are written. `pack_change` and `unpack_change` are both made from
-/// this one list, so the two cannot disagree.
-macro_rules! order_changes {
-    ($($tag:ident = $value:literal => $variant:ident { $($field:ident),+ $(,)? }),+ $(,)?) => {
-        $(const $tag: u8 = $value;)+
-
-        /// Writes `event`'s change: its tag, then its fields.
-        fn pack_change(event: &Event, out: &mut Vec<u8>) {
-            match event {
-                $(Event::$variant { $($field,)+ .. } => {
-                    out.push($tag);
-                    $(Pack::pack($field, out);)+
-                })+
-                other => unreachable!("{} changes more than its order", other.kind()),
-            }
-        }
-
-        /// The event a change appended by [`append_change`] to the order `order_id` came
-        /// from.
-        fn unpack_change(order_id: &OrderId, input: &mut Reader<'_>) -> Result<Event, PackError> {
-            let order_id = order_id.clone();
-            Ok(match input.byte()? {
-                $($tag => Event::$variant { order_id, $($field: Pack::unpack(input)?),+ },)+
-                tag => return Err(PackError::Tag("order change", tag)),
-            })
-        }
-    };
-}
-
-order_changes! {
-    CHANGE_SHIPPED = 0 => ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at },
-    CHANGE_DELIVERED = 1 => ShipmentDelivered { shipment_id, delivered_at },
-    CHANGE_RETURN_REQUESTED = 2 => ReturnRequested { return_id, lines, reason, requested_at },
-    CHANGE_RETURN_RECEIVED = 3 => ReturnReceived { return_id, lines, received_at },
-    CHANGE_REFUNDED = 4 => RefundIssued { refund_id, amount, return_id, allocation, refunded_at },
-}
-
-/// What an event that changes only its order does to it, the stream version aside: the one
-/// definition, whether the order is hot or the event was appended to its encoding and is
-/// applied when it is read. Panics for any other event, and where the order does not fit
-/// the event (a broken invariant, as in [`State::apply`]).
-fn change_by(order: &mut Order, event: &Event) {
-    match event {
-        Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at, .. } => {
-            assert!(order.payment.is_some() && order.closure.is_none());
-            for line in lines {
-                let order_line = order.line_mut(&line.sku);
-                order_line.shipped = add(order_line.shipped, line.quantity);
-                order_line.shipped_cost += line.cost;
-            }
-            push_exact(
-                &mut order.shipments,
-                Shipment {
-                    id: shipment_id.clone(),
-                    carrier: carrier.as_str().into(),
-                    tracking_number: tracking_number.as_str().into(),
-                    lines: lines.clone(),
-                    shipped_at: *shipped_at,
-                    delivered_at: None,
-                },
-            );
-        }
-        Event::ShipmentDelivered { shipment_id, delivered_at, .. } => {
-            let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
-                panic!("delivery of unknown shipment {shipment_id}");
-            };
-            assert!(shipment.delivered_at.is_none());
-            shipment.delivered_at = Some(*delivered_at);
-        }
-        Event::ReturnRequested { return_id, lines, reason, requested_at, .. } => {
-            for line in lines {
-                let order_line = order.line_mut(&line.sku);
-                order_line.return_requested = add(order_line.return_requested, line.quantity);
-            }
-            push_exact(
-                &mut order.returns,
-                Return {
-                    id: return_id.clone(),
-                    lines: lines.clone(),
-                    reason: reason.clone(),
-                    requested_at: *requested_at,
-                    received_at: None,
-                    inspected: Vec::new(),
-                },
-            );
-        }
-        Event::ReturnReceived { return_id, lines, received_at, .. } => {
-            for line in lines {
-                let order_line = order.line_mut(&line.sku);
-                order_line.returned = add(order_line.returned, line.quantity);
-                order_line.returned_cost += line.cost;
-            }
-            let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
-                panic!("receipt of unknown return {return_id}");
-            };
-            assert!(request.received_at.is_none());
-            request.received_at = Some(*received_at);
-            request.inspected = lines.clone();
-        }
-        Event::RefundIssued { refund_id, amount, return_id, allocation, refunded_at, .. } => {
-            order.refunded += *amount;
-            for share in allocation {
-                match &share.target {
-                    RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
-                    RefundTarget::Shipping => order.shipping_refunded += share.amount,
-                }
-            }
-            push_exact(
-                &mut order.refunds,
-                Refund {
-                    id: refund_id.clone(),
-                    amount: *amount,
-                    return_id: return_id.clone(),
-                    allocation: allocation.clone(),
-                    refunded_at: *refunded_at,
-                },
-            );
-        }
-        other => unreachable!("{} changes more than its order", other.kind()),
-    }
-}
-
-/// Appends `event` to `bytes`, an encoded order (its stream version first, see `pack.rs`)
-/// with the changes appended to it so far, and counts the version over the old one in
-/// place; returns the new version. The change is written to `scratch` first, so that
-/// `bytes` grow once by exactly its length. `None`, with `bytes` as they were, when the
-/// order should rather be decoded: it has reached [`FROZEN_ORDER_BYTES_MAX`], its new
-/// version takes a byte more than the old one (at 128, 16,384, ...), or its bytes do not
-/// start with a version (then the decoding reports them).
-fn append_change(bytes: &mut Vec<u8>, event: &Event, scratch: &mut Vec<u8>) -> Option<u64> {
-    if bytes.len() >= FROZEN_ORDER_BYTES_MAX {
-        return None;
-    }
-    let mut input = Reader::new(bytes);
-    let version = input.varint().ok()?.checked_add(1)?;
-    let version_bytes = bytes.len() - input.rest().len();
-    scratch.clear();
-    put_varint(scratch, version);
-    if scratch.len() != version_bytes {
-        return None;
-    }
-    pack_change(event, scratch);
-    bytes.reserve_exact(scratch.len() - version_bytes);
-    bytes[..version_bytes].copy_from_slice(&scratch[..version_bytes]);
-    bytes.extend_from_slice(&scratch[version_bytes..]);
-    Some(version)
-}
-
-/// A frozen order is its encoding, its stream version already counting the changes
-/// appended after it, which are applied in order as it is read.
-impl Entry for Order {
-    fn thaw(bytes: &[u8]) -> Result<Self, PackError> {
-        let mut input = Reader::new(bytes);
-        let mut order = Order::unpack(&mut input)?;
-        // Each change takes at least its tag byte, so this ends with the bytes.
-        while !input.rest().is_empty() {
-            let event = unpack_change(&order.id, &mut input)?;
-            change_by(&mut order, &event);
-        }
-        Ok(order)
     }
 }
 
@@ -1360,156 +1199,4 @@ fn check_order(order: &Order) {
 fn push_exact<T>(items: &mut Vec<T>, item: T) {
     items.reserve_exact(1);
     items.push(item);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rehearsal::sim::{self, DayConfig};
-
-    /// An order's later events change it where it is kept: after a whole day (payments,
-    /// shipments, deliveries, returns), the orders kept as values are the ones placed last,
-    /// not the ones changed last, and the day folds to the same state as with every order
-    /// kept as a value. Each event tells the version it brought its order to, encoded or not.
-    #[test]
-    fn later_events_leave_an_encoded_order_encoded() {
-        let hot_max = 50;
-        let envelopes = sim::day_envelopes(&DayConfig::new(600, 7, crate::rehearsal::demo::DAY_START), "test");
-        let mut state = State::new();
-        state.set_orders_hot_max(hot_max);
-        let mut all_hot = State::new();
-        all_hot.set_orders_hot_max(usize::MAX);
-        for envelope in &envelopes {
-            let version = state.apply_versioned(&envelope.event);
-            match envelope.event.subject() {
-                Subject::Order(id) => {
-                    assert_eq!(version, Some(envelope.stream_version), "the version the log recorded");
-                    assert_eq!(
-                        version,
-                        state.order(id).map(|order| order.stream_version),
-                        "the version the order holds"
-                    );
-                }
-                Subject::Sku(_) | Subject::Reservation(_) => assert_eq!(version, None),
-            }
-        }
-        // Reading ahead changes nothing: the same state as one event at a time.
-        all_hot.apply_all(envelopes.iter().map(|envelope| &envelope.event));
-        assert!(state == all_hot, "the same orders whichever tier holds them");
-        let placed: Vec<&OrderId> = envelopes
-            .iter()
-            .filter_map(|envelope| match &envelope.event {
-                Event::OrderPlaced { order_id, .. } => Some(order_id),
-                _ => None,
-            })
-            .collect();
-        let changed_after_placing =
-            envelopes.iter().filter(|e| matches!(e.event, Event::ShipmentDelivered { .. })).count();
-        assert!(placed.len() > 4 * hot_max && changed_after_placing > hot_max, "a day that turns the hot tier over");
-        let (older, newest) = placed.split_at(placed.len() - hot_max);
-        assert!(
-            newest.iter().all(|id| matches!(state.order(id), Some(Cow::Borrowed(_)))),
-            "the newest placed are values"
-        );
-        assert!(older.iter().all(|id| matches!(state.order(id), Some(Cow::Owned(_)))), "the rest stay encoded");
-    }
-
-    /// Changes appended to an encoded order are bounded: one that reached
-    /// `FROZEN_ORDER_BYTES_MAX` is decoded at its next change and encoded with them all
-    /// applied. Every change still counts in the version and folds to what the order kept
-    /// as a value comes to.
-    #[test]
-    fn an_encoded_order_with_many_changes_is_encoded_again() {
-        let envelopes = sim::day_envelopes(&DayConfig::new(60, 7, crate::rehearsal::demo::DAY_START), "test");
-        let mut state = State::new();
-        state.set_orders_hot_max(1);
-        let mut all_hot = State::new();
-        all_hot.set_orders_hot_max(usize::MAX);
-        state.apply_all(envelopes.iter().map(|envelope| &envelope.event));
-        all_hot.apply_all(envelopes.iter().map(|envelope| &envelope.event));
-        let cent = Decimal::new(1, 2);
-        let refunds = 60u32;
-        let Some((order_id, sku)) = all_hot.orders().find_map(|order| {
-            let line = order.lines.iter().find(|l| l.net_amount - l.refunded >= cent * Decimal::from(refunds))?;
-            let open = order.payment.is_some() && order.closure.is_none();
-            let frozen = matches!(state.order(&order.id), Some(Cow::Owned(_)));
-            (open && frozen).then(|| (order.id.clone(), line.sku.clone()))
-        }) else {
-            panic!("the day has a paid, encoded order with a line to refund");
-        };
-        let (mut appended, mut reencoded) = (0, 0);
-        let mut scratch = Vec::new();
-        for n in 0..refunds {
-            let event = Event::RefundIssued {
-                order_id: order_id.clone(),
-                refund_id: RefundId::from(format!("R-{n}").as_str()),
-                amount: cent,
-                return_id: None,
-                allocation: vec![RefundShare { target: RefundTarget::Line(sku.clone()), amount: cent }],
-                refunded_at: Timestamp(crate::rehearsal::demo::DAY_START.0 + 1_000 * u64::from(n)),
-            };
-            let before = state.orders.frozen_bytes(&order_id).map(<[u8]>::len);
-            assert_eq!(state.apply_versioned(&event), all_hot.apply_versioned(&event), "refund {n}: the version");
-            let (Some(before), Some(after)) = (before, state.orders.frozen_bytes(&order_id)) else {
-                panic!("refund {n}: the order stays encoded");
-            };
-            if before < FROZEN_ORDER_BYTES_MAX {
-                assert!(after.len() > before && after.len() < FROZEN_ORDER_BYTES_MAX + 64, "refund {n}: appended");
-                appended += 1;
-            } else {
-                let Some(order) = state.order(&order_id) else { panic!("the order is there") };
-                let encoded = crate::memory::pack::pack(&*order, &mut scratch);
-                assert_eq!(after, &encoded[..], "refund {n}: encoded again with its changes applied");
-                reencoded += 1;
-            }
-        }
-        assert!(appended > 0 && reencoded > 0, "{appended} appended, then {reencoded} encoded again");
-        assert!(state.order(&order_id) == all_hot.order(&order_id), "the same order, its changes applied");
-        assert!(state == all_hot);
-    }
-
-    /// A change is appended in place, the version counted over the old one, unless the new
-    /// version takes a byte more: then the order's bytes are left as they were, for the
-    /// caller to decode, change and encode it.
-    #[test]
-    fn a_change_is_appended_in_place_unless_the_version_grows_a_byte() {
-        let envelopes = sim::day_envelopes(&DayConfig::new(20, 7, crate::rehearsal::demo::DAY_START), "test");
-        let mut state = State::new();
-        state.set_orders_hot_max(usize::MAX);
-        state.apply_all(envelopes.iter().map(|envelope| &envelope.event));
-        let open = state.orders().find(|order| order.payment.is_some() && order.closure.is_none());
-        let Some(order) = open.map(Cow::into_owned) else {
-            panic!("the day has a paid, open order");
-        };
-        let cent = Decimal::new(1, 2);
-        let event = Event::RefundIssued {
-            order_id: order.id.clone(),
-            refund_id: RefundId::from("R-in-place"),
-            amount: cent,
-            return_id: None,
-            allocation: vec![RefundShare { target: RefundTarget::Line(order.lines[0].sku.clone()), amount: cent }],
-            refunded_at: Timestamp(crate::rehearsal::demo::DAY_START.0 + 1_000),
-        };
-        let mut scratch = Vec::new();
-        for (version, grows) in [(126u64, false), (127, true), (16_382, false), (16_383, true)] {
-            let mut before = order.clone();
-            before.stream_version = version;
-            let mut bytes = crate::memory::pack::pack(&before, &mut scratch).into_vec();
-            let original = bytes.clone();
-            let appended = append_change(&mut bytes, &event, &mut scratch);
-            if grows {
-                assert_eq!(appended, None, "version {version}: declined");
-                assert_eq!(bytes, original, "version {version}: left as they were");
-                continue;
-            }
-            assert_eq!(appended, Some(version + 1), "version {version}: counted");
-            let version_bytes = if version < 128 { 1 } else { 2 };
-            assert_eq!(&bytes[version_bytes..original.len()], &original[version_bytes..], "version {version}: kept");
-            assert_eq!(bytes.capacity(), bytes.len(), "version {version}: grown by exactly the change");
-            let mut after = before.clone();
-            change_by(&mut after, &event);
-            after.stream_version = version + 1;
-            assert_eq!(<Order as Entry>::thaw(&bytes), Ok(after), "version {version}: thaws with the change");
-        }
-    }
 }

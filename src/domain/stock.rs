@@ -21,12 +21,13 @@ use crate::domain::event::Event;
 use crate::domain::ids::{Sku, check_text};
 use crate::domain::limits::{COUNTED_QUANTITY_MAX, LABEL_LENGTH_MAX, ON_HAND_MAX, RECEIPT_QUANTITY_MAX};
 use crate::domain::money::{self, Sign, UNIT_AMOUNT_MAX};
+use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
 use crate::domain::state::State;
 
 /// Decides `Command::ReceiveStock`.
-pub(crate) fn decide_receive(
-    state: &State,
+pub(crate) fn decide_receive<O: Orders>(
+    state: &State<O>,
     sku: &Sku,
     quantity: u64,
     unit_cost: Decimal,
@@ -52,8 +53,8 @@ pub(crate) fn decide_receive(
 }
 
 /// Decides `Command::Stocktake`.
-pub(crate) fn decide_stocktake(
-    state: &State,
+pub(crate) fn decide_stocktake<O: Orders>(
+    state: &State<O>,
     sku: &Sku,
     counted: u64,
     reason: AdjustmentReason,

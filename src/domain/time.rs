@@ -15,11 +15,12 @@
 use crate::domain::event::Event;
 use crate::domain::ids::Timestamp;
 use crate::domain::limits::EXPIRIES_PER_TICK_MAX;
+use crate::domain::orders::Orders;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::{Deadline, State};
 
 /// Decides `Command::ExpireDue`.
-pub(crate) fn decide_expire_due(state: &State, now: Timestamp) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn decide_expire_due<O: Orders>(state: &State<O>, now: Timestamp) -> Result<Vec<Event>, Rejection> {
     Ok(state
         .due(now, EXPIRIES_PER_TICK_MAX)
         .map(|(_, deadline)| match deadline {

@@ -49,11 +49,12 @@ use crate::domain::event::{Event, Subject};
 use crate::domain::idmap::IdMap;
 use crate::domain::ids::{CommandId, OrderId, ShopId, Timestamp};
 use crate::domain::rejection::{Rejection, Shortage};
-use crate::domain::state::{Policy, State};
+use crate::domain::state::Policy;
 use crate::engine::metrics::Histogram;
 use crate::engine::remembered::{GENERATIONS, Remembered};
 use crate::log::record::{Envelope, Fingerprint, Hash, fingerprint, stream_of};
 use crate::log::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
+use crate::memory::State;
 use crate::memory::spill::Spill;
 use crate::views::Views;
 
@@ -837,7 +838,7 @@ impl Core {
                     core.state.prefetch(page[index..].iter().map(|envelope| &envelope.event));
                 }
                 assert_eq!(envelope.position, core.last_position + 1, "recovery reads the log in order");
-                let order_version = core.state.apply_versioned(&envelope.event);
+                let order_version = core.state.apply(&envelope.event);
                 let version = match envelope.event.subject() {
                     Subject::Order(_) => order_version,
                     Subject::Sku(_) | Subject::Reservation(_) => {
@@ -1596,7 +1597,9 @@ fn stream_versions(core: &mut Core, events: &[Event]) -> Vec<(CompactString, u64
     let mut later: IdMap<&OrderId, u64> = IdMap::default();
     for (index, event) in events.iter().enumerate().rev() {
         if let Subject::Order(order_id) = event.subject() {
-            let Some(order) = core.state.order(order_id) else { panic!("an applied event's order {order_id} exists") };
+            let Ok(Some(order)) = core.state.order(order_id) else {
+                panic!("an applied event's order {order_id} exists")
+            };
             let after = match events.len() {
                 1 => 0,
                 _ => {

@@ -598,11 +598,11 @@ mod tests {
     /// Every order of a generated day of 3,000: paid, shipped, delivered, returned,
     /// refunded, cancelled and expired ones.
     fn day_orders() -> Vec<Order> {
-        let mut state = crate::domain::state::State::new();
+        let mut state = crate::memory::State::new();
         for envelope in sim::day_envelopes(&DayConfig::new(3_000, 7, crate::rehearsal::demo::DAY_START), "test") {
             state.apply(&envelope.event);
         }
-        let orders: Vec<Order> = state.orders().map(|order| order.into_owned()).collect();
+        let orders: Vec<Order> = state.orders().map(|order| order.expect("in memory").into_owned()).collect();
         assert!(orders.len() > 2_500, "{} orders", orders.len());
         orders
     }

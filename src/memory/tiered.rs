@@ -279,17 +279,24 @@ where
     }
 
     /// Every entry as [`TieredMap::iter`] gives them, then the spilled ones read back one at a
-    /// time; a failed read is an item of its own, and iteration goes on after it.
-    pub fn try_iter(&self) -> impl Iterator<Item = io::Result<(&K, Cow<'_, V>)>> {
-        let spilled = self.spilled.iter().map(|(key, spot)| Ok((key, Cow::Owned(self.read_spilled(*spot)?))));
+    /// time; a failed read is an item of its own, with its key, and iteration goes on after it.
+    #[allow(clippy::type_complexity)]
+    pub fn try_iter(&self) -> impl Iterator<Item = Result<(&K, Cow<'_, V>), (&K, io::Error)>> {
+        let spilled = self.spilled.iter().map(|(key, spot)| match self.read_spilled(*spot) {
+            Ok(value) => Ok((key, Cow::Owned(value))),
+            Err(error) => Err((key, error)),
+        });
         self.in_memory().map(Ok).chain(spilled)
     }
 
     /// The entry of `key`, as [`TieredMap::get`] gives it, or read back from the spill.
     pub fn fetch(&self, key: &K) -> io::Result<Option<Cow<'_, V>>> {
+        if let Some(slot) = self.entries.get(key) {
+            return Ok(Some(slot.value()));
+        }
         match self.spilled.get(key) {
             Some(spot) => Ok(Some(Cow::Owned(self.read_spilled(*spot)?))),
-            None => Ok(self.get(key)),
+            None => Ok(None),
         }
     }
 
@@ -536,7 +543,7 @@ where
         for entry in self.try_iter() {
             match entry {
                 Ok((key, value)) => map.entry(key, &value),
-                Err(error) => map.entry(&"unreadable", &error),
+                Err((key, error)) => map.entry(key, &format_args!("unreadable: {error}")),
             };
         }
         map.finish()

@@ -9,7 +9,7 @@ use crate::domain::command::{AdjustmentReason, Command, Condition, Inspection, L
 use crate::domain::event::Event;
 use crate::domain::ids::Timestamp;
 use crate::domain::rejection::Rejection;
-use crate::domain::state::State;
+use crate::memory::State;
 
 /// 2026-11-11T09:00:00Z, when the day starts.
 pub const DAY_START: Timestamp = Timestamp(1_794_387_600_000);

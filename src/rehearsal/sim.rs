@@ -221,16 +221,16 @@ fn refund_marker(order_id: &str, refund_id: &str, return_id: Option<&str>) -> Co
 /// The order, read back from the spill if the state keeps it there; one that cannot be read
 /// is priced as an unknown order is, and the engine then decides on the real one.
 fn order_of<'s>(
-    state: &'s crate::domain::state::State,
+    state: &'s crate::memory::State,
     order_id: &crate::domain::ids::OrderId,
 ) -> Option<std::borrow::Cow<'s, crate::domain::state::Order>> {
-    state.fetch_order(order_id).ok().flatten()
+    state.order(order_id).ok().flatten()
 }
 
 /// Fills in the amount of a generated payment (the order's total) or refund (the price of
 /// the returned unit, or a tenth of what is refundable) from `state`; other commands are
 /// returned unchanged.
-pub fn price(state: &crate::domain::state::State, command: Command) -> Command {
+pub fn price(state: &crate::memory::State, command: Command) -> Command {
     match command {
         Command::Pay { order_id, payment_id, amount } if amount.is_zero() => {
             let amount = order_of(state, &order_id).map_or(Decimal::ONE, |o| o.total);
@@ -255,7 +255,7 @@ pub fn price(state: &crate::domain::state::State, command: Command) -> Command {
 /// envelopes the way the engine wraps them: positions from 1, stream versions, one command
 /// id per command, sent by `actor`. For tests and benches that need a realistic log.
 pub fn day_envelopes(config: &DayConfig, actor: &str) -> Vec<Envelope> {
-    let mut state = crate::domain::state::State::new();
+    let mut state = crate::memory::State::new();
     let mut versions: std::collections::HashMap<compact_str::CompactString, u64> = std::collections::HashMap::new();
     let mut envelopes = Vec::new();
     for (index, (at, command)) in generate_day(config).into_iter().enumerate() {

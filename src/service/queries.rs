@@ -80,7 +80,7 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
         .engine
         .read(&shop, move |state| {
             // Not `State::order`: an order not changed for a while may be in the spill.
-            let order = state.fetch_order(&id).map_err(|error| error.to_string())?;
+            let order = state.order(&id).map_err(|error| error.to_string())?;
             Ok::<_, String>(order.map(|order| {
                 let mut value = serde_json::to_value(&*order).unwrap_or(Value::Null);
                 if let Value::Object(fields) = &mut value {

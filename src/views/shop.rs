@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::domain::event::Event;
 use crate::domain::idmap::IdMap;
 use crate::domain::ids::{Sku, Timestamp};
-use crate::domain::state::{Holds, Product, State};
+use crate::domain::state::{Holds, Product};
 use crate::log::record::Envelope;
+use crate::memory::State;
 
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -119,7 +120,7 @@ impl ShopView {
         }
         let (mut held, mut paid, mut refunded) = (0, Decimal::ZERO, Decimal::ZERO);
         // Read back one by one: a writer's state may keep orders in its spill.
-        for order in state.try_orders() {
+        for order in state.orders() {
             let order = order.map_err(|error| format!("an order could not be read back: {error}"))?;
             paid += order.paid();
             refunded += order.refunded;

@@ -231,10 +231,10 @@ async fn opening_removes_spill_files_left_by_ended_processes() {
 }
 
 /// With one order in memory the others live in the spill: commands on them are decided
-/// after the writer loads them back, readers outside the core read them through
-/// `fetch_order`, and a reader that reaches one through `State::order` fails alone.
+/// after the writer loads them back, and readers reach them through `State::order`, which
+/// reads a spilled order back rather than panic.
 #[tokio::test]
-async fn spilled_orders_are_decided_and_read_and_a_panicking_reader_stops_nothing() {
+async fn spilled_orders_are_decided_and_read_back() {
     let store = Arc::new(MemoryStore::new());
     let config = EngineConfig { orders_hot_max: 1, spill_dir: Some(std::env::temp_dir()), ..EngineConfig::default() };
     let engine = Engine::open(store.clone(), Arc::new(ManualClock::new(demo::DAY_START)), config).await.expect("opens");
@@ -248,16 +248,14 @@ async fn spilled_orders_are_decided_and_read_and_a_panicking_reader_stops_nothin
     }
     let spilled = engine.read(&shop, |state: &State| state.orders_spilled()).await.expect("served");
     assert_eq!(spilled, 2, "every order but the last changed is out of memory");
-    let failed = engine.read(&shop, |state: &State| state.order(&"O-1".into()).is_some()).await;
-    assert!(matches!(failed, Err(CommandError::Unavailable { .. })), "{failed:?}");
-    let total = engine.read(&shop, |state: &State| state.fetch_order(&"O-1".into()).map(|o| o.map(|o| o.total)));
+    let total = engine.read(&shop, |state: &State| state.order(&"O-1".into()).map(|o| o.map(|o| o.total)));
     assert_eq!(total.await.expect("served").expect("read back"), Some(dec!(20.00)));
     // Deciding on a spilled order: the writer loads it first.
     engine.execute(&shop, Request::new("buyer", pay("O-1", dec!(20.00)))).await.expect("accepted");
     let again = engine.execute(&shop, Request::new("buyer", place("O-2", &[("TEA", 1)]))).await;
     assert!(matches!(again, Err(CommandError::Rejected(Rejection::OrderExists { .. }))), "{again:?}");
     let statuses = engine.read(&shop, |state: &State| {
-        state.try_orders().map(|o| o.map(|o| (o.id.to_string(), o.status()))).collect::<Result<Vec<_>, _>>()
+        state.orders().map(|o| o.map(|o| (o.id.to_string(), o.status()))).collect::<Result<Vec<_>, _>>()
     });
     let mut statuses = statuses.await.expect("served").expect("read back");
     statuses.sort_by(|a, b| a.0.cmp(&b.0));
@@ -298,7 +296,9 @@ async fn deadlines_pass_by_the_engine_clock() {
     clock.advance_ms(21 * MINUTE_MS);
     engine.execute(&shop, Request::new("tester", place("O-2", &[("S1", 10)]))).await.expect("accepted");
     let statuses = engine
-        .read(&shop, |state: &State| ["O-1", "O-2"].map(|id| state.order(&id.into()).map(|o| o.status())))
+        .read(&shop, |state: &State| {
+            ["O-1", "O-2"].map(|id| state.order(&id.into()).expect("in memory").map(|o| o.status()))
+        })
         .await
         .expect("readable");
     assert_eq!(statuses, [Some(OrderStatus::Expired), Some(OrderStatus::AwaitingPayment)]);

@@ -1,5 +1,6 @@
 //! The one integration-test binary: every test of emporium's public behaviour.
 
+mod architecture;
 mod crash;
 mod engine;
 mod http;

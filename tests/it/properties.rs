@@ -78,7 +78,7 @@ fn money(cents: i64) -> Decimal {
 /// without orders. Choosing among orders that exist takes sequences deep into the life
 /// of an order (paid, shipped, returned, refunded) instead of naming unknown orders.
 fn order_of(state: &State, index: usize) -> Option<Order> {
-    let mut orders: Vec<Cow<Order>> = state.orders().collect();
+    let mut orders: Vec<Cow<Order>> = state.orders().map(|order| order.expect("in memory")).collect();
     orders.sort_by(|a, b| b.placed_at.cmp(&a.placed_at).then(a.id.cmp(&b.id)));
     if orders.is_empty() { None } else { Some(orders.swap_remove(index % orders.len()).into_owned()) }
 }

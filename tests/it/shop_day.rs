@@ -64,7 +64,7 @@ fn state_at_the_end_of_the_day() {
     let cup = &state.product(&Sku::from("CUP-002")).expect("listed").stock;
     assert_eq!((cup.written_off, cup.value_written_off), (1, dec!(12.35)));
 
-    let order = |id: &str| state.order(&OrderId::from(id)).expect("order exists");
+    let order = |id: &str| state.order(&OrderId::from(id)).expect("in memory").expect("order exists");
     let a = order("A-1001");
     assert_eq!(a.status(), OrderStatus::Delivered);
     assert_eq!((a.total, a.paid(), a.refunded), (dec!(438.00), dec!(438.00), dec!(173.50)));

@@ -216,7 +216,7 @@ async fn the_histories_view_agrees_with_the_stream_index() {
     let shop = ShopId::main();
     let last = events.len() as u64;
     let orders: Vec<OrderId> = engine
-        .read(&shop, |state| state.try_orders().map(|o| o.expect("read back").id.clone()).collect())
+        .read(&shop, |state| state.orders().map(|o| o.expect("read back").id.clone()).collect())
         .await
         .expect("served");
     assert!(orders.len() > 1_000, "{} orders", orders.len());
@@ -380,8 +380,8 @@ fn refunds_and_cash_reconcile_in_a_generated_day() {
         }
     }
     state.check_invariants();
-    let orders_paid: Decimal = state.orders().map(|o| o.paid()).sum();
-    let orders_refunded: Decimal = state.orders().map(|o| o.refunded).sum();
+    let orders_paid: Decimal = state.orders().map(|o| o.expect("in memory").paid()).sum();
+    let orders_refunded: Decimal = state.orders().map(|o| o.expect("in memory").refunded).sum();
     assert_eq!((orders_paid, orders_refunded), (paid, refunded));
     assert!(refunded > Decimal::ZERO && paid > refunded);
 }
@@ -444,7 +444,9 @@ async fn the_policy_in_force_is_the_engines_also_after_a_snapshot() {
     let order = crate::support::place("O-NEW", &[("TEA-001", 1)]);
     engine.execute(&shop, Request::new("tester", order)).await.expect("accepted");
     let due = engine
-        .read(&shop, |state: &State| state.order(&"O-NEW".into()).map(|o| (o.placed_at, o.payment_due_by)))
+        .read(&shop, |state: &State| {
+            state.order(&"O-NEW".into()).expect("in memory").map(|o| (o.placed_at, o.payment_due_by))
+        })
         .await
         .expect("served")
         .expect("placed");

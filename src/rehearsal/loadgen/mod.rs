@@ -28,8 +28,8 @@ use serde::Serialize;
 
 use crate::domain::command::{Command, Condition, Inspection, Line};
 use crate::domain::ids::{CommandId, ShopId, Sku, Timestamp};
-use crate::domain::state::State;
 use crate::engine::{Clock, Engine};
+use crate::memory::State;
 use crate::rehearsal::sim::Rng;
 use crate::views::{SLOW_MOVER_DAYS_DEFAULT, Views};
 
@@ -843,7 +843,7 @@ fn check_state(
         }
         // Read back from the spill where the writer keeps an order there; unreadable is a mismatch.
         let held: Option<Vec<(String, u64)>> = state
-            .fetch_order(&order.order_id.as_str().into())
+            .order(&order.order_id.as_str().into())
             .ok()
             .flatten()
             .map(|o| o.lines.iter().map(|l| (l.sku.as_str().to_owned(), l.quantity)).collect());
@@ -871,7 +871,7 @@ fn check_state(
         failures.push(format!("{oversold_skus} SKUs sold more than they received"));
     }
     let (mut expired, mut unreadable) = (0, 0);
-    for order in state.try_orders() {
+    for order in state.orders() {
         match order {
             Ok(order) => expired += u64::from(order.status() == crate::domain::state::OrderStatus::Expired),
             Err(_) => unreadable += 1,
