@@ -4,425 +4,91 @@
 //! checked against the state. Either every check passes and the command becomes events,
 //! or the first failing check becomes a typed [`Rejection`] and nothing is produced.
 //! `decide` is pure: it reads the state and the time it is given, nothing else.
+//!
+//! The rules live with the area of the shop they govern, each area's module opening with
+//! an overview of them: [`catalog`] (listing, price changes, delisting, relisting),
+//! [`stock`] (receipts, stocktakes), [`holds`] (checkout holds), [`sales`] (placing,
+//! paying, cancelling orders), [`fulfilment`] (shipping, delivery), [`after_sales`] (returns,
+//! refunds) and [`time`] (expiring holds and unpaid orders). [`decide`] checks what is common
+//! to the areas and hands each command to its area. This module keeps what several areas
+//! share: field checks, merging lines, availability, reading products, holds and orders
+//! (every read of an order by id goes through one function, `known_order`), and spreading
+//! a refund.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::domain::command::{Command, Condition, Inspection, Line};
-use crate::domain::event::{CostedLine, Event, InspectedLine, PricedLine, RefundShare, RefundTarget};
-use crate::domain::ids::{OrderId, RefundId, ReservationId, ReturnId, Sku, Timestamp, check_identifier, check_text};
+use crate::domain::after_sales;
+use crate::domain::catalog;
+use crate::domain::command::{Command, Line};
+use crate::domain::event::{Event, RefundShare, RefundTarget};
+use crate::domain::fulfilment;
+use crate::domain::holds;
+use crate::domain::ids::{OrderId, ReservationId, ReturnId, Sku, Timestamp};
 use crate::domain::limits::*;
-use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign, UNIT_AMOUNT_MAX};
+use crate::domain::money;
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection, Shortage};
-use crate::domain::state::{
-    Deadline, Order, OrderLine, OrderStatus, Product, Reservation, ReservationStatus, Return, State,
-};
+use crate::domain::sales;
+use crate::domain::state::{Order, OrderLine, Product, Reservation, ReservationStatus, Return, State};
+use crate::domain::stock;
+use crate::domain::time;
 
-/// The refund id recorded when cancelling a paid order refunds it in full.
-pub const CANCELLATION_REFUND_ID: &str = "cancellation";
+pub use crate::domain::sales::CANCELLATION_REFUND_ID;
 
 /// Decides `command` at time `now` against `state`.
+///
+/// The order id a command names is checked here, first, for every area; the rest of the
+/// command is decided by the rules of its area.
 pub fn decide<O: Orders>(state: &State<O>, now: Timestamp, command: &Command) -> Result<Vec<Event>, Rejection> {
+    if let Some(order_id) = command.order_id() {
+        order_id.check()?;
+    }
     match command {
         Command::ListProduct { sku, title, category, price, weight_g, low_stock_threshold } => {
-            sku.check()?;
-            check_text(Field::Title, title, TITLE_LENGTH_MAX)?;
-            check_text(Field::Category, category, LABEL_LENGTH_MAX)?;
-            let price = money::check_amount(Field::Price, *price, Sign::Positive, UNIT_AMOUNT_MAX)?;
-            check_at_most(Field::WeightG, *weight_g, WEIGHT_G_MAX)?;
-            check_at_most(Field::LowStockThreshold, *low_stock_threshold, LOW_STOCK_THRESHOLD_MAX)?;
-            if state.product(sku).is_some() {
-                return Err(Rejection::ProductAlreadyListed { sku: sku.clone() });
-            }
-            Ok(vec![Event::ProductListed {
-                sku: sku.clone(),
-                title: title.clone(),
-                category: category.clone(),
-                price,
-                weight_g: *weight_g,
-                low_stock_threshold: *low_stock_threshold,
-            }])
+            catalog::decide_list(state, sku, title, category, *price, *weight_g, *low_stock_threshold)
         }
-        Command::ChangePrice { sku, price } => {
-            sku.check()?;
-            let price = money::check_amount(Field::Price, *price, Sign::Positive, UNIT_AMOUNT_MAX)?;
-            let product = known_product(state, sku)?;
-            if product.price == price {
-                return Err(Rejection::PriceUnchanged { sku: sku.clone(), price });
-            }
-            Ok(vec![Event::PriceChanged { sku: sku.clone(), old_price: product.price, new_price: price }])
-        }
-        Command::DelistProduct { sku } => {
-            sku.check()?;
-            listed_product(state, sku)?;
-            Ok(vec![Event::ProductDelisted { sku: sku.clone() }])
-        }
-        Command::RelistProduct { sku } => {
-            sku.check()?;
-            if known_product(state, sku)?.listed {
-                return Err(Rejection::ProductNotDelisted { sku: sku.clone() });
-            }
-            Ok(vec![Event::ProductRelisted { sku: sku.clone() }])
-        }
+        Command::ChangePrice { sku, price } => catalog::decide_change_price(state, sku, *price),
+        Command::DelistProduct { sku } => catalog::decide_delist(state, sku),
+        Command::RelistProduct { sku } => catalog::decide_relist(state, sku),
         Command::ReceiveStock { sku, quantity, unit_cost, supplier_ref } => {
-            sku.check()?;
-            check_quantity(Field::Quantity, *quantity, RECEIPT_QUANTITY_MAX)?;
-            let unit_cost = money::check_amount(Field::UnitCost, *unit_cost, Sign::NonNegative, UNIT_AMOUNT_MAX)?;
-            check_text(Field::SupplierRef, supplier_ref, LABEL_LENGTH_MAX)?;
-            let stock = &known_product(state, sku)?.stock;
-            match stock.on_hand.checked_add(*quantity) {
-                Some(on_hand) if on_hand <= ON_HAND_MAX => {}
-                _ => return Err(Rejection::StockLimitExceeded { sku: sku.clone(), max: ON_HAND_MAX }),
-            }
-            let value = money::normalize(unit_cost * Decimal::from(*quantity));
-            Ok(vec![Event::StockReceived {
-                sku: sku.clone(),
-                quantity: *quantity,
-                unit_cost,
-                value,
-                supplier_ref: supplier_ref.clone(),
-            }])
+            stock::decide_receive(state, sku, *quantity, *unit_cost, supplier_ref)
         }
-        Command::Stocktake { sku, counted, reason } => {
-            sku.check()?;
-            check_at_most(Field::Counted, *counted, COUNTED_QUANTITY_MAX.min(ON_HAND_MAX))?;
-            let stock = &known_product(state, sku)?.stock;
-            let value_delta = if *counted < stock.on_hand {
-                -money::share(stock.value, stock.on_hand - counted, stock.on_hand)
-            } else if *counted > stock.on_hand && stock.on_hand > 0 {
-                money::value_at_average(stock.value, counted - stock.on_hand, stock.on_hand)
-            } else {
-                money::normalize(stock.last_unit_cost * Decimal::from(counted - stock.on_hand))
-            };
-            // Both counts are at most ON_HAND_MAX, far inside i64.
-            let delta = i64::try_from(i128::from(*counted) - i128::from(stock.on_hand))
-                .map_err(|_| Rejection::invalid(Field::Counted, "is out of range"))?;
-            Ok(vec![Event::StockCounted {
-                sku: sku.clone(),
-                counted: *counted,
-                previous_on_hand: stock.on_hand,
-                delta,
-                value_delta: money::normalize(value_delta),
-                reason: *reason,
-                shortfall: stock.reserved.saturating_sub(*counted),
-            }])
-        }
+        Command::Stocktake { sku, counted, reason } => stock::decide_stocktake(state, sku, *counted, *reason),
         Command::ReserveStock { reservation_id, lines, ttl_ms } => {
-            reservation_id.check()?;
-            let lines = merge_lines(lines)?;
-            let ttl_ms = ttl_ms.unwrap_or(state.policy().reservation_ttl_ms_default);
-            check_quantity(Field::TtlMs, ttl_ms, RESERVATION_TTL_MS_MAX)?;
-            let expires_at = later(now, ttl_ms, Field::TtlMs)?;
-            if state.reservation(reservation_id).is_some() {
-                return Err(Rejection::ReservationExists { reservation_id: reservation_id.clone() });
-            }
-            check_availability(state, &lines, &BTreeMap::new())?;
-            Ok(vec![Event::StockReserved { reservation_id: reservation_id.clone(), lines, expires_at }])
+            holds::decide_reserve(state, now, reservation_id, lines, *ttl_ms)
         }
-        Command::ReleaseReservation { reservation_id } => {
-            reservation_id.check()?;
-            active_reservation(state, reservation_id)?;
-            Ok(vec![Event::ReservationReleased { reservation_id: reservation_id.clone() }])
-        }
+        Command::ReleaseReservation { reservation_id } => holds::decide_release(state, reservation_id),
         Command::PlaceOrder { order_id, customer_id, lines, region, reservation_id } => {
-            order_id.check()?;
-            customer_id.check()?;
-            let lines = merge_lines(lines)?;
-            check_text(Field::Region, region, LABEL_LENGTH_MAX)?;
-            if let Some(reservation_id) = reservation_id {
-                reservation_id.check()?;
-            }
-            let payment_due_by = later(now, state.policy().payment_ttl_ms, Field::OrderId)?;
-            if state.has_order(order_id) {
-                return Err(Rejection::OrderExists { order_id: order_id.clone() });
-            }
-            let mut held = BTreeMap::new();
-            if let Some(reservation_id) = reservation_id {
-                let reservation = active_reservation(state, reservation_id)?;
-                if now >= reservation.expires_at {
-                    return Err(Rejection::ReservationExpired { reservation_id: reservation_id.clone() });
-                }
-                held.extend(reservation.lines.iter().map(|l| (&l.sku, l.quantity)));
-            }
-            check_availability(state, &lines, &held)?;
-            let mut priced = Vec::with_capacity(lines.len());
-            let mut total = Decimal::ZERO;
-            for line in lines {
-                let unit_price = known_product(state, &line.sku)?.price;
-                let net_amount = unit_price * Decimal::from(line.quantity);
-                total += net_amount;
-                priced.push(PricedLine {
-                    sku: line.sku,
-                    quantity: line.quantity,
-                    unit_price,
-                    discounts: Vec::new(),
-                    net_amount,
-                });
-            }
-            let shipping_fee = money::normalize(Decimal::ZERO);
-            Ok(vec![Event::OrderPlaced {
-                order_id: order_id.clone(),
-                customer_id: customer_id.clone(),
-                region: region.clone(),
-                lines: priced,
-                shipping_fee,
-                total: total + shipping_fee,
-                placed_at: now,
-                payment_due_by,
-                reservation_id: reservation_id.clone(),
-            }])
+            sales::decide_place(state, now, order_id, customer_id, lines, region, reservation_id.as_ref())
         }
-        Command::Pay { order_id, payment_id, amount } => {
-            order_id.check()?;
-            payment_id.check()?;
-            let amount = money::check_amount(Field::Amount, *amount, Sign::Positive, PAYMENT_AMOUNT_MAX)?;
-            let order = known_order(state, order_id)?;
-            let status = order.status();
-            if status != OrderStatus::AwaitingPayment {
-                return Err(Rejection::OrderNotAwaitingPayment { order_id: order_id.clone(), status });
-            }
-            if now >= order.payment_due_by {
-                return Err(Rejection::PaymentDeadlinePassed { order_id: order_id.clone() });
-            }
-            if amount != order.amount_due() {
-                return Err(Rejection::AmountMismatch {
-                    order_id: order_id.clone(),
-                    due: order.amount_due(),
-                    offered: amount,
-                });
-            }
-            Ok(vec![Event::OrderPaid {
-                order_id: order_id.clone(),
-                payment_id: payment_id.clone(),
-                amount,
-                paid_at: now,
-            }])
-        }
-        Command::Cancel { order_id, by, reason } => {
-            order_id.check()?;
-            check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
-            let order = open_order(state, order_id)?;
-            if !order.shipments.is_empty() {
-                return Err(Rejection::AlreadyShipped { order_id: order_id.clone() });
-            }
-            let mut events = vec![Event::OrderCancelled {
-                order_id: order_id.clone(),
-                by: Some(*by),
-                reason: reason.clone(),
-                cancelled_at: now,
-            }];
-            let refundable = order.refundable();
-            if refundable > Decimal::ZERO {
-                events.push(Event::RefundIssued {
-                    order_id: order_id.clone(),
-                    refund_id: RefundId::from(CANCELLATION_REFUND_ID),
-                    amount: refundable,
-                    return_id: None,
-                    allocation: allocate_refund(&order, refundable, None),
-                    refunded_at: now,
-                });
-            }
-            Ok(events)
-        }
+        Command::Pay { order_id, payment_id, amount } => sales::decide_pay(state, now, order_id, payment_id, *amount),
+        Command::Cancel { order_id, by, reason } => sales::decide_cancel(state, now, order_id, *by, reason),
         Command::Ship { order_id, shipment_id, carrier, tracking_number, lines } => {
-            order_id.check()?;
-            shipment_id.check()?;
-            check_text(Field::Carrier, carrier, LABEL_LENGTH_MAX)?;
-            check_identifier(Field::TrackingNumber, tracking_number)?;
-            let lines = merge_lines(lines)?;
-            let order = open_order(state, order_id)?;
-            if order.payment.is_none() {
-                return Err(Rejection::OrderNotPaid { order_id: order_id.clone(), status: order.status() });
-            }
-            if order.shipments.iter().any(|s| &s.id == shipment_id) {
-                return Err(Rejection::ShipmentExists { shipment_id: shipment_id.clone() });
-            }
-            let mut costed = Vec::with_capacity(lines.len());
-            for line in lines {
-                let order_line = order_line_of(&order, &line.sku)?;
-                let remaining = order_line.quantity - order_line.shipped;
-                if line.quantity > remaining {
-                    return Err(Rejection::ShipExceedsOrdered { sku: line.sku, requested: line.quantity, remaining });
-                }
-                let stock = &known_product(state, &line.sku)?.stock;
-                if line.quantity > stock.on_hand {
-                    return Err(Rejection::InsufficientOnHand {
-                        sku: line.sku,
-                        requested: line.quantity,
-                        on_hand: stock.on_hand,
-                    });
-                }
-                let cost = money::share(stock.value, line.quantity, stock.on_hand);
-                costed.push(CostedLine { sku: line.sku, quantity: line.quantity, cost });
-            }
-            Ok(vec![Event::ShipmentDispatched {
-                order_id: order_id.clone(),
-                shipment_id: shipment_id.clone(),
-                carrier: carrier.clone(),
-                tracking_number: tracking_number.clone(),
-                lines: costed,
-                shipped_at: now,
-            }])
+            fulfilment::decide_ship(state, now, order_id, shipment_id, carrier, tracking_number, lines)
         }
         Command::ConfirmDelivery { order_id, shipment_id } => {
-            order_id.check()?;
-            shipment_id.check()?;
-            let order = known_order(state, order_id)?;
-            let Some(shipment) = order.shipments.iter().find(|s| &s.id == shipment_id) else {
-                return Err(Rejection::UnknownShipment { shipment_id: shipment_id.clone() });
-            };
-            if shipment.delivered_at.is_some() {
-                return Err(Rejection::AlreadyDelivered { shipment_id: shipment_id.clone() });
-            }
-            Ok(vec![Event::ShipmentDelivered {
-                order_id: order_id.clone(),
-                shipment_id: shipment_id.clone(),
-                delivered_at: now,
-            }])
+            fulfilment::decide_confirm_delivery(state, now, order_id, shipment_id)
         }
         Command::RequestReturn { order_id, return_id, lines, reason } => {
-            order_id.check()?;
-            return_id.check()?;
-            let lines = merge_lines(lines)?;
-            check_text(Field::Reason, reason, REASON_LENGTH_MAX)?;
-            let order = known_order(state, order_id)?;
-            if order.returns.iter().any(|r| &r.id == return_id) {
-                return Err(Rejection::ReturnExists { return_id: return_id.clone() });
-            }
-            for line in &lines {
-                let order_line = order_line_of(&order, &line.sku)?;
-                let returnable = order_line.shipped - order_line.return_requested;
-                if line.quantity > returnable {
-                    return Err(Rejection::ReturnExceedsShipped {
-                        sku: line.sku.clone(),
-                        requested: line.quantity,
-                        returnable,
-                    });
-                }
-            }
-            Ok(vec![Event::ReturnRequested {
-                order_id: order_id.clone(),
-                return_id: return_id.clone(),
-                lines,
-                reason: reason.clone(),
-                requested_at: now,
-            }])
+            after_sales::decide_request_return(state, now, order_id, return_id, lines, reason)
         }
         Command::ReceiveReturn { order_id, return_id, inspections } => {
-            order_id.check()?;
-            return_id.check()?;
-            let inspections = merge_inspections(inspections)?;
-            let order = known_order(state, order_id)?;
-            let Some(request) = order.returns.iter().find(|r| &r.id == return_id) else {
-                return Err(Rejection::UnknownReturn { return_id: return_id.clone() });
-            };
-            if request.received_at.is_some() {
-                return Err(Rejection::ReturnAlreadyReceived { return_id: return_id.clone() });
-            }
-            let mut inspected_per_sku: BTreeMap<&Sku, u64> = BTreeMap::new();
-            for inspection in &inspections {
-                *inspected_per_sku.entry(&inspection.sku).or_default() += inspection.quantity;
-            }
-            for (sku, inspected) in &inspected_per_sku {
-                if !request.lines.iter().any(|l| &l.sku == *sku) {
-                    return Err(Rejection::InspectionMismatch {
-                        sku: (*sku).clone(),
-                        expected: 0,
-                        inspected: *inspected,
-                    });
-                }
-            }
-            for line in &request.lines {
-                let inspected = inspected_per_sku.get(&line.sku).copied().unwrap_or(0);
-                if inspected != line.quantity {
-                    return Err(Rejection::InspectionMismatch {
-                        sku: line.sku.clone(),
-                        expected: line.quantity,
-                        inspected,
-                    });
-                }
-            }
-            // Each returned unit comes back at the average cost of the line's shipped units
-            // not yet returned, so the line's returns never add up to more than it shipped.
-            let mut returned: BTreeMap<&Sku, (u64, Decimal)> = BTreeMap::new();
-            let mut lines = Vec::with_capacity(inspections.len());
-            for inspection in &inspections {
-                let order_line = order_line_of(&order, &inspection.sku)?;
-                let (units, cost) =
-                    returned.entry(&inspection.sku).or_insert((order_line.returned, order_line.returned_cost));
-                let line_cost =
-                    money::share(order_line.shipped_cost - *cost, inspection.quantity, order_line.shipped - *units);
-                *units += inspection.quantity;
-                *cost += line_cost;
-                lines.push(InspectedLine {
-                    sku: inspection.sku.clone(),
-                    quantity: inspection.quantity,
-                    condition: inspection.condition,
-                    cost: line_cost,
-                });
-            }
-            Ok(vec![Event::ReturnReceived {
-                order_id: order_id.clone(),
-                return_id: return_id.clone(),
-                lines,
-                received_at: now,
-            }])
+            after_sales::decide_receive_return(state, now, order_id, return_id, inspections)
         }
         Command::Refund { order_id, refund_id, amount, return_id } => {
-            order_id.check()?;
-            refund_id.check()?;
-            let amount = money::check_amount(Field::Amount, *amount, Sign::Positive, PAYMENT_AMOUNT_MAX)?;
-            if let Some(return_id) = return_id {
-                return_id.check()?;
-            }
-            let order = known_order(state, order_id)?;
-            if order.refunds.iter().any(|r| &r.id == refund_id) {
-                return Err(Rejection::RefundExists { refund_id: refund_id.clone() });
-            }
-            if order.payment.is_none() {
-                return Err(Rejection::OrderNotPaid { order_id: order_id.clone(), status: order.status() });
-            }
-            if amount > order.refundable() {
-                return Err(Rejection::RefundExceedsPaid { requested: amount, refundable: order.refundable() });
-            }
-            if let Some(return_id) = return_id {
-                let Some(request) = order.returns.iter().find(|r| &r.id == return_id) else {
-                    return Err(Rejection::UnknownReturn { return_id: return_id.clone() });
-                };
-                let refundable: Decimal = refund_targets(&order, Some(request)).iter().map(|(_, w)| *w).sum();
-                if amount > refundable {
-                    return Err(Rejection::RefundExceedsReturned { requested: amount, refundable });
-                }
-            }
-            let allocation = allocate_refund(&order, amount, return_id.as_ref());
-            Ok(vec![Event::RefundIssued {
-                order_id: order_id.clone(),
-                refund_id: refund_id.clone(),
-                amount,
-                return_id: return_id.clone(),
-                allocation,
-                refunded_at: now,
-            }])
+            after_sales::decide_refund(state, now, order_id, refund_id, *amount, return_id.as_ref())
         }
-        Command::ExpireDue => Ok(state
-            .due(now, EXPIRIES_PER_TICK_MAX)
-            .map(|(_, deadline)| match deadline {
-                Deadline::Reservation(reservation_id) => {
-                    Event::ReservationExpired { reservation_id: reservation_id.clone(), expired_at: now }
-                }
-                Deadline::Payment(order_id) => Event::OrderExpired { order_id: order_id.clone(), expired_at: now },
-            })
-            .collect()),
+        Command::ExpireDue => time::decide_expire_due(state, now),
     }
 }
 
 /// Spreads a refund by largest remainder over what it pays back: the returned units of
 /// `return_id`'s lines when given, otherwise everything still refundable, lines and
 /// shipping fee alike. Precondition: `amount` is at most the targets' total.
-fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<&ReturnId>) -> Vec<RefundShare> {
+pub(crate) fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<&ReturnId>) -> Vec<RefundShare> {
     let request = return_id.and_then(|id| order.returns.iter().find(|r| &r.id == id));
     let targets = refund_targets(order, request);
     let weights: Vec<Decimal> = targets.iter().map(|(_, w)| *w).collect();
@@ -438,7 +104,7 @@ fn allocate_refund(order: &Order, amount: Decimal, return_id: Option<&ReturnId>)
 /// What a refund may pay back, and how much of each. For a return: each returned line's
 /// price of the returned units less what earlier refunds for the same return paid on it,
 /// and at most what that line has left unrefunded.
-fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget, Decimal)> {
+pub(crate) fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget, Decimal)> {
     let remaining = |line: &OrderLine| line.net_amount - line.refunded;
     match request {
         Some(request) => request
@@ -460,27 +126,30 @@ fn refund_targets(order: &Order, request: Option<&Return>) -> Vec<(RefundTarget,
     }
 }
 
-fn check_at_most(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
+/// Checks that `value` is at most `max`.
+pub(crate) fn check_at_most(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
     if value > max {
         return Err(Rejection::invalid(field, format!("must be at most {max}")));
     }
     Ok(())
 }
 
-fn check_quantity(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
+/// Checks that `value` is 1 to `max`.
+pub(crate) fn check_quantity(field: Field, value: u64, max: u64) -> Result<(), Rejection> {
     if value == 0 || value > max {
         return Err(Rejection::invalid(field, format!("must be 1 to {max}")));
     }
     Ok(())
 }
 
-fn later(now: Timestamp, duration_ms: u64, field: Field) -> Result<Timestamp, Rejection> {
+/// `duration_ms` after `now`, refused as an invalid `field` past the end of time.
+pub(crate) fn later(now: Timestamp, duration_ms: u64, field: Field) -> Result<Timestamp, Rejection> {
     now.checked_add_ms(duration_ms).ok_or_else(|| Rejection::invalid(field, "deadline is past the end of time"))
 }
 
 /// Checks 1 to [`LINES_MAX`] lines of 1 to [`LINE_QUANTITY_MAX`] units each and sums
 /// the lines of each SKU into one, in the order SKUs first appear.
-fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
+pub(crate) fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
     if lines.is_empty() || lines.len() > LINES_MAX {
         return Err(Rejection::invalid(Field::Lines, format!("must be 1 to {LINES_MAX} lines")));
     }
@@ -497,29 +166,9 @@ fn merge_lines(lines: &[Line]) -> Result<Vec<Line>, Rejection> {
     Ok(merged)
 }
 
-/// Like [`merge_lines`] for inspections: one entry per SKU and condition.
-fn merge_inspections(inspections: &[Inspection]) -> Result<Vec<Inspection>, Rejection> {
-    let inspections_max = 2 * LINES_MAX;
-    if inspections.is_empty() || inspections.len() > inspections_max {
-        return Err(Rejection::invalid(Field::Lines, format!("must be 1 to {inspections_max} inspections")));
-    }
-    let mut merged: Vec<Inspection> = Vec::with_capacity(inspections.len());
-    for inspection in inspections {
-        inspection.sku.check()?;
-        check_quantity(Field::Quantity, inspection.quantity, LINE_QUANTITY_MAX)?;
-        match merged.iter_mut().find(|m| m.sku == inspection.sku && m.condition == inspection.condition) {
-            Some(m) => m.quantity += inspection.quantity,
-            None => merged.push(inspection.clone()),
-        }
-    }
-    // Resellable before damaged within a SKU keeps the event's order independent of input order.
-    merged.sort_by_key(|i| (i.condition == Condition::Damaged) as u8);
-    Ok(merged)
-}
-
 /// Every line's SKU is listed, not short, and has enough available, counting `held`
 /// units that a consumed reservation gives back. Reports every short SKU at once.
-fn check_availability<O: Orders>(
+pub(crate) fn check_availability<O: Orders>(
     state: &State<O>,
     lines: &[Line],
     held: &BTreeMap<&Sku, u64>,
@@ -539,11 +188,13 @@ fn check_availability<O: Orders>(
     if shortages.is_empty() { Ok(()) } else { Err(Rejection::InsufficientStock { shortages }) }
 }
 
-fn known_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
+/// The product of `sku`, listed or not.
+pub(crate) fn known_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
     state.product(sku).ok_or_else(|| Rejection::UnknownSku { sku: sku.clone() })
 }
 
-fn listed_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
+/// The product of `sku`, if it is listed.
+pub(crate) fn listed_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s Product, Rejection> {
     let product = known_product(state, sku)?;
     if !product.listed {
         return Err(Rejection::ProductDelisted { sku: sku.clone() });
@@ -551,7 +202,8 @@ fn listed_product<'s, O: Orders>(state: &'s State<O>, sku: &Sku) -> Result<&'s P
     Ok(product)
 }
 
-fn active_reservation<'s, O: Orders>(
+/// The hold `reservation_id`, if it is active.
+pub(crate) fn active_reservation<'s, O: Orders>(
     state: &'s State<O>,
     reservation_id: &ReservationId,
 ) -> Result<&'s Reservation, Rejection> {
@@ -570,7 +222,7 @@ fn active_reservation<'s, O: Orders>(
 /// The order `order_id`, the one way the rules read an order. The shell brings back every
 /// order a command may touch before deciding it ([`State::orders_touched_by`]), so the store
 /// reads it from memory and cannot fail: a failure is a broken precondition.
-fn known_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+pub(crate) fn known_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     match state.order(order_id) {
         Ok(Some(order)) => Ok(order),
         Ok(None) => Err(Rejection::UnknownOrder { order_id: order_id.clone() }),
@@ -578,7 +230,8 @@ fn known_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result
     }
 }
 
-fn open_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
+/// The order `order_id`, if it is neither cancelled nor expired.
+pub(crate) fn open_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<Cow<'s, Order>, Rejection> {
     let order = known_order(state, order_id)?;
     if order.closure.is_some() {
         return Err(Rejection::OrderClosed { order_id: order_id.clone(), status: order.status() });
@@ -586,7 +239,8 @@ fn open_order<'s, O: Orders>(state: &'s State<O>, order_id: &OrderId) -> Result<
     Ok(order)
 }
 
-fn order_line_of<'o>(order: &'o Order, sku: &Sku) -> Result<&'o OrderLine, Rejection> {
+/// The line of `sku` in `order`.
+pub(crate) fn order_line_of<'o>(order: &'o Order, sku: &Sku) -> Result<&'o OrderLine, Rejection> {
     order.line(sku).ok_or_else(|| Rejection::SkuNotInOrder { order_id: order.id.clone(), sku: sku.clone() })
 }
 

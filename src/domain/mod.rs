@@ -8,17 +8,26 @@
 //! - [`ids`], [`money`], [`limits`]: identifiers and their syntax, exact amounts, every bound;
 //! - [`command`] (what callers ask), [`event`] (the facts), [`rejection`] (typed refusals);
 //! - [`state`]: the state of one shop and its invariants;
-//! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`.
+//! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`,
+//!   dispatched to one module per area of the shop: [`catalog`], [`stock`], [`holds`],
+//!   [`sales`], [`fulfilment`], [`after_sales`], [`time`].
 
+pub mod after_sales;
+pub mod catalog;
 pub mod command;
 pub mod decide;
 pub mod event;
+pub mod fulfilment;
+pub mod holds;
 pub mod idmap;
 pub mod ids;
 pub mod limits;
 pub mod money;
 pub mod orders;
 pub mod rejection;
+pub mod sales;
 pub mod state;
+pub mod stock;
+pub mod time;
 
 pub use decide::decide;
