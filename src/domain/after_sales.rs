@@ -23,13 +23,13 @@ use rust_decimal::Decimal;
 
 use crate::domain::command::{Condition, Inspection, Line};
 use crate::domain::decide::{allocate_refund, check_quantity, known_order, merge_lines, order_line_of, refund_targets};
-use crate::domain::event::{Event, InspectedLine};
+use crate::domain::event::{Event, InspectedLine, RefundTarget};
 use crate::domain::ids::{OrderId, RefundId, ReturnId, Sku, Timestamp, check_text};
 use crate::domain::limits::{LINE_QUANTITY_MAX, LINES_MAX, REASON_LENGTH_MAX};
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
-use crate::domain::state::{Order, Return, State};
+use crate::domain::state::{Order, Refund, Return, State, add, push_exact};
 
 /// Decides `Command::RequestReturn`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_request_return<O: Orders>(
@@ -207,3 +207,76 @@ pub(crate) fn decide_refund<O: Orders>(
 
 // Applying after sales' events (`ReturnRequested`, `ReturnReceived`, `RefundIssued`, the
 // last also decided by a cancellation) belongs below, next to the rules that decide them.
+
+// What the area's events do to the state: `apply`, beside the rules that decide them.
+
+/// Applies an after-sales event: a return requested or received, a refund issued. Returns
+/// the order stream's version after it.
+pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) -> u64 {
+    match event {
+        Event::ReturnRequested { order_id, .. } => state.change_order_by(order_id, event),
+        Event::ReturnReceived { order_id, lines, .. } => {
+            let version = state.change_order_by(order_id, event);
+            state.stock_returned(lines);
+            version
+        }
+        Event::RefundIssued { order_id, .. } => state.change_order_by(order_id, event),
+        other => unreachable!("{} is not an after-sales event", other.kind()),
+    }
+}
+
+/// What an after-sales event does to its order ([`Order::apply_change`]).
+pub(crate) fn change_order(order: &mut Order, event: &Event) {
+    match event {
+        Event::ReturnRequested { return_id, lines, reason, requested_at, .. } => {
+            for line in lines {
+                let order_line = order.line_mut(&line.sku);
+                order_line.return_requested = add(order_line.return_requested, line.quantity);
+            }
+            push_exact(
+                &mut order.returns,
+                Return {
+                    id: return_id.clone(),
+                    lines: lines.clone(),
+                    reason: reason.clone(),
+                    requested_at: *requested_at,
+                    received_at: None,
+                    inspected: Vec::new(),
+                },
+            );
+        }
+        Event::ReturnReceived { return_id, lines, received_at, .. } => {
+            for line in lines {
+                let order_line = order.line_mut(&line.sku);
+                order_line.returned = add(order_line.returned, line.quantity);
+                order_line.returned_cost += line.cost;
+            }
+            let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
+                panic!("receipt of unknown return {return_id}");
+            };
+            assert!(request.received_at.is_none());
+            request.received_at = Some(*received_at);
+            request.inspected = lines.clone();
+        }
+        Event::RefundIssued { refund_id, amount, return_id, allocation, refunded_at, .. } => {
+            order.refunded += *amount;
+            for share in allocation {
+                match &share.target {
+                    RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
+                    RefundTarget::Shipping => order.shipping_refunded += share.amount,
+                }
+            }
+            push_exact(
+                &mut order.refunds,
+                Refund {
+                    id: refund_id.clone(),
+                    amount: *amount,
+                    return_id: return_id.clone(),
+                    allocation: allocation.clone(),
+                    refunded_at: *refunded_at,
+                },
+            );
+        }
+        other => unreachable!("{} is not an after-sales event", other.kind()),
+    }
+}

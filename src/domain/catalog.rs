@@ -17,7 +17,7 @@ use crate::domain::limits::{LABEL_LENGTH_MAX, LOW_STOCK_THRESHOLD_MAX, TITLE_LEN
 use crate::domain::money::{self, Sign, UNIT_AMOUNT_MAX};
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
-use crate::domain::state::State;
+use crate::domain::state::{Product, State, Stock};
 
 /// Decides `Command::ListProduct`.
 pub(crate) fn decide_list<O: Orders>(
@@ -81,3 +81,35 @@ pub(crate) fn decide_relist<O: Orders>(state: &State<O>, sku: &Sku) -> Result<Ve
 
 // Applying the catalog's events (`ProductListed`, `PriceChanged`, `ProductDelisted`,
 // `ProductRelisted`) belongs below, next to the rules that decide them.
+
+// What the area's events do to the state: `apply`, beside the rules that decide them.
+
+/// Applies a catalog event: a product listed, repriced, delisted or relisted.
+pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) {
+    match event {
+        Event::ProductListed { sku, title, category, price, weight_g, low_stock_threshold } => {
+            assert!(!state.products.contains_key(sku), "SKU {sku} listed twice");
+            let product = Product {
+                sku: sku.clone(),
+                title: title.clone(),
+                category: category.clone(),
+                price: *price,
+                weight_g: *weight_g,
+                low_stock_threshold: *low_stock_threshold,
+                listed: true,
+                stock: Stock::default(),
+            };
+            state.products.insert(sku.clone(), product);
+        }
+        Event::PriceChanged { sku, new_price, .. } => {
+            state.product_mut(sku).price = *new_price;
+        }
+        Event::ProductDelisted { sku } => {
+            state.product_mut(sku).listed = false;
+        }
+        Event::ProductRelisted { sku } => {
+            state.product_mut(sku).listed = true;
+        }
+        other => unreachable!("{} is not a catalog event", other.kind()),
+    }
+}

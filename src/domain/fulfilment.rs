@@ -18,7 +18,7 @@ use crate::domain::limits::LABEL_LENGTH_MAX;
 use crate::domain::money;
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
-use crate::domain::state::{Order, State};
+use crate::domain::state::{Order, Shipment, State, add, push_exact};
 
 /// Decides `Command::Ship`. [`decide`](super::decide::decide) has checked `order_id`.
 pub(crate) fn decide_ship<O: Orders>(
@@ -102,3 +102,51 @@ pub(crate) fn decide_confirm_delivery<O: Orders>(
 
 // Applying fulfilment's events (`ShipmentDispatched`, `ShipmentDelivered`) belongs below,
 // next to the rules that decide them.
+
+// What the area's events do to the state: `apply`, beside the rules that decide them.
+
+/// Applies a parcel's event: shipped, or delivered. Returns the order stream's version
+/// after it.
+pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) -> u64 {
+    match event {
+        Event::ShipmentDispatched { order_id, lines, .. } => {
+            state.stock_shipped(lines);
+            state.change_order_by(order_id, event)
+        }
+        Event::ShipmentDelivered { order_id, .. } => state.change_order_by(order_id, event),
+        other => unreachable!("{} is not a parcel's event", other.kind()),
+    }
+}
+
+/// What a parcel's event does to its order ([`Order::apply_change`]).
+pub(crate) fn change_order(order: &mut Order, event: &Event) {
+    match event {
+        Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at, .. } => {
+            assert!(order.payment.is_some() && order.closure.is_none());
+            for line in lines {
+                let order_line = order.line_mut(&line.sku);
+                order_line.shipped = add(order_line.shipped, line.quantity);
+                order_line.shipped_cost += line.cost;
+            }
+            push_exact(
+                &mut order.shipments,
+                Shipment {
+                    id: shipment_id.clone(),
+                    carrier: carrier.as_str().into(),
+                    tracking_number: tracking_number.as_str().into(),
+                    lines: lines.clone(),
+                    shipped_at: *shipped_at,
+                    delivered_at: None,
+                },
+            );
+        }
+        Event::ShipmentDelivered { shipment_id, delivered_at, .. } => {
+            let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
+                panic!("delivery of unknown shipment {shipment_id}");
+            };
+            assert!(shipment.delivered_at.is_none());
+            shipment.delivered_at = Some(*delivered_at);
+        }
+        other => unreachable!("{} is not a parcel's event", other.kind()),
+    }
+}

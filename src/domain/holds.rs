@@ -19,7 +19,7 @@ use crate::domain::ids::{ReservationId, Timestamp};
 use crate::domain::limits::RESERVATION_TTL_MS_MAX;
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
-use crate::domain::state::State;
+use crate::domain::state::{Deadline, Reservation, ReservationStatus, State, add, resolve_shortfall};
 
 /// Decides `Command::ReserveStock`.
 pub(crate) fn decide_reserve<O: Orders>(
@@ -53,3 +53,37 @@ pub(crate) fn decide_release<O: Orders>(
 
 // Applying the holds' events (`StockReserved`, `ReservationReleased`) belongs below, next to
 // the rules that decide them.
+
+// What the area's events do to the state: `apply`, beside the rules that decide them.
+
+/// Applies a checkout hold's event: taken, released, or expired (which time decides,
+/// [`crate::domain::time`]).
+pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) {
+    match event {
+        Event::StockReserved { reservation_id, lines, expires_at } => {
+            for line in lines {
+                let stock = &mut state.product_mut(&line.sku).stock;
+                stock.reserved = add(stock.reserved, line.quantity);
+            }
+            let reservation = Reservation {
+                id: reservation_id.clone(),
+                lines: lines.clone(),
+                expires_at: *expires_at,
+                status: ReservationStatus::Active,
+            };
+            assert!(state.reservations.insert(reservation_id.clone(), reservation).is_none());
+            state.deadlines.insert((*expires_at, Deadline::Reservation(reservation_id.clone())));
+        }
+        Event::ReservationReleased { reservation_id } => {
+            for sku in state.end_reservation(reservation_id, ReservationStatus::Released) {
+                resolve_shortfall(&mut state.product_mut(&sku).stock);
+            }
+        }
+        Event::ReservationExpired { reservation_id, .. } => {
+            for sku in state.end_reservation(reservation_id, ReservationStatus::Expired) {
+                resolve_shortfall(&mut state.product_mut(&sku).stock);
+            }
+        }
+        other => unreachable!("{} is not a checkout hold's event", other.kind()),
+    }
+}

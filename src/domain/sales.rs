@@ -31,7 +31,7 @@ use crate::domain::limits::{LABEL_LENGTH_MAX, REASON_LENGTH_MAX};
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
-use crate::domain::state::{OrderStatus, State};
+use crate::domain::state::{Closure, Deadline, Order, OrderStatus, Payment, State, order_line};
 
 /// The refund id recorded when cancelling a paid order refunds it in full.
 pub const CANCELLATION_REFUND_ID: &str = "cancellation";
@@ -162,3 +162,64 @@ pub(crate) fn decide_cancel<O: Orders>(
 
 // Applying the sales' events (`OrderPlaced`, `OrderPaid`, `OrderCancelled`) belongs below,
 // next to the rules that decide them.
+
+// What the area's events do to the state: `apply`, beside the rules that decide them.
+
+/// Applies an order's event of sales: placed, paid, cancelled, or expired unpaid (which
+/// time decides, [`crate::domain::time`]). Returns the order stream's version after it.
+pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) -> u64 {
+    match event {
+        Event::OrderPlaced {
+            order_id,
+            customer_id,
+            region,
+            lines,
+            shipping_fee,
+            total,
+            placed_at,
+            payment_due_by,
+            reservation_id,
+        } => {
+            state.stock_placed(reservation_id.as_ref(), lines);
+            let order = Order {
+                id: order_id.clone(),
+                customer_id: customer_id.clone(),
+                region: region.as_str().into(),
+                placed_at: *placed_at,
+                payment_due_by: *payment_due_by,
+                reservation_id: reservation_id.clone(),
+                lines: lines.iter().map(order_line).collect(),
+                shipping_fee: *shipping_fee,
+                shipping_refunded: Decimal::ZERO,
+                total: *total,
+                payment: None,
+                refunded: Decimal::ZERO,
+                shipments: Vec::new(),
+                returns: Vec::new(),
+                refunds: Vec::new(),
+                closure: None,
+                stream_version: 1,
+            };
+            assert!(!state.orders.insert(order), "order {order_id} placed twice");
+            state.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
+            1
+        }
+        Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
+            let (due_by, version) = state.change_order(order_id, |order| {
+                assert!(order.payment.is_none() && order.closure.is_none());
+                order.payment = Some(Payment { id: payment_id.clone(), amount: *amount, paid_at: *paid_at });
+                order.payment_due_by
+            });
+            assert!(state.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
+            version
+        }
+        Event::OrderCancelled { order_id, by, reason, cancelled_at } => {
+            let closure = Closure::Cancelled { by: *by, reason: reason.clone(), at: *cancelled_at };
+            state.close_order(order_id, closure)
+        }
+        Event::OrderExpired { order_id, expired_at } => {
+            state.close_order(order_id, Closure::Expired { at: *expired_at })
+        }
+        other => unreachable!("{} is not an order's event of sales", other.kind()),
+    }
+}

@@ -353,85 +353,17 @@ impl Order {
     }
 
     /// What an event that changes only its order does to it, the stream version aside: the one
-    /// definition, whichever store keeps the order and however ([`crate::domain::orders::Orders`]). Panics for any other event, and where the order does not fit
-    /// the event (a broken invariant, as in [`State::apply`]).
+    /// definition, whichever store keeps the order and however ([`Orders::change_by`]), made
+    /// of its area's part (`change_order` in [`crate::domain::fulfilment`] and
+    /// [`crate::domain::after_sales`]). Panics for any other event, and where
+    /// the order does not fit the event (a broken invariant, as in [`State::apply`]).
     pub fn apply_change(&mut self, event: &Event) {
-        let order = self;
         match event {
-            Event::ShipmentDispatched { shipment_id, carrier, tracking_number, lines, shipped_at, .. } => {
-                assert!(order.payment.is_some() && order.closure.is_none());
-                for line in lines {
-                    let order_line = order.line_mut(&line.sku);
-                    order_line.shipped = add(order_line.shipped, line.quantity);
-                    order_line.shipped_cost += line.cost;
-                }
-                push_exact(
-                    &mut order.shipments,
-                    Shipment {
-                        id: shipment_id.clone(),
-                        carrier: carrier.as_str().into(),
-                        tracking_number: tracking_number.as_str().into(),
-                        lines: lines.clone(),
-                        shipped_at: *shipped_at,
-                        delivered_at: None,
-                    },
-                );
+            Event::ShipmentDispatched { .. } | Event::ShipmentDelivered { .. } => {
+                crate::domain::fulfilment::change_order(self, event);
             }
-            Event::ShipmentDelivered { shipment_id, delivered_at, .. } => {
-                let Some(shipment) = order.shipments.iter_mut().find(|s| &s.id == shipment_id) else {
-                    panic!("delivery of unknown shipment {shipment_id}");
-                };
-                assert!(shipment.delivered_at.is_none());
-                shipment.delivered_at = Some(*delivered_at);
-            }
-            Event::ReturnRequested { return_id, lines, reason, requested_at, .. } => {
-                for line in lines {
-                    let order_line = order.line_mut(&line.sku);
-                    order_line.return_requested = add(order_line.return_requested, line.quantity);
-                }
-                push_exact(
-                    &mut order.returns,
-                    Return {
-                        id: return_id.clone(),
-                        lines: lines.clone(),
-                        reason: reason.clone(),
-                        requested_at: *requested_at,
-                        received_at: None,
-                        inspected: Vec::new(),
-                    },
-                );
-            }
-            Event::ReturnReceived { return_id, lines, received_at, .. } => {
-                for line in lines {
-                    let order_line = order.line_mut(&line.sku);
-                    order_line.returned = add(order_line.returned, line.quantity);
-                    order_line.returned_cost += line.cost;
-                }
-                let Some(request) = order.returns.iter_mut().find(|r| &r.id == return_id) else {
-                    panic!("receipt of unknown return {return_id}");
-                };
-                assert!(request.received_at.is_none());
-                request.received_at = Some(*received_at);
-                request.inspected = lines.clone();
-            }
-            Event::RefundIssued { refund_id, amount, return_id, allocation, refunded_at, .. } => {
-                order.refunded += *amount;
-                for share in allocation {
-                    match &share.target {
-                        RefundTarget::Line(sku) => order.line_mut(sku).refunded += share.amount,
-                        RefundTarget::Shipping => order.shipping_refunded += share.amount,
-                    }
-                }
-                push_exact(
-                    &mut order.refunds,
-                    Refund {
-                        id: refund_id.clone(),
-                        amount: *amount,
-                        return_id: return_id.clone(),
-                        allocation: allocation.clone(),
-                        refunded_at: *refunded_at,
-                    },
-                );
+            Event::ReturnRequested { .. } | Event::ReturnReceived { .. } | Event::RefundIssued { .. } => {
+                crate::domain::after_sales::change_order(self, event);
             }
             other => unreachable!("{} changes more than its order", other.kind()),
         }
@@ -446,7 +378,7 @@ impl Order {
         version
     }
 
-    fn line_mut(&mut self, sku: &Sku) -> &mut OrderLine {
+    pub(super) fn line_mut(&mut self, sku: &Sku) -> &mut OrderLine {
         let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) else {
             panic!("event names SKU {sku} that order {} does not have", self.id);
         };
@@ -507,15 +439,15 @@ pub struct State<O> {
     /// A setting, not a fact: never part of a snapshot or a state hash. Whoever restores a
     /// state sets the policy in force.
     #[serde(skip)]
-    policy: Policy,
+    pub(super) policy: Policy,
     /// Looked up once or more per line of every command and event: hashed, not ordered.
     #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
-    products: IdMap<Sku, Product>,
+    pub(super) products: IdMap<Sku, Product>,
     #[serde(serialize_with = "crate::domain::idmap::sorted_map")]
-    reservations: IdMap<ReservationId, Reservation>,
+    pub(super) reservations: IdMap<ReservationId, Reservation>,
     /// Every order: the store decides how each is kept, and how the orders serialize.
-    orders: O,
-    deadlines: BTreeSet<(Timestamp, Deadline)>,
+    pub(super) orders: O,
+    pub(super) deadlines: BTreeSet<(Timestamp, Deadline)>,
 }
 
 impl<O: Orders + Default> State<O> {
@@ -666,149 +598,31 @@ impl<O: Orders> State<O> {
     /// order back, which for an order kept encoded would decode it.
     pub fn apply(&mut self, event: &Event) -> Option<u64> {
         let version = match event {
-            Event::ProductListed { sku, title, category, price, weight_g, low_stock_threshold } => {
-                assert!(!self.products.contains_key(sku), "SKU {sku} listed twice");
-                let product = Product {
-                    sku: sku.clone(),
-                    title: title.clone(),
-                    category: category.clone(),
-                    price: *price,
-                    weight_g: *weight_g,
-                    low_stock_threshold: *low_stock_threshold,
-                    listed: true,
-                    stock: Stock::default(),
-                };
-                self.products.insert(sku.clone(), product);
+            Event::ProductListed { .. }
+            | Event::PriceChanged { .. }
+            | Event::ProductDelisted { .. }
+            | Event::ProductRelisted { .. } => {
+                crate::domain::catalog::apply(self, event);
                 None
             }
-            Event::PriceChanged { sku, new_price, .. } => {
-                self.product_mut(sku).price = *new_price;
+            Event::StockReceived { .. } | Event::StockCounted { .. } => {
+                crate::domain::stock::apply(self, event);
                 None
             }
-            Event::ProductDelisted { sku } => {
-                self.product_mut(sku).listed = false;
+            Event::StockReserved { .. } | Event::ReservationReleased { .. } | Event::ReservationExpired { .. } => {
+                crate::domain::holds::apply(self, event);
                 None
             }
-            Event::ProductRelisted { sku } => {
-                self.product_mut(sku).listed = true;
-                None
+            Event::OrderPlaced { .. }
+            | Event::OrderPaid { .. }
+            | Event::OrderCancelled { .. }
+            | Event::OrderExpired { .. } => Some(crate::domain::sales::apply(self, event)),
+            Event::ShipmentDispatched { .. } | Event::ShipmentDelivered { .. } => {
+                Some(crate::domain::fulfilment::apply(self, event))
             }
-            Event::StockReceived { sku, quantity, unit_cost, value, .. } => {
-                let stock = &mut self.product_mut(sku).stock;
-                stock.on_hand = add(stock.on_hand, *quantity);
-                stock.received = add(stock.received, *quantity);
-                stock.value += *value;
-                stock.value_received += *value;
-                stock.last_unit_cost = *unit_cost;
-                resolve_shortfall(stock);
-                None
+            Event::ReturnRequested { .. } | Event::ReturnReceived { .. } | Event::RefundIssued { .. } => {
+                Some(crate::domain::after_sales::apply(self, event))
             }
-            Event::StockCounted { sku, counted, previous_on_hand, delta, value_delta, shortfall, .. } => {
-                let stock = &mut self.product_mut(sku).stock;
-                assert_eq!(stock.on_hand, *previous_on_hand);
-                assert_eq!(i128::from(*counted) - i128::from(*previous_on_hand), i128::from(*delta));
-                stock.on_hand = *counted;
-                stock.adjusted = stock.adjusted.checked_add(*delta).unwrap_or_else(|| panic!("adjustment overflow"));
-                stock.value += *value_delta;
-                stock.value_adjusted += *value_delta;
-                assert_eq!(*shortfall, stock.shortfall());
-                if *shortfall > 0 {
-                    stock.shortfall_recorded = true;
-                }
-                resolve_shortfall(stock);
-                None
-            }
-            Event::StockReserved { reservation_id, lines, expires_at } => {
-                for line in lines {
-                    let stock = &mut self.product_mut(&line.sku).stock;
-                    stock.reserved = add(stock.reserved, line.quantity);
-                }
-                let reservation = Reservation {
-                    id: reservation_id.clone(),
-                    lines: lines.clone(),
-                    expires_at: *expires_at,
-                    status: ReservationStatus::Active,
-                };
-                assert!(self.reservations.insert(reservation_id.clone(), reservation).is_none());
-                self.deadlines.insert((*expires_at, Deadline::Reservation(reservation_id.clone())));
-                None
-            }
-            Event::ReservationReleased { reservation_id } => {
-                for sku in self.end_reservation(reservation_id, ReservationStatus::Released) {
-                    resolve_shortfall(&mut self.product_mut(&sku).stock);
-                }
-                None
-            }
-            Event::ReservationExpired { reservation_id, .. } => {
-                for sku in self.end_reservation(reservation_id, ReservationStatus::Expired) {
-                    resolve_shortfall(&mut self.product_mut(&sku).stock);
-                }
-                None
-            }
-            Event::OrderPlaced {
-                order_id,
-                customer_id,
-                region,
-                lines,
-                shipping_fee,
-                total,
-                placed_at,
-                payment_due_by,
-                reservation_id,
-            } => {
-                self.stock_placed(reservation_id.as_ref(), lines);
-                let order = Order {
-                    id: order_id.clone(),
-                    customer_id: customer_id.clone(),
-                    region: region.as_str().into(),
-                    placed_at: *placed_at,
-                    payment_due_by: *payment_due_by,
-                    reservation_id: reservation_id.clone(),
-                    lines: lines.iter().map(order_line).collect(),
-                    shipping_fee: *shipping_fee,
-                    shipping_refunded: Decimal::ZERO,
-                    total: *total,
-                    payment: None,
-                    refunded: Decimal::ZERO,
-                    shipments: Vec::new(),
-                    returns: Vec::new(),
-                    refunds: Vec::new(),
-                    closure: None,
-                    stream_version: 1,
-                };
-                assert!(!self.orders.insert(order), "order {order_id} placed twice");
-                self.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
-                Some(1)
-            }
-            Event::OrderPaid { order_id, payment_id, amount, paid_at } => {
-                let (due_by, version) = self.change_order(order_id, |order| {
-                    assert!(order.payment.is_none() && order.closure.is_none());
-                    order.payment = Some(Payment { id: payment_id.clone(), amount: *amount, paid_at: *paid_at });
-                    order.payment_due_by
-                });
-                assert!(self.deadlines.remove(&(due_by, Deadline::Payment(order_id.clone()))));
-                Some(version)
-            }
-            Event::OrderCancelled { order_id, by, reason, cancelled_at } => {
-                let closure = Closure::Cancelled { by: *by, reason: reason.clone(), at: *cancelled_at };
-                Some(self.close_order(order_id, closure))
-            }
-            Event::OrderExpired { order_id, expired_at } => {
-                Some(self.close_order(order_id, Closure::Expired { at: *expired_at }))
-            }
-            Event::ShipmentDispatched { order_id, lines, .. } => {
-                self.stock_shipped(lines);
-                Some(self.change_order_by(order_id, event))
-            }
-            Event::ShipmentDelivered { order_id, .. } | Event::ReturnRequested { order_id, .. } => {
-                Some(self.change_order_by(order_id, event))
-            }
-            Event::ReturnReceived { order_id, lines, .. } => {
-                let version = self.change_order_by(order_id, event);
-                self.stock_returned(lines);
-                Some(version)
-            }
-            Event::RefundIssued { order_id, .. } => Some(self.change_order_by(order_id, event)),
         };
         debug_assert_eq!(version.is_some(), matches!(event.subject(), Subject::Order(_)), "a version for an order");
         if cfg!(debug_assertions) {
@@ -817,7 +631,7 @@ impl<O: Orders> State<O> {
         version
     }
 
-    fn product_mut(&mut self, sku: &Sku) -> &mut Product {
+    pub(super) fn product_mut(&mut self, sku: &Sku) -> &mut Product {
         let Some(product) = self.products.get_mut(sku) else {
             panic!("event names unknown SKU {sku}");
         };
@@ -826,7 +640,7 @@ impl<O: Orders> State<O> {
 
     /// Applies `change` to the order `order_id`, counts the event in the order's stream
     /// version, and returns what `change` returned and the version after it.
-    fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> (R, u64) {
+    pub(super) fn change_order<R>(&mut self, order_id: &OrderId, change: impl FnOnce(&mut Order) -> R) -> (R, u64) {
         let changed = self.orders.change(order_id, |order| {
             let changed = change(order);
             (changed, order.count_event())
@@ -840,7 +654,7 @@ impl<O: Orders> State<O> {
     /// keeps encoded rather than decode it ([`Orders::change_by`]): on a promotion day an
     /// order's later events (shipping hours to days after payment, delivery after that, a
     /// return after delivery) come when it has long been encoded.
-    fn change_order_by(&mut self, order_id: &OrderId, event: &Event) -> u64 {
+    pub(super) fn change_order_by(&mut self, order_id: &OrderId, event: &Event) -> u64 {
         let Some(version) = self.orders.change_by(order_id, event) else {
             panic!("event names unknown order {order_id}")
         };
@@ -849,7 +663,7 @@ impl<O: Orders> State<O> {
 
     /// Ends an active hold: its units return to sale. Returns the SKUs it held; the caller
     /// resolves their shortfalls once the event's whole effect is applied.
-    fn end_reservation(&mut self, reservation_id: &ReservationId, status: ReservationStatus) -> Vec<Sku> {
+    pub(super) fn end_reservation(&mut self, reservation_id: &ReservationId, status: ReservationStatus) -> Vec<Sku> {
         assert_ne!(status, ReservationStatus::Active);
         let Some(reservation) = self.reservations.get_mut(reservation_id) else {
             panic!("event names unknown reservation {reservation_id}");
@@ -868,7 +682,7 @@ impl<O: Orders> State<O> {
 
     /// Closes an open order: its unshipped units return to sale. Returns the order's stream
     /// version after it.
-    fn close_order(&mut self, order_id: &OrderId, closure: Closure) -> u64 {
+    pub(super) fn close_order(&mut self, order_id: &OrderId, closure: Closure) -> u64 {
         let ((held, unpaid_due), version) = self.change_order(order_id, |order| {
             assert!(order.closure.is_none(), "order {order_id} closed twice");
             if matches!(closure, Closure::Expired { .. }) {
@@ -890,7 +704,7 @@ impl<O: Orders> State<O> {
     // view's stock cannot drift from the writer's.
 
     /// An order placed: its hold (if any) consumed and its lines reserved.
-    fn stock_placed(&mut self, reservation_id: Option<&ReservationId>, lines: &[PricedLine]) {
+    pub(super) fn stock_placed(&mut self, reservation_id: Option<&ReservationId>, lines: &[PricedLine]) {
         // The hold's units and the order's are one net change: a recorded shortfall is
         // only resolved once both are applied.
         let released = match reservation_id {
@@ -907,7 +721,7 @@ impl<O: Orders> State<O> {
     }
 
     /// An order closed: what it held returns to sale.
-    fn stock_released(&mut self, held: &[(Sku, u64)]) {
+    pub(super) fn stock_released(&mut self, held: &[(Sku, u64)]) {
         for (sku, quantity) in held {
             let stock = &mut self.product_mut(sku).stock;
             stock.reserved = sub(stock.reserved, *quantity);
@@ -916,7 +730,7 @@ impl<O: Orders> State<O> {
     }
 
     /// A parcel left: its units leave the shelf and the reservation, at their recorded cost.
-    fn stock_shipped(&mut self, lines: &[CostedLine]) {
+    pub(super) fn stock_shipped(&mut self, lines: &[CostedLine]) {
         for line in lines {
             let stock = &mut self.product_mut(&line.sku).stock;
             stock.on_hand = sub(stock.on_hand, line.quantity);
@@ -929,7 +743,7 @@ impl<O: Orders> State<O> {
     }
 
     /// A return inspected: resellable units back on the shelf, damaged ones written off.
-    fn stock_returned(&mut self, lines: &[InspectedLine]) {
+    pub(super) fn stock_returned(&mut self, lines: &[InspectedLine]) {
         for line in lines {
             let stock = &mut self.product_mut(&line.sku).stock;
             match line.condition {
@@ -1106,7 +920,7 @@ impl<O: Orders> State<O> {
     }
 }
 
-fn order_line(line: &PricedLine) -> OrderLine {
+pub(super) fn order_line(line: &PricedLine) -> OrderLine {
     OrderLine {
         sku: line.sku.clone(),
         quantity: line.quantity,
@@ -1123,17 +937,17 @@ fn order_line(line: &PricedLine) -> OrderLine {
 }
 
 /// A recorded shortfall ends once the shelf covers every reserved unit again.
-fn resolve_shortfall(stock: &mut Stock) {
+pub(super) fn resolve_shortfall(stock: &mut Stock) {
     if stock.reserved <= stock.on_hand {
         stock.shortfall_recorded = false;
     }
 }
 
-fn add(a: u64, b: u64) -> u64 {
+pub(super) fn add(a: u64, b: u64) -> u64 {
     a.checked_add(b).unwrap_or_else(|| panic!("quantity overflow: {a} + {b}"))
 }
 
-fn sub(a: u64, b: u64) -> u64 {
+pub(super) fn sub(a: u64, b: u64) -> u64 {
     a.checked_sub(b).unwrap_or_else(|| panic!("quantity underflow: {a} - {b}"))
 }
 
@@ -1196,7 +1010,7 @@ fn check_order(order: &Order) {
 /// Pushes `item`, growing `items` by one place at a time: an order holds one or two
 /// shipments, returns and refunds, and a first `push` would make room for four (about 480
 /// bytes of shipments per order shipped once, in the state and again in the shop view).
-fn push_exact<T>(items: &mut Vec<T>, item: T) {
+pub(super) fn push_exact<T>(items: &mut Vec<T>, item: T) {
     items.reserve_exact(1);
     items.push(item);
 }

@@ -23,7 +23,7 @@ use crate::domain::limits::{COUNTED_QUANTITY_MAX, LABEL_LENGTH_MAX, ON_HAND_MAX,
 use crate::domain::money::{self, Sign, UNIT_AMOUNT_MAX};
 use crate::domain::orders::Orders;
 use crate::domain::rejection::{Field, Rejection};
-use crate::domain::state::State;
+use crate::domain::state::{State, add, resolve_shortfall};
 
 /// Decides `Command::ReceiveStock`.
 pub(crate) fn decide_receive<O: Orders>(
@@ -85,3 +85,35 @@ pub(crate) fn decide_stocktake<O: Orders>(
 
 // Applying the stock's events (`StockReceived`, `StockCounted`) belongs below, next to the
 // rules that decide them.
+
+// What the area's events do to the state: `apply`, beside the rules that decide them.
+
+/// Applies a stock event: a receipt or a stocktake.
+pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) {
+    match event {
+        Event::StockReceived { sku, quantity, unit_cost, value, .. } => {
+            let stock = &mut state.product_mut(sku).stock;
+            stock.on_hand = add(stock.on_hand, *quantity);
+            stock.received = add(stock.received, *quantity);
+            stock.value += *value;
+            stock.value_received += *value;
+            stock.last_unit_cost = *unit_cost;
+            resolve_shortfall(stock);
+        }
+        Event::StockCounted { sku, counted, previous_on_hand, delta, value_delta, shortfall, .. } => {
+            let stock = &mut state.product_mut(sku).stock;
+            assert_eq!(stock.on_hand, *previous_on_hand);
+            assert_eq!(i128::from(*counted) - i128::from(*previous_on_hand), i128::from(*delta));
+            stock.on_hand = *counted;
+            stock.adjusted = stock.adjusted.checked_add(*delta).unwrap_or_else(|| panic!("adjustment overflow"));
+            stock.value += *value_delta;
+            stock.value_adjusted += *value_delta;
+            assert_eq!(*shortfall, stock.shortfall());
+            if *shortfall > 0 {
+                stock.shortfall_recorded = true;
+            }
+            resolve_shortfall(stock);
+        }
+        other => unreachable!("{} is not a stock event", other.kind()),
+    }
+}

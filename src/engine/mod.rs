@@ -71,7 +71,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::command::Command;
 use crate::domain::ids::ShopId;
-use crate::memory::State;
 use crate::engine::api::check_label;
 use crate::engine::follower::Follower;
 use crate::engine::handover::{HANDED_BATCHES_MAX, Handover};
@@ -79,6 +78,7 @@ use crate::engine::metrics::Histogram;
 use crate::engine::recovery::Core;
 use crate::engine::writer::{Job, Reader, Writer};
 use crate::log::store::{EventStore, StoreError};
+use crate::memory::State;
 use crate::memory::spill::Spill;
 use crate::views::Views;
 

@@ -12,11 +12,11 @@ use tokio::sync::mpsc;
 use crate::domain::event::Subject;
 use crate::domain::idmap::IdMap;
 use crate::domain::ids::{CommandId, OrderId, ShopId, Timestamp};
-use crate::memory::State;
 use crate::engine::config::{ENGINE_SNAPSHOT_SCHEMA, EngineConfig, SnapshotConfig};
 use crate::engine::idempotency::{Idempotency, Known, Outcome, SharedShortages, events_after};
 use crate::log::record::{Envelope, Hash};
 use crate::log::store::{EventStore, StoreError};
+use crate::memory::State;
 use crate::memory::spill::Spill;
 
 /// A shop's in-memory side, rebuilt from its log.

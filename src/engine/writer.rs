@@ -20,7 +20,6 @@ use crate::domain::command::Command;
 use crate::domain::event::{Event, Subject};
 use crate::domain::idmap::IdMap;
 use crate::domain::ids::{CommandId, ShopId, Timestamp};
-use crate::memory::State;
 use crate::engine::Engine;
 use crate::engine::api::{Accepted, CommandError, EngineStats, Positions, Request};
 use crate::engine::clock::Clock;
@@ -32,6 +31,7 @@ use crate::engine::recovery::Core;
 use crate::engine::remembered::GENERATIONS;
 use crate::log::record::{Envelope, Fingerprint, fingerprint, stream_of};
 use crate::log::store::{AppendBatch, EventStore, RejectionRecord, StoreError};
+use crate::memory::State;
 
 /// Where a command's answer goes.
 type Reply = oneshot::Sender<Result<Accepted, CommandError>>;

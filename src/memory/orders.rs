@@ -4,11 +4,11 @@
 //! Guarantees, before the code:
 //! - **One store, however held.** [`TieredOrders`] keeps the orders changed most recently as
 //!   values, the rest encoded ([`crate::memory::pack`]), and, with a spill attached, moves
-//!   encoded ones out of memory ([`TieredOrders::spill`]). Reads ([`Orders::get`],
+//!   encoded ones out of memory ([`State::spill_orders`]). Reads ([`Orders::get`],
 //!   [`Orders::iter`]) reach every order wherever it is, reading a spilled one back; a failed
 //!   read is an [`Unreadable`], never a panic.
 //! - **Changes are cheap where they land.** A later event of an order kept encoded is
-//!   appended to its bytes ([`append_change`]) and applied when the order is next read, up to
+//!   appended to its bytes (`append_change`) and applied when the order is next read, up to
 //!   [`FROZEN_ORDER_BYTES_MAX`]; an order is never made a value again for a change.
 //! - **Changes never do IO.** Changing a spilled order is a broken precondition: the shell
 //!   first brings back what a command may touch ([`State::load_for`]).
@@ -82,7 +82,7 @@ impl Orders for TieredOrders {
     }
 
     /// An order kept encoded is not decoded: the event is appended to its bytes
-    /// ([`append_change`]) and applied when the order is next read ([`Order`]'s
+    /// (`append_change`) and applied when the order is next read ([`Order`]'s
     /// [`Entry::thaw`]), unless the order has grown to [`FROZEN_ORDER_BYTES_MAX`] with
     /// changes already, when it is decoded, changed and encoded with them all applied.
     fn change_by(&mut self, id: &OrderId, event: &Event) -> Option<u64> {
