@@ -9,12 +9,14 @@
 //!
 //! Nothing in the core does IO. The time of a command is an input ([`Timestamp`]), and every
 //! time, price, cost and refund allocation that was decided is recorded in the events.
-//! Money is [`rust_decimal::Decimal`] in [`money::CURRENCY`] with two decimal places;
-//! quantities are `u64` with the bounds in [`limits`].
+//! Money is [`rust_decimal::Decimal`] in [`money::CURRENCY`](domain::money::CURRENCY) with two
+//! decimal places; quantities are `u64` with the bounds in [`limits`](domain::limits).
 //!
-//! Module map: [`ids`] (identifiers and their syntax), [`money`] (checks and exact
-//! splitting), [`limits`], [`command`], [`event`], [`rejection`], [`state`] (state, `apply`,
-//! invariants), [`decide`](mod@decide) (the rules), [`demo`] (a scripted shop day).
+//! Module map: [`ids`](domain::ids) (identifiers and their syntax), [`money`](domain::money)
+//! (checks and exact splitting), [`limits`](domain::limits), [`command`](domain::command),
+//! [`event`](domain::event), [`rejection`](domain::rejection), [`state`](domain::state) (state,
+//! `apply`, invariants), [`decide`](mod@domain::decide) (the rules), [`demo`](rehearsal::demo)
+//! (a scripted shop day).
 
 #![deny(missing_docs)]
 

@@ -2,7 +2,7 @@
 //!
 //! Nothing here does IO, reads a clock, draws a random number or knows where an order is
 //! kept: the time of a command is an input, every decided price, cost and time is recorded in
-//! the events, and [`State`](state::State) reaches its orders through the [`Orders`] trait that the
+//! the events, and [`State`](state::State) reaches its orders through the `Orders` trait that the
 //! memory layer implements.
 //!
 //! - [`ids`], [`money`], [`limits`]: identifiers and their syntax, exact amounts, every bound;

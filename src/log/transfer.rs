@@ -4,7 +4,7 @@
 //! - [`export`] writes every event of every shop of a store, shops in sorted order, each shop's
 //!   log from position 1 to where it ended when the shop's turn came. Each event line carries
 //!   the hash its record gets when the events are appended again: the BLAKE3 chain of
-//!   [`log::encode_record`] from [`log::genesis_hash`] of the shop.
+//!   [`record::encode_record`] from [`record::genesis_hash`] of the shop.
 //! - [`import`] writes into a store only if no shop of it holds an event, and only after a
 //!   first pass over the whole export found nothing wrong: every line parses, has exactly the
 //!   keys of its kind, positions run gap-free from 1 in each shop, streams and stream versions
@@ -22,7 +22,7 @@
 //! - The hash chain catches damage and edits that did not recompute it. It is not a
 //!   signature: whoever can edit an export can recompute every hash in it.
 //! - Bad input is an error, never a panic; lines are bounded ([`LINE_BYTES_MAX`]), and an event
-//!   whose record would not fit a log ([`log::RECORD_BODY_BYTES_MAX`]) is refused.
+//!   whose record would not fit a log ([`record::RECORD_BODY_BYTES_MAX`]) is refused.
 //!
 //! # Format
 //!
@@ -35,7 +35,7 @@
 //!   `shop`, `position`, `stream`, `stream_version`, `recorded_at` (milliseconds since the
 //!   Unix epoch), `command_id`, `fingerprint` (32 lowercase hex digits), `correlation_id`,
 //!   `actor`, `type` (the event type, [`Event::kind`]), `schema_version`
-//!   ([`log::schema_version`] of the type), `event` (the [`Event`] as serde writes it: an
+//!   ([`record::schema_version`] of the type), `event` (the [`Event`] as serde writes it: an
 //!   object with one key, the type, holding the fields; money is a decimal string such as
 //!   `"438.00"`) and `hash` (64 lowercase hex digits).
 //! - The **end line**, last: `{"shops":1,"events":21}`, how many shops and events the export
@@ -119,7 +119,7 @@ pub struct ShopSummary {
     pub shop: ShopId,
     /// Its events.
     pub events: u64,
-    /// The hash of its last record, as chained by [`log::encode_record`]; the genesis hash
+    /// The hash of its last record, as chained by [`record::encode_record`]; the genesis hash
     /// when it has no events.
     pub head: Hash,
 }
