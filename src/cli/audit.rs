@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::OrderId;
-use crate::cli::shared::{CliError, DATA_DEFAULT, open_store, out};
+use crate::cli::shared::{CliError, DATA_DEFAULT, open_existing_store, out};
 use crate::domain::ids::ShopId;
 use crate::log::store::{EventStore, order_history};
 
@@ -29,7 +29,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let shop = ShopId::new(&shop)?;
     let order_id = OrderId::from(order.as_str());
     order_id.check().map_err(|e| e.to_string())?;
-    let store = open_store(&data)?;
+    let store = open_existing_store(&data)?;
     let end = store.last_position(&shop).await.map_err(|e| e.to_string())?;
     let history = order_history(store.as_ref(), &shop, &order_id, end).await;
     let Some(events) = history.map_err(|e| e.to_string())? else {

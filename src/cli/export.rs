@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use indicatif::ProgressBar;
 
-use crate::cli::shared::{CliError, DATA_DEFAULT, follow, hex, open_store, out, progress_bar};
+use crate::cli::shared::{CliError, DATA_DEFAULT, follow, hex, open_existing_store, out, progress_bar};
 use crate::log::store::SledStore;
 use crate::log::transfer::{self, ExportError, ShopSummary};
 
@@ -38,10 +38,7 @@ pub enum Format {
 pub async fn run(args: Args) -> Result<(), CliError> {
     let Args { format, data, output } = args;
     let Format::Jsonl = format;
-    if !data.exists() {
-        return Err(format!("no data directory at {}", data.display()).into());
-    }
-    let store = open_store(&data)?;
+    let store = open_existing_store(&data)?;
     let bar = progress_bar(0, String::new());
     let Some(path) = output else {
         let exported = transfer::export(store.as_ref(), std::io::stdout().lock(), follow(&bar)).await;

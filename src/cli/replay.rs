@@ -12,7 +12,7 @@ use emporium_projections::AsOf;
 use emporium_snapshots::SnapshotStore;
 use indicatif::ProgressBar;
 
-use crate::cli::shared::{CliError, DATA_DEFAULT, engine_config, open_store, out, progress_bar};
+use crate::cli::shared::{CliError, DATA_DEFAULT, engine_config, open_existing_store, out, progress_bar};
 use crate::domain::ids::ShopId;
 use crate::engine::{Engine, SystemClock, VIEWS_SNAPSHOT_SCHEMA};
 use crate::log::layout;
@@ -37,7 +37,7 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<(), CliError> {
     let Args { data, as_of, check } = args;
     let as_of = parse_as_of(as_of.as_deref())?;
-    let store = open_store(&data)?;
+    let store = open_existing_store(&data)?;
     let mut differences = Vec::new();
     let mut rebuilt: Vec<(ShopId, Views)> = Vec::new();
     for shop in store.shops().await.map_err(|e| e.to_string())? {

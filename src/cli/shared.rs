@@ -1,6 +1,11 @@
 //! What several subcommands share: the error they end with, writing to standard output,
-//! opening the store of a data directory, the engine's settings on it, the runtime, and
-//! the progress bars drawn on standard error.
+//! opening the store of a data directory (to write, or only to read what is there), the
+//! engine's settings on it, the runtime, and the progress bars drawn on standard error.
+//!
+//! The subcommands that only read a store (`verify`, `replay`, `audit`, `export`) open it
+//! with [`open_existing_store`], which refuses a path holding no store instead of creating
+//! one there; those that write (`serve`, `demo`, `import`, `loadgen`, `drill`) use
+//! [`open_store`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,6 +69,18 @@ pub fn runtime(one_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
 pub fn open_store(data: &Path) -> Result<Arc<SledStore>, String> {
     let log = layout::log_dir(data);
     SledStore::open(&log).map(Arc::new).map_err(|e| format!("cannot open the store in {}: {e}", log.display()))
+}
+
+/// Opens the store in `data` for a subcommand that only reads it: a path that holds no
+/// store is an error, and nothing is created there.
+pub fn open_existing_store(data: &Path) -> Result<Arc<SledStore>, String> {
+    if !data.exists() {
+        return Err(format!("no data directory at {}", data.display()));
+    }
+    if !SledStore::exists(&layout::log_dir(data)) {
+        return Err(format!("no store in {}", data.display()));
+    }
+    open_store(data)
 }
 
 /// The engine's settings on the data directory `data`: snapshots in it, and its scratch file.

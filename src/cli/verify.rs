@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::shared::{CliError, DATA_DEFAULT, hex, open_store, out};
+use crate::cli::shared::{CliError, DATA_DEFAULT, hex, open_existing_store, out};
 use crate::log::store::{EventStore, StoreError};
 
 /// The flags of `emporium verify`.
@@ -19,10 +19,7 @@ pub struct Args {
 /// Verifies every shop log.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let Args { data } = args;
-    if !data.exists() {
-        return Err(format!("no data directory at {}", data.display()).into());
-    }
-    let store = open_store(&data)?;
+    let store = open_existing_store(&data)?;
     let mut failed = Vec::new();
     for shop in store.shops().await.map_err(|e| e.to_string())? {
         match store.verify(&shop).await {
