@@ -17,7 +17,8 @@ use crate::log::layout;
 use crate::log::store::SledStore;
 use crate::log::transfer::{self, Phase};
 
-/// The data directory of every subcommand that has one, unless `--data` names another.
+/// The data directory when `--data` is not given, for the subcommands that default it
+/// (all but `loadgen` and `drill`).
 pub const DATA_DEFAULT: &str = "./emporium-data";
 
 /// Why a subcommand failed: the message the binary prints after `error: `, exiting non-zero.
