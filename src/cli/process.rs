@@ -21,3 +21,12 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Sends this process's logs to standard error, in colour when it is a terminal, at the
+/// level RUST_LOG sets (warnings by default).
+pub fn log_to_stderr() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
+}

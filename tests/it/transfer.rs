@@ -338,6 +338,26 @@ fn export_import_and_verify_from_the_command_line() {
     assert!(!ok && err.contains("no data directory"), "{err}");
 }
 
+/// The subcommands that only read refuse a path that holds no store, and create nothing
+/// there: neither a missing data directory nor a database in an empty one.
+#[test]
+fn reading_subcommands_refuse_a_path_without_a_store_and_create_nothing() {
+    let dir = temp_dir();
+    let (missing, empty) = (dir.path().join("missing"), dir.path().join("empty"));
+    std::fs::create_dir(&empty).expect("created");
+    let reads: [&[&str]; 4] =
+        [&["verify"], &["replay"], &["audit", "--order", "A-1"], &["export", "--format", "jsonl"]];
+    for args in reads {
+        let (ok, out, err) = emporium(args, &missing);
+        assert!(!ok && out.is_empty() && err.contains("no data directory at "), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created the data directory");
+        let (ok, out, err) = emporium(args, &empty);
+        assert!(!ok && out.is_empty() && err.contains("no store in "), "{args:?}: {err}");
+        let created: Vec<_> = std::fs::read_dir(&empty).expect("listed").collect();
+        assert!(created.is_empty(), "{args:?} wrote into the empty directory: {created:?}");
+    }
+}
+
 /// `emporium export | head -1`: the closed pipe is an error, never a panic.
 #[test]
 fn an_export_to_a_closed_pipe_is_an_error_not_a_panic() {

@@ -172,6 +172,13 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Whether `dir` holds a database: sled writes its `conf` file when it creates one. Lets
+    /// a caller that only reads refuse a directory that [`open`](Self::open) would create a
+    /// database in.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("conf").is_file()
+    }
+
     /// What an append writes after `head`: the sled batch (chunks and the rejection group),
     /// the new head, and the rejection group's number. Checks the fence; writes nothing.
     fn prepare(
