@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::error::{ApiError, RefusalBody, rejection_status, sentence};
+use super::error::{ApiError, ErrorBody, rejection_status, sentence};
 use super::wire::{BatchBody, PositionsBody, Receipt, ReceiptEvent, ResourceRef, WireCommand};
 use super::{Access, App, AppState, Params, read_body, record, shop_and_params};
 use crate::domain::ids::{CommandId, ShopId};
@@ -171,7 +171,7 @@ impl AnswerBody {
             AnswerBody::Receipt(receipt) => {
                 serde_json::to_value(&receipt).unwrap_or_else(|e| json!({"error": e.to_string()}))
             }
-            AnswerBody::Refused(rejection) => ApiError::from_rejection(&rejection).into_body(),
+            AnswerBody::Refused(rejection) => ErrorBody::refusal(&rejection).tree(),
             AnswerBody::Error(error) => error.into_body(),
         }
     }
@@ -179,7 +179,7 @@ impl AnswerBody {
     fn into_response(self, status: StatusCode) -> Response {
         match self {
             AnswerBody::Receipt(receipt) => (status, axum::Json(receipt)).into_response(),
-            AnswerBody::Refused(rejection) => (status, axum::Json(RefusalBody(&rejection))).into_response(),
+            AnswerBody::Refused(rejection) => (status, axum::Json(ErrorBody::refusal(&rejection))).into_response(),
             AnswerBody::Error(error) => (status, axum::Json(error.wire())).into_response(),
         }
     }
