@@ -304,65 +304,68 @@ pub async fn batch(State(app): AppState, params: Params, headers: HeaderMap, bod
     let bytes = read_body(&headers, body, app.config.body_bytes_max).await?;
     let batch: BatchBody =
         serde_json::from_value(Value::Object(object(&bytes)?)).map_err(|e| invalid_body(sentence(&e.to_string())))?;
+    let items = batch.commands;
     let max = app.config.batch_commands_max;
-    if batch.commands.is_empty() || batch.commands.len() > max {
+    if items.is_empty() || items.len() > max {
         return Err(ApiError::bad_request(
             "invalid_batch",
-            format!("A batch holds 1 to {max} commands, not {}.", batch.commands.len()),
+            format!("A batch holds 1 to {max} commands, not {}.", items.len()),
         )
-        .with_details(json!({"limit": max, "commands": batch.commands.len()})));
+        .with_details(json!({"limit": max, "commands": items.len()})));
     }
     // Parse every item first, then submit them all at once so they share group commits.
-    let parsed: Vec<Result<(WireCommand, Option<CommandId>), ApiError>> = batch
-        .commands
-        .into_iter()
-        .map(|item| {
-            let Value::Object(fields) = item else { return Err(invalid_body("Every command must be a JSON object.")) };
-            let kind = match fields.get("type") {
-                Some(Value::String(kind)) => kind.clone(),
-                _ => return Err(invalid_body("Every command needs a type, such as \"place_order\".")),
-            };
-            let mut fields = fields;
-            fields.remove("type");
-            let command = parse_command(fields, &kind, &[])?;
-            let id = command_id(&HeaderMap::new(), command.command_id())?;
-            Ok((command, id))
-        })
-        .collect();
-    let runs = parsed.into_iter().map(|item| {
-        let (app, shop, actor) = (&app, &shop, principal.name.as_str());
-        async move {
-            match item {
-                Ok((command, id)) => {
-                    let kind = command.kind();
-                    let (status, body, outcome) = run(app, shop, actor, command, id).await;
-                    record(app, kind, outcome, started);
-                    (status, body.into_value())
-                }
-                Err(error) => {
-                    record(app, "unknown", "invalid", started);
-                    (error.status, error.into_body())
-                }
-            }
-        }
-    });
-    let results: Vec<Value> = futures_util::future::join_all(runs)
-        .await
-        .into_iter()
-        .map(|(status, body)| {
-            let mut result = Map::new();
-            result.insert("status".to_owned(), json!(status.as_u16()));
-            if let Value::Object(fields) = body {
-                if fields.contains_key("error") {
-                    result.extend(fields);
-                } else {
-                    result.insert("receipt".to_owned(), Value::Object(fields));
-                }
-            }
-            Value::Object(result)
-        })
-        .collect();
+    let parsed: Vec<_> = items.into_iter().map(batch_item).collect();
+    let runs = parsed.into_iter().map(|item| run_item(&app, &shop, &principal.name, item, started));
+    let results: Vec<Value> = futures_util::future::join_all(runs).await.into_iter().map(batch_result).collect();
     Ok(axum::Json(json!({"results": results})).into_response())
+}
+
+/// One item of a batch, read, with its command id.
+fn batch_item(item: Value) -> Result<(WireCommand, Option<CommandId>), ApiError> {
+    let Value::Object(mut fields) = item else { return Err(invalid_body("Every command must be a JSON object.")) };
+    let kind = match fields.remove("type") {
+        Some(Value::String(kind)) => kind,
+        _ => return Err(invalid_body("Every command needs a type, such as \"place_order\".")),
+    };
+    let command = parse_command(fields, &kind, &[])?;
+    let id = command_id(&HeaderMap::new(), command.command_id())?;
+    Ok((command, id))
+}
+
+/// Runs one item of a batch, or answers what was wrong with it; its status and body.
+async fn run_item(
+    app: &App,
+    shop: &ShopId,
+    actor: &str,
+    item: Result<(WireCommand, Option<CommandId>), ApiError>,
+    started: Instant,
+) -> (StatusCode, Value) {
+    match item {
+        Ok((command, id)) => {
+            let kind = command.kind();
+            let (status, body, outcome) = run(app, shop, actor, command, id).await;
+            record(app, kind, outcome, started);
+            (status, body.into_value())
+        }
+        Err(error) => {
+            record(app, "unknown", "invalid", started);
+            (error.status, error.into_body())
+        }
+    }
+}
+
+/// One result of a batch: its status, and its receipt or its error's fields.
+fn batch_result((status, body): (StatusCode, Value)) -> Value {
+    let mut result = Map::new();
+    result.insert("status".to_owned(), json!(status.as_u16()));
+    if let Value::Object(fields) = body {
+        if fields.contains_key("error") {
+            result.extend(fields);
+        } else {
+            result.insert("receipt".to_owned(), Value::Object(fields));
+        }
+    }
+    Value::Object(result)
 }
 
 #[cfg(test)]
