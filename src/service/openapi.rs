@@ -1,14 +1,15 @@
-//! The API description, `GET /v1/openapi.json`, generated from the command route table and
-//! the body types: a route or a field added in code appears here without anyone writing it.
+//! The API description, `GET /v1/openapi.json`, generated from the command table (each
+//! command's route, summary and body schema) and the body types: a command or a field added
+//! in code appears here without anyone writing it. The reads, being few and without bodies,
+//! are listed here by hand, with their query parameters.
 
 use axum::response::{IntoResponse, Response};
 use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use super::commands::{ROUTES, Route, Verb};
 use super::error::ErrorBody;
-use super::wire::{self, BatchBody, Receipt};
+use super::table::{ROUTES, Route, Verb};
+use super::wire::{BatchBody, Receipt};
 
 /// A read route: path below the shop, summary, query parameters.
 struct ReadRoute {
@@ -50,31 +51,6 @@ const READS: &[ReadRoute] = &[
         query: &[("after", "a log position, when no Last-Event-ID is sent")],
     },
 ];
-
-fn body_schema(kind: &str, generator: &mut SchemaGenerator) -> Value {
-    fn of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
-        generator.subschema_for::<T>().to_value()
-    }
-    match kind {
-        "list_product" => of::<wire::ListProductBody>(generator),
-        "change_price" => of::<wire::ChangePriceBody>(generator),
-        "delist_product" => of::<wire::DelistBody>(generator),
-        "relist_product" => of::<wire::RelistBody>(generator),
-        "receive_stock" => of::<wire::ReceiveStockBody>(generator),
-        "stocktake" => of::<wire::StocktakeBody>(generator),
-        "reserve_stock" => of::<wire::ReserveBody>(generator),
-        "release_reservation" => of::<wire::ReleaseBody>(generator),
-        "place_order" => of::<wire::PlaceOrderBody>(generator),
-        "pay" => of::<wire::PayBody>(generator),
-        "cancel" => of::<wire::CancelBody>(generator),
-        "ship" => of::<wire::ShipBody>(generator),
-        "confirm_delivery" => of::<wire::DeliveryBody>(generator),
-        "request_return" => of::<wire::ReturnBody>(generator),
-        "receive_return" => of::<wire::ReturnReceiptBody>(generator),
-        "refund" => of::<wire::RefundBody>(generator),
-        _ => json!({"type": "object"}),
-    }
-}
 
 /// The named schema `reference` points to, without the fields the path supplies.
 fn request_schema(reference: &Value, definitions: &Map<String, Value>, path_fields: &[String]) -> Value {
@@ -124,7 +100,7 @@ pub fn build() -> Value {
     let receipt = generator.subschema_for::<Receipt>().to_value();
     generator.subschema_for::<ErrorBody>();
     let batch = generator.subschema_for::<BatchBody>().to_value();
-    let bodies: Vec<Value> = ROUTES.iter().map(|route| body_schema(route.kind, &mut generator)).collect();
+    let bodies: Vec<Value> = ROUTES.iter().map(|route| (route.schema)(&mut generator).to_value()).collect();
     let definitions = generator.take_definitions(true);
     let mut paths = Map::new();
     for (route, reference) in ROUTES.iter().zip(bodies) {
