@@ -5,6 +5,12 @@
 //! the current state or an idempotency conflict, 413 body too large, 503 (with
 //! `Retry-After`) when a shop's queue is full. Only a failure of the server itself is
 //! another 5xx.
+//!
+//! One writer: every error answer, a batch's error results included, is an [`ErrorBody`]
+//! serialized, either borrowed from an [`ApiError`] ([`ApiError::wire`]) or written straight
+//! from a refusal by the shop's rules ([`ErrorBody::refusal`]); the same type describes the
+//! shape in the API description. A refusal's status is [`rejection_status`], its code the
+//! rejection's own.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,8 +36,9 @@ pub struct ApiError {
 
 /// The error body, for the API description.
 //
-// The same type is what an answer writes: it borrows an `ApiError`'s fields
-// (`ApiError::wire`), so the description and the answers cannot drift apart.
+// The same type is what every answer writes: it borrows an `ApiError`'s fields
+// (`ApiError::wire`) or a rejection (`ErrorBody::refusal`), so the description and the
+// answers cannot drift apart.
 #[derive(Serialize, JsonSchema)]
 pub struct ErrorBody<'a> {
     /// The error.
@@ -42,12 +49,67 @@ pub struct ErrorBody<'a> {
 #[derive(Serialize, JsonSchema)]
 pub struct ErrorFields<'a> {
     /// A stable snake_case code such as `insufficient_stock`.
-    pub code: &'a str,
+    code: &'a str,
     /// A sentence for a person.
-    pub message: &'a str,
+    #[schemars(with = "String")]
+    message: Message<'a>,
     /// Particulars: the field, the SKU, the amounts.
     #[schemars(with = "Map<String, Value>")]
-    pub details: &'a Value,
+    details: Details<'a>,
+}
+
+/// An error's message: a sentence already written, or a rejection's, capitalized as it is
+/// formatted.
+enum Message<'a> {
+    Text(&'a str),
+    Refusal(&'a Rejection),
+}
+
+impl Serialize for Message<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Message::Text(text) => serializer.serialize_str(text),
+            Message::Refusal(rejection) => Sentence(rejection).serialize(serializer),
+        }
+    }
+}
+
+/// An error's details: a tree already built, or a rejection's fields. Most refusals on a
+/// promotion day are `insufficient_stock`, whose details are written straight; the rarer
+/// ones go through the tree.
+enum Details<'a> {
+    Tree(&'a Value),
+    Refusal(&'a Rejection),
+}
+
+impl Serialize for Details<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        match self {
+            Details::Tree(tree) => tree.serialize(serializer),
+            Details::Refusal(Rejection::InsufficientStock { shortages }) => {
+                let mut details = serializer.serialize_struct("InsufficientStock", 1)?;
+                details.serialize_field("shortages", shortages)?;
+                details.end()
+            }
+            Details::Refusal(other) => rejection_details(other).serialize(serializer),
+        }
+    }
+}
+
+impl ErrorBody<'_> {
+    /// A refusal by the shop's rules, written straight from the rejection: no message
+    /// string or details tree is built first.
+    pub fn refusal(rejection: &Rejection) -> ErrorBody<'_> {
+        let (message, details) = (Message::Refusal(rejection), Details::Refusal(rejection));
+        ErrorBody { error: ErrorFields { code: rejection.code(), message, details } }
+    }
+
+    /// The body as a tree, for a batch's results.
+    pub fn tree(&self) -> Value {
+        // Cannot fail: every part serializes to JSON, and every key is a string.
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 impl ApiError {
@@ -72,30 +134,25 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&error.to_string()))
     }
 
-    /// The JSON body as a tree, for a batch's results: its fields are moved, not copied.
+    /// The JSON body as a tree, for a batch's results: [`ApiError::wire`] serialized.
     pub fn into_body(self) -> Value {
-        let mut fields = Map::with_capacity(3);
-        fields.insert("code".to_owned(), Value::from(self.code));
-        fields.insert("message".to_owned(), Value::String(self.message));
-        fields.insert("details".to_owned(), self.details);
-        let mut body = Map::with_capacity(1);
-        body.insert("error".to_owned(), Value::Object(fields));
-        Value::Object(body)
+        self.wire().tree()
     }
 
     /// The JSON body, borrowed, to serialize straight into a response: no tree between.
-    /// It reads as [`ApiError::into_body`] does.
     pub fn wire(&self) -> ErrorBody<'_> {
-        ErrorBody { error: ErrorFields { code: self.code, message: &self.message, details: &self.details } }
+        let (message, details) = (Message::Text(&self.message), Details::Tree(&self.details));
+        ErrorBody { error: ErrorFields { code: self.code, message, details } }
     }
 
-    /// A refusal by the shop's rules.
+    /// A refusal by the shop's rules as an error, for a read that checks an id the way a
+    /// command does: its message and details are what [`ErrorBody::refusal`] writes.
     pub fn from_rejection(rejection: &Rejection) -> ApiError {
         ApiError {
             status: rejection_status(rejection),
             code: rejection.code(),
-            message: sentence(&rejection.to_string()),
-            details: rejection_details(rejection),
+            message: Sentence(rejection).to_string(),
+            details: serde_json::to_value(Details::Refusal(rejection)).unwrap_or_else(|_| json!({})),
         }
     }
 }
@@ -119,50 +176,6 @@ fn rejection_details(rejection: &Rejection) -> Value {
     match serde_json::to_value(rejection) {
         Ok(Value::Object(map)) => map.into_iter().next().map_or(json!({}), |(_, fields)| fields),
         _ => json!({}),
-    }
-}
-
-/// A refusal's answer, written straight from the rejection: it reads as
-/// [`ApiError::from_rejection`]'s body does, without building that error's message and
-/// details first. Most refusals on a promotion day are `insufficient_stock`, whose details
-/// are written straight too; the rarer ones go through the tree.
-pub struct RefusalBody<'a>(pub &'a Rejection);
-
-impl Serialize for RefusalBody<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut body = serializer.serialize_struct("ErrorBody", 1)?;
-        body.serialize_field("error", &RefusalFields(self.0))?;
-        body.end()
-    }
-}
-
-struct RefusalFields<'a>(&'a Rejection);
-
-impl Serialize for RefusalFields<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut fields = serializer.serialize_struct("ErrorFields", 3)?;
-        fields.serialize_field("code", self.0.code())?;
-        fields.serialize_field("message", &Sentence(self.0))?;
-        fields.serialize_field("details", &RefusalDetails(self.0))?;
-        fields.end()
-    }
-}
-
-struct RefusalDetails<'a>(&'a Rejection);
-
-impl Serialize for RefusalDetails<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        match self.0 {
-            Rejection::InsufficientStock { shortages } => {
-                let mut details = serializer.serialize_struct("InsufficientStock", 1)?;
-                details.serialize_field("shortages", shortages)?;
-                details.end()
-            }
-            other => rejection_details(other).serialize(serializer),
-        }
     }
 }
 
@@ -299,7 +312,7 @@ mod tests {
             let error = ApiError::from_rejection(&rejection);
             assert_eq!(error.message, message);
             assert_eq!(rejection_status(&rejection), error.status);
-            let straight: Value = serde_json::to_value(RefusalBody(&rejection)).expect("serializes");
+            let straight: Value = serde_json::to_value(ErrorBody::refusal(&rejection)).expect("serializes");
             assert_eq!(straight, error.into_body(), "{rejection:?}");
         };
         let short = |sku: &str, requested, available| Shortage { sku: Sku::from(sku), requested, available };

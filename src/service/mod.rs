@@ -15,17 +15,32 @@
 //!   connections, ends event streams, lets every request in flight finish (its command is
 //!   synced before it is answered), and returns; the caller then closes the engine.
 //!
-//! Codemap: [`wire`] (JSON bodies and money), [`error`] (the error shape and statuses),
-//! [`auth`] (tokens and roles), `commands` (command routes and batches), `queries` (reads),
-//! `feed` (events and Server-Sent Events), `openapi` (the API description, generated from
-//! the route table and the body types).
+//! Codemap, in the order a command travels through it:
+//! - `table.rs`: the command table, one row a command (its kind, body type, route and the
+//!   resource it acts on), and what it generates: [`wire::WireCommand`] with its
+//!   per-command methods, and the command routes. A new command is a row there and a body
+//!   in `bodies.rs`.
+//! - `bodies.rs`: the command bodies (re-exported by [`wire`]), each with its conversion
+//!   into the domain's command.
+//! - `parse.rs`: the one body parser: a command's body on its route, a batch and its items.
+//! - [`wire`]: money, receipts, resources and event lines: the JSON besides the bodies.
+//! - [`error`]: the error shape, the statuses and the one writer of error answers, refusals
+//!   by the shop's rules included.
+//! - [`auth`]: tokens and roles.
+//! - `commands.rs`: the command routes and batches: authorize, parse, run, answer.
+//! - `queries.rs`: the reads; `feed.rs`: events and Server-Sent Events; `openapi.rs`: the API
+//!   description, generated from the command table and the body types.
+//! - this file: the limits, the shared state, the router, serving, health and metrics.
 
 pub mod auth;
+mod bodies;
 mod commands;
 pub mod error;
 mod feed;
 mod openapi;
+mod parse;
 mod queries;
+mod table;
 pub mod wire;
 
 use std::future::Future;
@@ -168,15 +183,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/shops", get(queries::shops))
         .route("/v1/shops/{shop}", put(create_shop));
-    for route in commands::ROUTES {
+    for route in table::ROUTES {
         // The request whole, not `HeaderMap` and `Body`: that extractor copies every header.
         let handler = move |state: AppState, params: Params, request: axum::extract::Request| {
             let (parts, body) = request.into_parts();
             commands::single(state, route, params, parts.headers, body)
         };
         let method_router: MethodRouter<Arc<App>> = match route.method {
-            commands::Verb::Post => axum::routing::post(handler),
-            commands::Verb::Delete => axum::routing::delete(handler),
+            table::Verb::Post => axum::routing::post(handler),
+            table::Verb::Delete => axum::routing::delete(handler),
         };
         router = router.route(&in_shop(route.path), method_router);
     }

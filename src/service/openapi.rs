@@ -1,14 +1,15 @@
-//! The API description, `GET /v1/openapi.json`, generated from the command route table and
-//! the body types: a route or a field added in code appears here without anyone writing it.
+//! The API description, `GET /v1/openapi.json`, generated from the command table (each
+//! command's route, summary and body schema) and the body types: a command or a field added
+//! in code appears here without anyone writing it. The reads, being few and without bodies,
+//! are listed here by hand, with their query parameters.
 
 use axum::response::{IntoResponse, Response};
 use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use super::commands::{ROUTES, Verb};
 use super::error::ErrorBody;
-use super::wire::{self, BatchBody, Receipt};
+use super::table::{ROUTES, Route, Verb};
+use super::wire::{BatchBody, Receipt};
 
 /// A read route: path below the shop, summary, query parameters.
 struct ReadRoute {
@@ -51,31 +52,6 @@ const READS: &[ReadRoute] = &[
     },
 ];
 
-fn body_schema(kind: &str, generator: &mut SchemaGenerator) -> Value {
-    fn of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
-        generator.subschema_for::<T>().to_value()
-    }
-    match kind {
-        "list_product" => of::<wire::ListProductBody>(generator),
-        "change_price" => of::<wire::ChangePriceBody>(generator),
-        "delist_product" => of::<wire::DelistBody>(generator),
-        "relist_product" => of::<wire::RelistBody>(generator),
-        "receive_stock" => of::<wire::ReceiveStockBody>(generator),
-        "stocktake" => of::<wire::StocktakeBody>(generator),
-        "reserve_stock" => of::<wire::ReserveBody>(generator),
-        "release_reservation" => of::<wire::ReleaseBody>(generator),
-        "place_order" => of::<wire::PlaceOrderBody>(generator),
-        "pay" => of::<wire::PayBody>(generator),
-        "cancel" => of::<wire::CancelBody>(generator),
-        "ship" => of::<wire::ShipBody>(generator),
-        "confirm_delivery" => of::<wire::DeliveryBody>(generator),
-        "request_return" => of::<wire::ReturnBody>(generator),
-        "receive_return" => of::<wire::ReturnReceiptBody>(generator),
-        "refund" => of::<wire::RefundBody>(generator),
-        _ => json!({"type": "object"}),
-    }
-}
-
 /// The named schema `reference` points to, without the fields the path supplies.
 fn request_schema(reference: &Value, definitions: &Map<String, Value>, path_fields: &[String]) -> Value {
     let name = reference.get("$ref").and_then(Value::as_str).and_then(|r| r.rsplit('/').next()).unwrap_or("");
@@ -115,82 +91,97 @@ fn errors() -> Value {
     Value::Object(responses)
 }
 
+/// Every path below a shop starts with this.
+const PREFIX: &str = "/v1/shops/{shop}";
+
 /// The whole description.
 pub fn build() -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let receipt = generator.subschema_for::<Receipt>().to_value();
     generator.subschema_for::<ErrorBody>();
     let batch = generator.subschema_for::<BatchBody>().to_value();
-    let mut bodies = Vec::new();
-    for route in ROUTES {
-        bodies.push(body_schema(route.kind, &mut generator));
-    }
+    let bodies: Vec<Value> = ROUTES.iter().map(|route| (route.schema)(&mut generator).to_value()).collect();
     let definitions = generator.take_definitions(true);
     let mut paths = Map::new();
-    let prefix = "/v1/shops/{shop}";
     for (route, reference) in ROUTES.iter().zip(bodies) {
-        let fields = path_fields(route.path);
-        let mut responses = errors();
-        let success = json!({"description": "The command's receipt: its positions, events and resource",
-            "content": {"application/json": {"schema": receipt}}});
-        if let Value::Object(map) = &mut responses {
-            map.insert("200".to_owned(), success.clone());
-            map.insert("201".to_owned(), success);
-        }
-        let mut parameters = parameters(&format!("{prefix}{}", route.path), &[]);
-        parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
-            "description": "Makes a retry safe: the same key returns the same status and body",
-            "schema": {"type": "string", "maxLength": 128}}));
-        let mut operation = json!({
-            "operationId": route.kind,
-            "summary": route.summary,
-            "tags": ["commands"],
-            "parameters": parameters,
-            "responses": responses,
-            "security": [{"bearer": []}],
-        });
-        let body = request_schema(&reference, &definitions, &fields);
-        if let Value::Object(map) = &mut operation {
-            map.insert(
-                "requestBody".to_owned(),
-                json!({"required": route.method == Verb::Post, "content": {"application/json": {"schema": body}}}),
-            );
-        }
-        let method = match route.method {
-            Verb::Post => "post",
-            Verb::Delete => "delete",
-        };
-        paths.insert(format!("{prefix}{}", route.path), json!({ method: operation }));
+        let body = request_schema(&reference, &definitions, &path_fields(route.path));
+        paths.insert(format!("{PREFIX}{}", route.path), command(route, body, &receipt));
     }
     paths.insert(
-        format!("{prefix}/commands"),
+        format!("{PREFIX}/commands"),
         json!({"post": {"operationId": "batch", "summary": "Up to 1,000 commands, each answered on its own",
-            "tags": ["commands"], "parameters": parameters(prefix, &[]), "security": [{"bearer": []}],
+            "tags": ["commands"], "parameters": parameters(PREFIX, &[]), "security": [{"bearer": []}],
             "requestBody": {"required": true, "content": {"application/json": {"schema": batch}}},
             "responses": errors()}}),
     );
     for read in READS {
-        let path = format!("{prefix}{}", read.path);
-        let mut responses = errors();
-        if let Value::Object(map) = &mut responses {
-            let content = if read.path.ends_with("/stream") { "text/event-stream" } else { "application/json" };
-            map.insert("200".to_owned(), json!({"description": read.summary, "content": {content: {}}}));
-        }
-        paths.insert(
-            path.clone(),
-            json!({"get": {"summary": read.summary, "tags": ["queries"], "parameters": parameters(&path, read.query),
-                "security": [{"bearer": []}], "responses": responses}}),
-        );
+        let path = format!("{PREFIX}{}", read.path);
+        let item = query(read, &path);
+        paths.insert(path, item);
     }
+    others(&mut paths);
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "emporium", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Orders, stock, shipments, returns and refunds of online shops. Money is a decimal \
+                string with at most 2 places; unknown fields are refused."},
+        "paths": paths,
+        "components": {"schemas": definitions,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    })
+}
+
+/// A command route's path item: its one operation, taking `body` and answering `receipt`.
+fn command(route: &Route, body: Value, receipt: &Value) -> Value {
+    let mut responses = errors();
+    let success = json!({"description": "The command's receipt: its positions, events and resource",
+        "content": {"application/json": {"schema": receipt}}});
+    if let Value::Object(map) = &mut responses {
+        map.insert("200".to_owned(), success.clone());
+        map.insert("201".to_owned(), success);
+    }
+    let mut parameters = parameters(&format!("{PREFIX}{}", route.path), &[]);
+    parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Makes a retry safe: the same key returns the same status and body",
+        "schema": {"type": "string", "maxLength": 128}}));
+    let operation = json!({
+        "operationId": route.kind,
+        "summary": route.summary,
+        "tags": ["commands"],
+        "parameters": parameters,
+        "responses": responses,
+        "security": [{"bearer": []}],
+        "requestBody": {"required": route.method == Verb::Post, "content": {"application/json": {"schema": body}}},
+    });
+    let method = match route.method {
+        Verb::Post => "post",
+        Verb::Delete => "delete",
+    };
+    json!({ method: operation })
+}
+
+/// A read route's path item.
+fn query(read: &ReadRoute, path: &str) -> Value {
+    let mut responses = errors();
+    if let Value::Object(map) = &mut responses {
+        let content = if read.path.ends_with("/stream") { "text/event-stream" } else { "application/json" };
+        map.insert("200".to_owned(), json!({"description": read.summary, "content": {content: {}}}));
+    }
+    json!({"get": {"summary": read.summary, "tags": ["queries"], "parameters": parameters(path, read.query),
+        "security": [{"bearer": []}], "responses": responses}})
+}
+
+/// The paths outside a shop's commands and reads: the shops, health and metrics.
+fn others(paths: &mut Map<String, Value>) {
     paths.insert(
         "/v1/shops".to_owned(),
         json!({"get": {"summary": "Every shop", "tags": ["shops"],
         "security": [{"bearer": []}], "responses": {"200": {"description": "The shops"}}}}),
     );
     paths.insert(
-        "/v1/shops/{shop}".to_owned(),
+        PREFIX.to_owned(),
         json!({"put": {"summary": "Create a shop (admin)", "tags": ["shops"],
-        "parameters": parameters("/v1/shops/{shop}", &[]), "security": [{"bearer": []}],
+        "parameters": parameters(PREFIX, &[]), "security": [{"bearer": []}],
         "responses": {"200": {"description": "It existed"}, "201": {"description": "Created"}}}}),
     );
     paths.insert(
@@ -203,15 +194,6 @@ pub fn build() -> Value {
         json!({"get": {"summary": "Prometheus metrics",
         "security": [{"bearer": []}], "responses": {"200": {"description": "text/plain metrics"}}}}),
     );
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "emporium", "version": env!("CARGO_PKG_VERSION"),
-            "description": "Orders, stock, shipments, returns and refunds of online shops. Money is a decimal \
-                string with at most 2 places; unknown fields are refused."},
-        "paths": paths,
-        "components": {"schemas": definitions,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    })
 }
 
 /// `GET /v1/openapi.json`.
