@@ -29,9 +29,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("src/rehearsal/loadgen/mod.rs", "run", 122),
     ("src/rehearsal/loadgen/mod.rs", "check_http", 82),
     ("src/rehearsal/sim.rs", "generate_day", 122),
-    ("src/service/commands.rs", "batch", 73),
-    ("src/service/openapi.rs", "build", 97),
-    ("src/service/wire.rs", "into_command", 98),
     ("src/views/ledger.rs", "apply_event", 117),
 ];
 
