@@ -9,7 +9,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use tokio::sync::mpsc;
 
-use crate::domain::event::Subject;
+use crate::domain::event::{Event, Subject};
 use crate::domain::idmap::IdMap;
 use crate::domain::ids::{CommandId, OrderId, ShopId, Timestamp};
 use crate::engine::config::{ENGINE_SNAPSHOT_SCHEMA, EngineConfig, SnapshotConfig};
@@ -104,6 +104,28 @@ fn read_ahead(
 type CoreImage = (State, IdMap<CompactString, u64>, Vec<(Timestamp, CommandId, Known)>, Timestamp, Hash);
 
 impl Core {
+    /// Counts `event`, which the state has just applied, in its `stream`, and returns the
+    /// stream's version after it: the writer records it, recovery checks the log's against
+    /// it. An order counts its own stream ([`crate::domain::state::Order::stream_version`]):
+    /// `order_version` is what applying the event returned ([`State::apply`]), so no order
+    /// is read back. Other streams (SKUs, checkout holds) count in `stream_versions`.
+    pub(super) fn count_stream(&mut self, stream: &CompactString, event: &Event, order_version: Option<u64>) -> u64 {
+        if let Subject::Order(order_id) = event.subject() {
+            let Some(version) = order_version else {
+                panic!("applying an event of order {order_id} counts its stream")
+            };
+            assert!(version > 0, "order {order_id} counts every event applied");
+            return version;
+        }
+        debug_assert!(order_version.is_none(), "only an event about an order has an order's stream version");
+        let counted = match self.stream_versions.get_mut(stream) {
+            Some(counted) => counted,
+            None => self.stream_versions.entry(stream.clone()).or_insert(0),
+        };
+        *counted += 1;
+        *counted
+    }
+
     /// The image, appended to `buffer` (reserved for the size expected, so that it does not
     /// grow by doubling).
     pub(super) fn encode_image(&self, head: Hash, buffer: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
@@ -265,15 +287,8 @@ impl Core {
     fn replay(&mut self, envelope: &Envelope, horizon: Timestamp) {
         assert_eq!(envelope.position, self.last_position + 1, "recovery reads the log in order");
         let order_version = self.state.apply(&envelope.event);
-        let version = match envelope.event.subject() {
-            Subject::Order(_) => order_version,
-            Subject::Sku(_) | Subject::Reservation(_) => {
-                let version = self.stream_versions.entry(envelope.stream.clone()).or_insert(0);
-                *version += 1;
-                Some(*version)
-            }
-        };
-        assert_eq!(version, Some(envelope.stream_version), "stream {} out of order", envelope.stream);
+        let version = self.count_stream(&envelope.stream, &envelope.event, order_version);
+        assert_eq!(version, envelope.stream_version, "stream {} out of order", envelope.stream);
         self.last_position = envelope.position;
         self.last_recorded_at = self.last_recorded_at.max(envelope.recorded_at);
         if envelope.recorded_at >= horizon {

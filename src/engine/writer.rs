@@ -17,8 +17,6 @@ use emporium_snapshots::Snapshot;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::command::Command;
-use crate::domain::event::{Event, Subject};
-use crate::domain::idmap::IdMap;
 use crate::domain::ids::{CommandId, ShopId, Timestamp};
 use crate::engine::Engine;
 use crate::engine::api::{Accepted, CommandError, EngineStats, Positions, Request};
@@ -448,30 +446,6 @@ impl Writer {
     }
 }
 
-/// The stream of `event`, which the state has just applied, and the stream's version after
-/// it. An order counts its own stream ([`crate::domain::state::Order::stream_version`]):
-/// `order_version` is what applying the event returned ([`State::apply`]), so no
-/// order is read back. Other streams (SKUs, checkout holds) count in `counted`.
-fn stream_version(
-    counted: &mut IdMap<CompactString, u64>,
-    event: &Event,
-    order_version: Option<u64>,
-) -> (CompactString, u64) {
-    let stream = stream_of(event);
-    if let Subject::Order(order_id) = event.subject() {
-        let Some(version) = order_version else { panic!("applying an event of order {order_id} counts its stream") };
-        assert!(version > 0, "order {order_id} counts every event applied");
-        return (stream, version);
-    }
-    debug_assert!(order_version.is_none(), "only an event about an order has an order's stream version");
-    let counted = match counted.get_mut(&stream) {
-        Some(counted) => counted,
-        None => counted.entry(stream.clone()).or_insert(0),
-    };
-    *counted += 1;
-    (stream, *counted)
-}
-
 /// The answer to a command id remembered as `known`: its outcome again when `fingerprint`
 /// says it is the same command, a conflict when not.
 fn replayed(known: &Known, command_id: CommandId, fingerprint: Fingerprint) -> Result<Accepted, CommandError> {
@@ -529,7 +503,8 @@ fn decide_one(
     let first = core.last_position + 1;
     for event in &events {
         let order_version = core.state.apply(event);
-        let (stream, stream_version) = stream_version(&mut core.stream_versions, event, order_version);
+        let stream = stream_of(event);
+        let stream_version = core.count_stream(&stream, event, order_version);
         core.last_position += 1;
         batch.events.push(Envelope {
             position: core.last_position,
