@@ -67,14 +67,10 @@ pub trait Orders {
 
     /// Applies `event`, which changes only its order ([`Order::apply_change`]), counts it in
     /// the order's stream version and returns the version; `None` when there is no such
-    /// order. A store may keep the event beside an encoded order rather than decode it, as
-    /// long as every later read sees it applied.
-    fn change_by(&mut self, id: &OrderId, event: &Event) -> Option<u64> {
-        self.change(id, |order| {
-            order.apply_change(event);
-            order.count_event()
-        })
-    }
+    /// order. As [`Orders::change`] with `apply_change` then [`Order::count_event`], except
+    /// that a store may keep the event beside an encoded order rather than decode it, as long
+    /// as every later read sees it applied.
+    fn change_by(&mut self, id: &OrderId, event: &Event) -> Option<u64>;
 
     /// Reads the order `id` where it is kept, changing nothing, so that a change to it soon
     /// after finds it cached; returns a byte of what was read (0 when it is not in memory),
