@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::command::Command;
 use crate::domain::event::Event;
-use crate::domain::ids::{CommandId, ShopId};
+use crate::domain::ids::{CommandId, ShopId, Timestamp};
 use crate::domain::rejection::Rejection;
 use crate::engine::metrics::Histogram;
 use crate::log::store::StoreError;
@@ -93,12 +93,43 @@ pub enum CommandError {
     },
 }
 
-/// Why the engine could not open.
+/// Why the engine could not open, or a shop could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Creating one more shop would pass [`EngineConfig::shops_max`](crate::engine::EngineConfig::shops_max);
+    /// nothing was created.
+    #[error("the engine serves {shops_max} shops, its limit; no shop was created")]
+    ShopLimitReached {
+        /// The limit.
+        shops_max: usize,
+    },
+}
+
+/// Whether a shop takes commands, for monitoring ([`crate::engine::Engine::health`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShopHealth {
+    /// It takes commands.
+    Serving,
+    /// Its store failed: its commands are answered [`CommandError::Unavailable`] while its
+    /// writer retries, with a backoff of 100 ms doubling to 5 s, to heal the store and
+    /// rebuild the shop's state from its log.
+    Healing {
+        /// The failure that started it.
+        reason: String,
+        /// When, by the engine clock.
+        since: Timestamp,
+        /// Why the last attempt to heal failed, if one did.
+        last_attempt: Option<String>,
+    },
+    /// Its log fails verification: it is not served until the log is repaired and the
+    /// engine opened again.
+    Quarantined {
+        /// Why, naming the first bad position.
+        reason: String,
+    },
 }
 
 /// What the engine counts while it runs.

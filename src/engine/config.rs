@@ -68,9 +68,18 @@ pub struct EngineConfig {
     pub orders_hot_max: usize,
     /// Where a shop's writer spills the orders it keeps encoded, out of memory
     /// ([`crate::memory::spill`]): a scratch file per shop, unnamed, never synced, rebuilt on every
-    /// recovery. None keeps them in memory.
+    /// recovery, and opened only when the first order leaves memory. None keeps them in memory.
     pub spill_dir: Option<PathBuf>,
+    /// Most shops the engine serves; creating one more is refused
+    /// ([`OpenError::ShopLimitReached`](crate::engine::OpenError::ShopLimitReached)) and
+    /// creates nothing. Shops found in the store at open are all served, even past it.
+    /// Default [`SHOPS_MAX_DEFAULT`].
+    pub shops_max: usize,
 }
+
+/// The default of [`EngineConfig::shops_max`]: 1,000 shops. A shop holds a writer and a
+/// follower, its state and views in memory, and no file descriptor until it spills.
+pub const SHOPS_MAX_DEFAULT: usize = 1_000;
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
@@ -83,6 +92,7 @@ impl Default for EngineConfig {
             snapshots: None,
             orders_hot_max: crate::memory::tiered::HOT_DEFAULT_MAX,
             spill_dir: None,
+            shops_max: SHOPS_MAX_DEFAULT,
         }
     }
 }

@@ -12,8 +12,17 @@
 //!   only once its batch is durable, batches in order.
 //! - **Acknowledged means durable.** No answer, accepted or rejected, leaves the writer
 //!   before the batch holding it is durable. If the store fails, every command of the batch,
-//!   and of the batch decided behind it, gets [`CommandError::Unavailable`] and the shop's
-//!   state is rebuilt from its log. A read first makes everything decided durable.
+//!   and of the batch decided behind it, gets [`CommandError::Unavailable`]. A read first
+//!   makes everything decided durable.
+//! - **Failures heal.** A shop whose store failed is [`ShopHealth::Healing`]: its commands
+//!   get [`CommandError::Unavailable`] at once while its writer retries, 100 ms after the
+//!   failure and then twice as long each time up to 5 s, to heal the store
+//!   ([`EventStore::heal`]) and rebuild the shop's state from its log, verified; then it
+//!   serves again. The failure and the healing are logged once each, at error and info
+//!   level. A shop whose log fails verification is [`ShopHealth::Quarantined`]; the others
+//!   are served. [`Engine::health`] reports every shop's.
+//! - **Bounded shops.** At most `shops_max` shops; creating one more is refused and
+//!   creates nothing, and so does a creation that fails.
 //! - **Idempotency.** A command id seen within `idempotency_window_ms` of engine time returns
 //!   its original outcome (the same positions, or the same rejection) without appending, also
 //!   after a restart: accepted ids are rebuilt from the log, rejected ones from the store's
@@ -58,9 +67,11 @@ mod recovery;
 pub mod remembered;
 mod writer;
 
-pub use api::{Accepted, CommandError, EngineStats, LABEL_LENGTH_MAX, OpenError, Positions, Request, ShopProgress};
+pub use api::{
+    Accepted, CommandError, EngineStats, LABEL_LENGTH_MAX, OpenError, Positions, Request, ShopHealth, ShopProgress,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{ENGINE_SNAPSHOT_SCHEMA, EngineConfig, SnapshotConfig, VIEWS_SNAPSHOT_SCHEMA};
+pub use config::{ENGINE_SNAPSHOT_SCHEMA, EngineConfig, SHOPS_MAX_DEFAULT, SnapshotConfig, VIEWS_SNAPSHOT_SCHEMA};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +101,8 @@ enum ShopEntry {
         views_at: watch::Receiver<u64>,
         log_position: Arc<AtomicU64>,
         orders_spilled: Arc<AtomicU64>,
+        /// What its writer publishes: serving, or healing.
+        health: Arc<std::sync::Mutex<ShopHealth>>,
     },
     Refused(String),
 }
@@ -104,6 +117,8 @@ pub struct Engine {
     writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     recovered_from: std::sync::Mutex<HashMap<ShopId, Option<u64>>>,
+    /// Held while a shop is created.
+    creating: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -129,6 +144,7 @@ impl Engine {
             writers: std::sync::Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
             recovered_from: std::sync::Mutex::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
         };
         if let Some(dir) = &engine.config.spill_dir {
             // Spills of processes that ended before removing their names; a failure to
@@ -161,12 +177,13 @@ impl Engine {
                 let handover = Handover::new(core.last_position);
                 let writer = Writer::new(self, shop, core, durable, handover.clone());
                 let (log_position, orders_spilled) = writer.published();
+                let health = writer.health();
                 let follower = Follower::start(shop, self.store.clone(), &self.config, handed, handover).await?;
                 let (views, views_at) = (follower.views.clone(), follower.checkpoint.subscribe());
                 let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 writers.push(tokio::spawn(writer.run(receiver)));
                 writers.push(tokio::spawn(follower.run(self.shutdown.subscribe())));
-                ShopEntry::Serving { sender, views, views_at, log_position, orders_spilled }
+                ShopEntry::Serving { sender, views, views_at, log_position, orders_spilled, health }
             }
             Err(StoreError::Corrupt { corruption, .. }) => ShopEntry::Refused(corruption.to_string()),
             Err(error) => return Err(error.into()),
@@ -175,13 +192,56 @@ impl Engine {
         Ok(())
     }
 
-    /// Creates a shop with an empty log, or does nothing if it exists.
+    /// Creates a shop with an empty log, or does nothing if it exists. Refused, creating
+    /// nothing, when the engine serves `shops_max` shops already. A creation that fails
+    /// takes back what it made of the shop, so that a shop either exists (and is served) or
+    /// does not; only when that too fails (the store down) may it be found at the next start.
     pub async fn create_shop(&self, shop: &ShopId) -> Result<(), OpenError> {
-        if self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(shop) {
-            return Ok(());
+        // One creation at a time: the limit is checked against shops that exist.
+        let _creating = self.creating.lock().await;
+        {
+            let shops = self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if shops.contains_key(shop) {
+                return Ok(());
+            }
+            if shops.len() >= self.config.shops_max {
+                return Err(OpenError::ShopLimitReached { shops_max: self.config.shops_max });
+            }
         }
-        self.store.create_shop(shop).await?;
-        self.start(shop).await
+        let created = match self.store.create_shop(shop).await {
+            Ok(()) => self.start(shop).await,
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = &created {
+            self.shops.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(shop);
+            match self.store.remove_empty_shop(shop).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(shop = %shop, %error, "a shop whose creation failed could not be taken back")
+                }
+                Err(removal) => {
+                    tracing::warn!(shop = %shop, %error, %removal, "a shop whose creation failed could not be taken back")
+                }
+            }
+        }
+        created
+    }
+
+    /// Every shop's health: serving, healing (since when, and why), or quarantined (why).
+    pub fn health(&self) -> std::collections::BTreeMap<ShopId, ShopHealth> {
+        let shops = self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shops
+            .iter()
+            .map(|(shop, entry)| {
+                let health = match entry {
+                    ShopEntry::Serving { health, .. } => {
+                        health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+                    }
+                    ShopEntry::Refused(reason) => ShopHealth::Quarantined { reason: reason.clone() },
+                };
+                (shop.clone(), health)
+            })
+            .collect()
     }
 
     /// Every shop, served or refused.
@@ -194,7 +254,14 @@ impl Engine {
 
     fn sender(&self, shop: &ShopId) -> Result<mpsc::Sender<Job>, CommandError> {
         match self.shops.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(shop) {
-            Some(ShopEntry::Serving { sender, .. }) => Ok(sender.clone()),
+            Some(ShopEntry::Serving { sender, health, .. }) => {
+                match &*health.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+                    ShopHealth::Serving => Ok(sender.clone()),
+                    ShopHealth::Healing { reason, .. } | ShopHealth::Quarantined { reason } => {
+                        Err(CommandError::Unavailable { shop: shop.clone(), reason: reason.clone() })
+                    }
+                }
+            }
             Some(ShopEntry::Refused(reason)) => {
                 Err(CommandError::Unavailable { shop: shop.clone(), reason: reason.clone() })
             }
@@ -220,9 +287,16 @@ impl Engine {
         }
         let (reply, answer) = oneshot::channel();
         self.enqueue(shop, Job::Execute(request, reply))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(CommandError::Unavailable { shop: shop.clone(), reason: "the shop's writer stopped".to_owned() })
-        })
+        answer.await.unwrap_or_else(|_| Err(self.stopped(shop)))
+    }
+
+    /// Why a shop's writer dropped a job: it heals (or is quarantined), or it stopped.
+    fn stopped(&self, shop: &ShopId) -> CommandError {
+        let reason = match self.health().remove(shop) {
+            Some(ShopHealth::Healing { reason, .. } | ShopHealth::Quarantined { reason }) => reason,
+            _ => "the shop's writer stopped".to_owned(),
+        };
+        CommandError::Unavailable { shop: shop.clone(), reason }
     }
 
     /// Records every expired hold and unpaid order of `shop` now.
@@ -243,10 +317,7 @@ impl Engine {
             let _ = reply.send(read(state));
         });
         self.enqueue(shop, Job::Read(reader))?;
-        answer.await.map_err(|_| CommandError::Unavailable {
-            shop: shop.clone(),
-            reason: "the shop's writer stopped".to_owned(),
-        })
+        answer.await.map_err(|_| self.stopped(shop))
     }
 
     /// The position of the engine snapshot a shop's state was recovered from when the

@@ -4,7 +4,9 @@
 //! and appends the batch in a task of its own ([`Writer::launch`]) while it decides the next
 //! ([`Open`], [`InFlight`]). A batch opens with the expiries due (the tick), which an idle
 //! shop also records every `tick_interval_ms`. Answers wait in [`Pending`] until their batch is durable; a
-//! failed append answers them `Unavailable` and rebuilds the state from the log. Durable
+//! failed append answers them `Unavailable`, and the writer heals ([`Healing`]): it answers
+//! every command `Unavailable` while it retries, with a backoff, to heal the store and
+//! rebuild the state from the log. Durable
 //! batches go to the follower ([`crate::engine::handover`]), and every `every_events` the
 //! writer encodes an engine snapshot that a blocking task writes.
 
@@ -19,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::command::Command;
 use crate::domain::ids::{CommandId, ShopId, Timestamp};
 use crate::engine::Engine;
-use crate::engine::api::{Accepted, CommandError, EngineStats, Positions, Request};
+use crate::engine::api::{Accepted, CommandError, EngineStats, Positions, Request, ShopHealth};
 use crate::engine::clock::Clock;
 use crate::engine::config::{ENGINE_SNAPSHOT_SCHEMA, EngineConfig, snapshot_bytes_expected};
 use crate::engine::follower::SpillHealth;
@@ -49,6 +51,22 @@ pub(super) enum Job {
 /// the next batch records the rest.
 const TICKS_PER_BATCH_MAX: usize = 16;
 
+/// The first wait before healing a failed shop; each failed attempt doubles it.
+const HEAL_BACKOFF_FIRST_MS: u64 = 100;
+
+/// The longest wait between two attempts to heal a failed shop.
+const HEAL_BACKOFF_MAX_MS: u64 = 5_000;
+
+/// A shop whose store failed, until it heals: why, and when it tries next.
+struct Healing {
+    reason: String,
+    /// The wait before the next attempt after this one.
+    backoff: Duration,
+    next_at: tokio::time::Instant,
+    /// Whether its log failed verification: then it stops trying.
+    quarantined: bool,
+}
+
 /// An answer waiting for its batch to be durable.
 struct Pending {
     reply: Reply,
@@ -67,8 +85,12 @@ pub(super) struct Writer {
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    /// `None` once the shop failed and could not be recovered.
+    /// `None` while the shop heals.
     core: Option<Core>,
+    /// Set while the shop heals.
+    healing: Option<Healing>,
+    /// What the engine reports of the shop, and refuses its commands with while it heals.
+    health: Arc<std::sync::Mutex<ShopHealth>>,
     generated: u64,
     /// The position of the last engine snapshot (or of recovery).
     last_snapshot: u64,
@@ -98,8 +120,6 @@ struct Open {
     pending: Vec<Pending>,
     /// Commands decided into it, expiries included.
     commands: usize,
-    /// The time it was opened at.
-    now: Timestamp,
 }
 
 /// A batch being appended by its own task while the writer decides the next one.
@@ -109,8 +129,6 @@ struct InFlight {
     pending: Vec<Pending>,
     /// Where the log ends after it.
     last: u64,
-    /// The time it was decided at.
-    now: Timestamp,
     /// When it was handed to the store, by the monotonic clock (for the stats only).
     launched: std::time::Instant,
 }
@@ -136,6 +154,8 @@ impl Writer {
             clock: engine.clock.clone(),
             config: engine.config.clone(),
             core: Some(core),
+            healing: None,
+            health: Arc::new(std::sync::Mutex::new(ShopHealth::Serving)),
             generated: 0,
             last_snapshot,
             saving: None,
@@ -154,10 +174,25 @@ impl Writer {
         (self.log_position.clone(), self.orders_spilled.clone())
     }
 
+    /// The shop's health, which the writer publishes.
+    pub(super) fn health(&self) -> Arc<std::sync::Mutex<ShopHealth>> {
+        self.health.clone()
+    }
+
+    fn set_health(&self, health: ShopHealth) {
+        *self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
+    }
+
     /// Serves the shop's queue until it closes, then makes everything durable and snapshots.
     pub(super) async fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
         let tick = Duration::from_millis(self.config.tick_interval_ms.max(1));
         loop {
+            if self.healing.is_some() {
+                if self.heal_or_refuse(&mut receiver).await.is_break() {
+                    break;
+                }
+                continue;
+            }
             // While a batch syncs, the commands that arrive meanwhile are decided into the
             // next one (up to its limit), which is appended as soon as the first is durable.
             let room = self.config.batch_commands_max.saturating_sub(self.open.as_ref().map_or(0, |o| o.commands));
@@ -221,8 +256,8 @@ impl Writer {
     }
 
     /// Runs `read` on the state, which the writer made durable first. With no state (the
-    /// shop failed and could not be recovered) the reader is dropped, and its caller is
-    /// answered that the writer stopped.
+    /// shop heals) the reader is dropped, and its caller is answered that the shop is
+    /// unavailable.
     fn read(&self, read: Reader) {
         if let Some(core) = &self.core {
             read(&core.state);
@@ -236,11 +271,10 @@ impl Writer {
     /// Decides `jobs` into the open batch, opening one (with the expiries due now) if needed.
     fn decide(&mut self, jobs: Vec<(Request, Reply)>) {
         let Some(core) = self.core.as_mut() else {
+            let reason = self.healing.as_ref().map_or("the shop is healing", |healing| healing.reason.as_str());
             for (_, reply) in jobs {
-                let _ = reply.send(Err(CommandError::Unavailable {
-                    shop: self.shop.clone(),
-                    reason: "the shop failed and could not be recovered".to_owned(),
-                }));
+                let _ =
+                    reply.send(Err(CommandError::Unavailable { shop: self.shop.clone(), reason: reason.to_owned() }));
             }
             return;
         };
@@ -260,7 +294,7 @@ impl Writer {
                     let request = Request::new("engine", Command::ExpireDue).with_id(command_id);
                     let _ = decide_one(core, &self.shop, &mut batch, now, request);
                 }
-                self.open.insert(Open { batch, pending: Vec::new(), commands: ticks, now })
+                self.open.insert(Open { batch, pending: Vec::new(), commands: ticks })
             }
         };
         for (request, reply) in jobs {
@@ -282,7 +316,7 @@ impl Writer {
     /// durable ([`Writer::finish`]). Only with no batch in flight: batches append in order.
     async fn launch(&mut self) {
         assert!(self.in_flight.is_none(), "one batch in flight at most");
-        let Some(Open { batch, pending, commands, now }) = self.open.take() else { return };
+        let Some(Open { batch, pending, commands, .. }) = self.open.take() else { return };
         let Some(core) = self.core.as_ref() else { return };
         let last = core.last_position;
         assert_eq!(last, batch.expected_last + batch.events.len() as u64, "the batch ends where the state does");
@@ -304,7 +338,7 @@ impl Writer {
                 (batch, result)
             });
             let launched = std::time::Instant::now();
-            self.in_flight = Some(InFlight { task, pending, last, now, launched });
+            self.in_flight = Some(InFlight { task, pending, last, launched });
         }
         // While the batch syncs: the orders this batch froze leave memory. A failure keeps
         // them in memory, which is correct, only larger, and the next batch tries again.
@@ -342,7 +376,7 @@ impl Writer {
 
     /// Answers the commands of the batch in flight, which just finished appending.
     async fn finish(&mut self, done: Result<Appended, tokio::task::JoinError>) -> bool {
-        let Some(InFlight { pending, last, now, launched, .. }) = self.in_flight.take() else { return true };
+        let Some(InFlight { pending, last, launched, .. }) = self.in_flight.take() else { return true };
         self.stats.group_commit_s.record(launched.elapsed().as_secs_f64());
         let reason = match done {
             Ok((batch, Ok(appended))) => {
@@ -370,8 +404,73 @@ impl Writer {
                 let _ = p.reply.send(Err(self.unavailable("storage failed, an earlier batch was not written")));
             }
         }
-        self.core = Core::recover(&self.store, &self.shop, &self.config, now).await.ok();
+        self.fail(reason);
         false
+    }
+
+    /// Starts healing after a failed append: drops the state, refuses commands, and logs
+    /// the failure once.
+    fn fail(&mut self, reason: String) {
+        tracing::error!(shop = %self.shop, %reason, "the shop's store failed; refusing commands while it heals");
+        self.core = None;
+        self.set_health(ShopHealth::Healing { reason: reason.clone(), since: self.clock.now(), last_attempt: None });
+        let backoff = Duration::from_millis(HEAL_BACKOFF_FIRST_MS);
+        let next_at = tokio::time::Instant::now() + backoff;
+        self.healing = Some(Healing { reason, backoff, next_at, quarantined: false });
+    }
+
+    /// While the shop heals: answers the commands that reach the writer `Unavailable`, and
+    /// tries to heal when the backoff has passed. Breaks when the queue closes.
+    async fn heal_or_refuse(&mut self, receiver: &mut mpsc::Receiver<Job>) -> std::ops::ControlFlow<()> {
+        let Some(healing) = self.healing.as_ref() else { return std::ops::ControlFlow::Continue(()) };
+        let (next_at, quarantined) = (healing.next_at, healing.quarantined);
+        tokio::select! {
+            job = receiver.recv() => match job {
+                None => return std::ops::ControlFlow::Break(()),
+                Some(Job::Execute(_, reply)) => {
+                    let _ = reply.send(Err(self.unavailable(&healing.reason)));
+                }
+                // Dropped: its caller is answered that the shop is unavailable.
+                Some(Job::Read(_)) => {}
+            },
+            () = tokio::time::sleep_until(next_at), if !quarantined => self.try_heal().await,
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    /// One attempt to heal: the store, then the state rebuilt from the log, verified. On
+    /// success the shop serves again; a log that fails verification quarantines it; any
+    /// other failure waits twice as long (at most `HEAL_BACKOFF_MAX_MS`) for the next.
+    async fn try_heal(&mut self) {
+        let recovered = match self.store.heal().await {
+            Ok(()) => Core::recover(&self.store, &self.shop, &self.config, self.clock.now()).await,
+            Err(error) => Err(error),
+        };
+        let Some(healing) = self.healing.as_mut() else { return };
+        match recovered {
+            Ok(core) => {
+                tracing::info!(shop = %self.shop, position = core.last_position, cause = %healing.reason, "the shop healed and serves again");
+                self.log_position.store(core.last_position, Ordering::Release);
+                self.core = Some(core);
+                self.healing = None;
+                self.set_health(ShopHealth::Serving);
+            }
+            Err(StoreError::Corrupt { corruption, .. }) => {
+                let reason = corruption.to_string();
+                tracing::error!(shop = %self.shop, %reason, "the shop's log fails verification; it is quarantined");
+                healing.quarantined = true;
+                healing.reason = reason.clone();
+                self.set_health(ShopHealth::Quarantined { reason });
+            }
+            Err(error) => {
+                healing.backoff = (healing.backoff * 2).min(Duration::from_millis(HEAL_BACKOFF_MAX_MS));
+                healing.next_at = tokio::time::Instant::now() + healing.backoff;
+                let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let ShopHealth::Healing { last_attempt, .. } = &mut *health {
+                    *last_attempt = Some(error.to_string());
+                }
+            }
+        }
     }
 
     /// Whether an engine snapshot is still being written.

@@ -158,6 +158,18 @@ impl EventStore for MemoryStore {
         Ok((page, hash))
     }
 
+    async fn remove_empty_shop(&self, shop_id: &ShopId) -> Result<bool, StoreError> {
+        let mut shops = self.shops.lock().unwrap_or_else(PoisonError::into_inner);
+        let empty = shops.get(shop_id).is_none_or(|shop| {
+            let data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
+            data.chunks.is_empty() && data.rejections.is_empty()
+        });
+        if empty {
+            shops.remove(shop_id);
+        }
+        Ok(empty)
+    }
+
     async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
         match self.shop(shop_id) {
             Some(shop) => {

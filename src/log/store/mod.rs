@@ -8,6 +8,11 @@
 //! - **One writer per shop.** `append` names the position it expects the log to end at; if the
 //!   log ends elsewhere, the append fails with [`StoreError::Conflict`] and writes nothing, so a
 //!   second writer can never interleave with the first.
+//! - **Failures heal.** A failed append leaves the store refusing appends, naming the
+//!   failure, until [`EventStore::heal`] succeeds: it brings the store back from what the
+//!   disk holds (for sled: the database opened again and read back), checks that no log ends
+//!   before its last acknowledged position, and leaves every log's end where the disk has
+//!   it. A batch whose append failed may be found there: it is durable from then on.
 //! - **Checked reads.** Every record read is checked against its checksum; [`EventStore::verify`]
 //!   also checks the hash chain from the first record.
 //!
@@ -165,6 +170,22 @@ pub trait EventStore: Send + Sync {
 
     /// The last position and the hash of its record (the genesis hash for an empty log).
     async fn head(&self, shop: &ShopId) -> Result<(u64, Hash), StoreError>;
+
+    /// After a failed append: brings the store back from what the disk holds, so that it
+    /// takes appends again (see the module documentation). Does nothing when nothing
+    /// failed; fails, changing nothing durable, while the cause lasts. By default, nothing
+    /// to heal.
+    async fn heal(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Removes `shop`'s log if it holds nothing (no event, no rejection): how a shop whose
+    /// creation failed halfway is taken back. Returns whether the shop is gone (true also
+    /// when it did not exist). By default, removes nothing.
+    async fn remove_empty_shop(&self, shop: &ShopId) -> Result<bool, StoreError> {
+        let _ = shop;
+        Ok(false)
+    }
 }
 
 /// The events at `positions`, in the order given: how a history whose positions a view

@@ -20,11 +20,17 @@
 //! fsync (see `Syncer`). sled's `flush` alone uses `sync_file_range`, which flushes neither
 //! the device cache nor file metadata; the fsyncs do. Only then does `append` return.
 //!
-//! A failed sync fails the store: what reached the disk is then unknown (the kernel may
-//! drop pages it could not write, and a later fsync would report success), while sled
-//! already holds the batch in memory. So every later append is refused, naming the
-//! failure, until the database is opened again and read back from the disk; and reads stop
-//! at the last durable position, so nothing reads a batch that was never acknowledged.
+//! A failed write or sync fails the store: what reached the disk is then unknown (the
+//! kernel may drop pages it could not write, and a later fsync would report success), while
+//! sled already holds the batch in memory (or, when its own write failed, refuses every
+//! later one). So every later append is refused, naming the failure, until the store heals
+//! ([`EventStore::heal`]): every handle on the database is dropped, the cached pages of its
+//! files are dropped too, and the database is opened again, reading the files back from the
+//! disk; every file and directory is fsynced; and every shop's log end is read back and
+//! checked: a log that ends before its last acknowledged position refuses to heal. A batch
+//! whose sync failed may be found on disk then: it is durable from that moment, and the
+//! engine rebuilds its state from the log as it is. Meanwhile reads stop at the last durable
+//! position, so nothing reads a batch that was never acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
@@ -49,21 +55,29 @@ const STREAM: u8 = b's';
 const INDEX_HIGH_WATER: u8 = b'h';
 const TREE_PREFIX: &str = "shop/";
 
+/// Chunks of a shop's log, read in order.
+type Chunks = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send>;
+
 /// Shop logs in a sled database directory.
 pub struct SledStore {
-    db: sled::Db,
+    /// `None` while the store heals and the database is being opened again.
+    db: std::sync::RwLock<Option<sled::Db>>,
     dir: PathBuf,
     syncer: Arc<Mutex<Syncer>>,
-    /// Set by the first failed sync: from then on every append is refused with it.
-    sync_failed: Arc<std::sync::OnceLock<StoreError>>,
+    /// Set by the first failed write or sync: until the store heals, every append is
+    /// refused with it.
+    sync_failed: Arc<Mutex<Option<StoreError>>>,
     shops: Mutex<BTreeMap<ShopId, Arc<Shop>>>,
+    /// Serialises healing.
+    healing: tokio::sync::Mutex<()>,
 }
 
 struct Shop {
-    tree: sled::Tree,
+    /// `None` while the store heals.
+    tree: std::sync::RwLock<Option<sled::Tree>>,
     log: ShopLog,
     /// Set when the log's end could not be read at open: appends are refused.
-    broken: Option<StoreError>,
+    broken: Mutex<Option<StoreError>>,
     /// Serialises catching the stream index up.
     index: tokio::sync::Mutex<()>,
     /// The number the next group of rejections is stored under; taken under the head lock.
@@ -72,6 +86,69 @@ struct Shop {
 
 fn io_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
+}
+
+fn reopening() -> StoreError {
+    StoreError::Io("the database is being opened again after a failure".to_owned())
+}
+
+impl Shop {
+    /// The shop's sled tree; an error while the store heals.
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        self.tree.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(reopening)
+    }
+
+    /// Why the shop's log takes no appends, if it does not.
+    fn broken(&self) -> Option<StoreError> {
+        self.broken.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Where a shop's log ends as its tree holds it: the head (the empty log's, with the error,
+/// when the last chunk does not decode) and the number of the next rejection group.
+fn read_end(shop_id: &ShopId, tree: &sled::Tree) -> Result<(Head, Option<StoreError>, u64), StoreError> {
+    let last = tree.range(chunk_key(0)..=chunk_key(u64::MAX)).next_back().transpose().map_err(io_error)?;
+    let last = match last {
+        Some((key, value)) => Some((position_of_key(&key)?, value.to_vec())),
+        None => None,
+    };
+    // A log whose end does not decode still opens, so that verification can name the
+    // first bad record; it takes no appends.
+    let (head, broken) = match chunks::head_of(shop_id, last) {
+        Ok(head) => (head, None),
+        Err(error) => (chunks::Head { last_position: 0, hash: record::genesis_hash(shop_id) }, Some(error)),
+    };
+    let last_group = tree.scan_prefix([REJECTION_GROUP]).next_back().transpose().map_err(io_error)?;
+    let rejection_group_next = match last_group {
+        Some((key, _)) => {
+            position_of_key(&key)?.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?
+        }
+        None => 0,
+    };
+    Ok((head, broken, rejection_group_next))
+}
+
+/// Opens the sled database in `dir`, with the segment size it was created with.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let segment_bytes = persisted_segment_bytes(dir).map_err(io_error)?.unwrap_or(SEGMENT_BYTES);
+    let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).segment_size(segment_bytes);
+    config.open().map_err(io_error)
+}
+
+/// Asks the kernel to drop the cached pages of the database's top-level files, so that
+/// opening it again reads what the disk holds rather than pages that could not be written
+/// (which the kernel may keep, marked clean, after a failed writeback). Only advice: a
+/// failure leaves the cache as it is.
+fn drop_cached_pages(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|kind| kind.is_file())
+            && let Ok(file) = File::open(entry.path())
+        {
+            // SAFETY: the descriptor is open for the call; the advice reads no memory.
+            let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
 }
 
 /// A key of one prefix byte and a number, big-endian so that keys sort by number.
@@ -151,18 +228,18 @@ impl SledStore {
                 dir.display()
             )));
         }
-        let segment_bytes = persisted_segment_bytes(dir).map_err(io_error)?.unwrap_or(SEGMENT_BYTES);
-        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).segment_size(segment_bytes);
-        let db = config.open().map_err(io_error)?;
+        let db = open_db(dir)?;
         let syncer = Arc::new(Mutex::new(Syncer::new(dir)));
+        let names = db.tree_names();
         let store = SledStore {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             dir: dir.to_path_buf(),
             syncer,
-            sync_failed: Arc::new(std::sync::OnceLock::new()),
+            sync_failed: Arc::new(Mutex::new(None)),
             shops: Mutex::new(BTreeMap::new()),
+            healing: tokio::sync::Mutex::new(()),
         };
-        for name in store.db.tree_names() {
+        for name in names {
             let Some(id) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(TREE_PREFIX)) else {
                 continue;
             };
@@ -188,8 +265,8 @@ impl SledStore {
         head: &Head,
         batch: &AppendBatch,
     ) -> Result<(sled::Batch, Head, Option<u64>), StoreError> {
-        if let Some(error) = shop.broken.as_ref().or(self.sync_failed.get()) {
-            return Err(error.clone());
+        if let Some(error) = shop.broken().or_else(|| self.failure()) {
+            return Err(error);
         }
         let (chunks, new_head) = chunks::encode_batch(shop_id, head, batch.expected_last, &batch.events)?;
         let mut write = sled::Batch::default();
@@ -217,9 +294,78 @@ impl SledStore {
         Ok(head.last_position)
     }
 
+    /// Heals a failed store (see the module documentation): drops every handle on the
+    /// database, opens it again from the disk, fsyncs every file and directory, and reads
+    /// every shop's end back, refusing a log that ends before its last acknowledged
+    /// position. Holds every shop's head meanwhile, so no append runs.
+    async fn reopen(&self) -> Result<(), StoreError> {
+        let _healing = self.healing.lock().await;
+        let Some(cause) = self.failure() else { return Ok(()) };
+        let shops: Vec<(ShopId, Arc<Shop>)> = {
+            let shops = self.shops.lock().unwrap_or_else(PoisonError::into_inner);
+            shops.iter().map(|(id, shop)| (id.clone(), shop.clone())).collect()
+        };
+        let mut heads = Vec::with_capacity(shops.len());
+        for (_, shop) in &shops {
+            heads.push(shop.log.head.lock().await);
+        }
+        // Every handle on the old database goes, so that sled releases its lock.
+        for (_, shop) in &shops {
+            *shop.tree.write().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        let old = self.db.write().unwrap_or_else(PoisonError::into_inner).take();
+        let dir = self.dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            drop(old);
+            if !wait_until_unlocked(&dir, Duration::from_millis(LOCK_WAIT_MS)).map_err(io_error)? {
+                return Err(io_error("healing: the old database still holds its lock"));
+            }
+            drop_cached_pages(&dir);
+            let db = open_db(&dir)?;
+            let mut syncer = Syncer::new(&dir);
+            syncer.sync(&db).map_err(|error| io_error(format!("healing: a sync failed: {error}")))?;
+            Ok((db, syncer))
+        });
+        let (db, syncer) =
+            opened.await.map_err(io_error)?.map_err(|error| io_error(format!("{error} (after \"{cause}\")")))?;
+        let mut reopened = Vec::with_capacity(shops.len());
+        for ((shop_id, _), head) in shops.iter().zip(&heads) {
+            let tree = db.open_tree(format!("{TREE_PREFIX}{shop_id}")).map_err(io_error)?;
+            let end = read_end(shop_id, &tree)?;
+            if end.1.is_none() && end.0.last_position < head.last_position {
+                return Err(io_error(format!(
+                    "healing: the log of shop {shop_id} ends at {}, before its acknowledged position {}",
+                    end.0.last_position, head.last_position
+                )));
+            }
+            reopened.push((tree, end));
+        }
+        for (((_, shop), head), (tree, (new_head, broken, group_next))) in shops.iter().zip(&mut heads).zip(reopened) {
+            shop.log.last_position.send_replace(new_head.last_position);
+            **head = new_head;
+            shop.rejection_group_next.store(group_next, std::sync::atomic::Ordering::Release);
+            *shop.broken.lock().unwrap_or_else(PoisonError::into_inner) = broken;
+            *shop.tree.write().unwrap_or_else(PoisonError::into_inner) = Some(tree);
+        }
+        *self.syncer.lock().unwrap_or_else(PoisonError::into_inner) = syncer;
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
+        *self.sync_failed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
+    }
+
     /// The database directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The database; an error while the store heals.
+    fn db(&self) -> Result<sled::Db, StoreError> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(reopening)
+    }
+
+    /// The failure that refuses appends until the store heals, if any.
+    fn failure(&self) -> Option<StoreError> {
+        self.sync_failed.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn open_shop(&self, shop_id: &ShopId) -> Result<Arc<Shop>, StoreError> {
@@ -227,29 +373,12 @@ impl SledStore {
         if let Some(shop) = shops.get(shop_id) {
             return Ok(shop.clone());
         }
-        let tree = self.db.open_tree(format!("{TREE_PREFIX}{shop_id}")).map_err(io_error)?;
-        let last = tree.range(chunk_key(0)..=chunk_key(u64::MAX)).next_back().transpose().map_err(io_error)?;
-        let last = match last {
-            Some((key, value)) => Some((position_of_key(&key)?, value.to_vec())),
-            None => None,
-        };
-        // A log whose end does not decode still opens, so that verification can name the
-        // first bad record; it takes no appends.
-        let (head, broken) = match chunks::head_of(shop_id, last) {
-            Ok(head) => (head, None),
-            Err(error) => (chunks::Head { last_position: 0, hash: record::genesis_hash(shop_id) }, Some(error)),
-        };
-        let last_group = tree.scan_prefix([REJECTION_GROUP]).next_back().transpose().map_err(io_error)?;
-        let rejection_group_next = match last_group {
-            Some((key, _)) => {
-                position_of_key(&key)?.checked_add(1).ok_or_else(|| io_error("rejection groups exhausted"))?
-            }
-            None => 0,
-        };
+        let tree = self.db()?.open_tree(format!("{TREE_PREFIX}{shop_id}")).map_err(io_error)?;
+        let (head, broken, rejection_group_next) = read_end(shop_id, &tree)?;
         let shop = Arc::new(Shop {
-            tree,
+            tree: std::sync::RwLock::new(Some(tree)),
             log: ShopLog::new(head),
-            broken,
+            broken: Mutex::new(broken),
             index: tokio::sync::Mutex::new(()),
             rejection_group_next: std::sync::atomic::AtomicU64::new(rejection_group_next),
         });
@@ -263,35 +392,42 @@ impl SledStore {
 
     /// The chunks of `shop_id` from the one holding position `from` to the durable end (see
     /// [`SledStore::shop_chunks_from`]); none for a shop with no log.
-    fn chunks_from(
-        &self,
-        shop_id: &ShopId,
-        from: u64,
-    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
-        self.shop(shop_id).map(|shop| Self::shop_chunks_from(&shop, from)).into_iter().flatten()
+    fn chunks_from(&self, shop_id: &ShopId, from: u64) -> Chunks {
+        match self.shop(shop_id) {
+            Some(shop) => Self::shop_chunks_from(&shop, from),
+            None => Box::new(std::iter::empty()),
+        }
     }
 
     /// Chunks from the one holding position `from` to the durable end. A batch whose sync
     /// failed stays in sled's memory past that end, and is never read. A shop whose end
     /// could not be read at open is read to its last chunk, so verification finds where.
-    fn shop_chunks_from(shop: &Shop, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
-        let durable = if shop.broken.is_some() { u64::MAX } else { *shop.log.last_position.borrow() };
-        let tree = &shop.tree;
+    fn shop_chunks_from(shop: &Shop, from: u64) -> Chunks {
+        let durable = if shop.broken().is_some() { u64::MAX } else { *shop.log.last_position.borrow() };
+        let tree = match shop.tree() {
+            Ok(tree) => tree,
+            Err(error) => return Box::new(std::iter::once(Err(error))),
+        };
         let start = tree
             .range(chunk_key(0)..=chunk_key(from))
             .next_back()
             .and_then(Result::ok)
             .and_then(|(key, _)| position_of_key(&key).ok())
             .unwrap_or(from);
-        tree.range(chunk_key(start)..=chunk_key(u64::MAX))
-            .map(|entry| entry.map_err(io_error).and_then(|(key, value)| Ok((position_of_key(&key)?, value.to_vec()))))
-            .take_while(move |chunk| !matches!(chunk, Ok((first, _)) if *first > durable))
+        Box::new(
+            tree.range(chunk_key(start)..=chunk_key(u64::MAX))
+                .map(|entry| {
+                    entry.map_err(io_error).and_then(|(key, value)| Ok((position_of_key(&key)?, value.to_vec())))
+                })
+                .take_while(move |chunk| !matches!(chunk, Ok((first, _)) if *first > durable)),
+        )
     }
 
     /// Brings the stream index up to the end of the log.
     async fn catch_up_index(&self, shop_id: &ShopId, shop: &Shop) -> Result<(), StoreError> {
         let _guard = shop.index.lock().await;
-        let high_water = match shop.tree.get([INDEX_HIGH_WATER]).map_err(io_error)? {
+        let tree = shop.tree()?;
+        let high_water = match tree.get([INDEX_HIGH_WATER]).map_err(io_error)? {
             Some(bytes) => position_of_key(&[&[INDEX_HIGH_WATER][..], &bytes].concat())?,
             None => 0,
         };
@@ -306,7 +442,7 @@ impl SledStore {
             }
             indexed = tail.position;
             batch.insert(&[INDEX_HIGH_WATER], &indexed.to_be_bytes());
-            shop.tree.apply_batch(batch).map_err(io_error)?;
+            tree.apply_batch(batch).map_err(io_error)?;
         }
         Ok(())
     }
@@ -444,20 +580,20 @@ impl Syncer {
     }
 }
 
-/// Writes one append's sled batch and makes it durable. Blocks. The first failed sync is
-/// kept in `failed`, which refuses every later append.
+/// Writes one append's sled batch and makes it durable. Blocks. The first failed write or
+/// sync is kept in `failed`, which refuses every later append until the store heals.
 fn write_and_sync(
     tree: &sled::Tree,
     write: sled::Batch,
     db: &sled::Db,
     syncer: &Mutex<Syncer>,
-    failed: &std::sync::OnceLock<StoreError>,
+    failed: &Mutex<Option<StoreError>>,
 ) -> Result<(), StoreError> {
-    tree.apply_batch(write).map_err(io_error)?;
-    let synced = syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db);
+    let written = tree.apply_batch(write).map_err(io::Error::other);
+    let synced = written.and_then(|()| syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db));
     synced.map_err(|error| {
-        let error = io_error(format!("a sync failed, appends are refused until the database is reopened: {error}"));
-        failed.get_or_init(|| error).clone()
+        let error = io_error(format!("a write or sync failed, appends are refused until the store heals: {error}"));
+        failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(error).clone()
     })
 }
 
@@ -495,8 +631,11 @@ impl EventStore for SledStore {
     }
 
     async fn create_shop(&self, shop_id: &ShopId) -> Result<(), StoreError> {
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
         self.open_shop(shop_id)?;
-        let (db, syncer) = (self.db.clone(), self.syncer.clone());
+        let (db, syncer) = (self.db()?, self.syncer.clone());
         tokio::task::spawn_blocking(move || syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(&db))
             .await
             .map_err(io_error)?
@@ -507,8 +646,7 @@ impl EventStore for SledStore {
         let shop = self.open_shop(shop_id)?;
         let mut head = shop.log.head.lock().await;
         let (write, new_head, group) = self.prepare(shop_id, &shop, &head, batch)?;
-        let (tree, db, syncer, failed) =
-            (shop.tree.clone(), self.db.clone(), self.syncer.clone(), self.sync_failed.clone());
+        let (tree, db, syncer, failed) = (shop.tree()?, self.db()?, self.syncer.clone(), self.sync_failed.clone());
         let written = tokio::task::spawn_blocking(move || write_and_sync(&tree, write, &db, &syncer, &failed)).await;
         written.map_err(io_error)??;
         Self::advance(&shop, &mut head, new_head, group)
@@ -523,7 +661,7 @@ impl EventStore for SledStore {
         let shop = self.open_shop(shop_id)?;
         let mut head = shop.log.head.blocking_lock();
         let (write, new_head, group) = self.prepare(shop_id, &shop, &head, batch)?;
-        write_and_sync(&shop.tree, write, &self.db, &self.syncer, &self.sync_failed)?;
+        write_and_sync(&shop.tree()?, write, &self.db()?, &self.syncer, &self.sync_failed)?;
         Self::advance(&shop, &mut head, new_head, group)
     }
 
@@ -543,7 +681,7 @@ impl EventStore for SledStore {
         let from = stream_key(stream, after_version.saturating_add(1));
         let to = stream_key(stream, u64::MAX);
         let mut out = Vec::new();
-        for entry in shop.tree.range(from..=to).take(limit) {
+        for entry in shop.tree()?.range(from..=to).take(limit) {
             let (_, value) = entry.map_err(io_error)?;
             let position = position_of_key(&[&[STREAM][..], &value].concat())?;
             out.extend(self.read_from(shop_id, position - 1, 1).await?);
@@ -563,11 +701,12 @@ impl EventStore for SledStore {
     async fn rejections(&self, shop_id: &ShopId) -> Result<Vec<RejectionRecord>, StoreError> {
         let Some(shop) = self.shop(shop_id) else { return Ok(Vec::new()) };
         let mut records = Vec::new();
-        for entry in shop.tree.scan_prefix([REJECTION]) {
+        let tree = shop.tree()?;
+        for entry in tree.scan_prefix([REJECTION]) {
             let (_, value) = entry.map_err(io_error)?;
             records.push(postcard::from_bytes(checked_body(&value)?).map_err(io_error)?);
         }
-        for entry in shop.tree.scan_prefix([REJECTION_GROUP]) {
+        for entry in tree.scan_prefix([REJECTION_GROUP]) {
             let (_, value) = entry.map_err(io_error)?;
             let group: Vec<RejectionRecord> = postcard::from_bytes(checked_body(&value)?).map_err(io_error)?;
             records.extend(group);
@@ -590,11 +729,36 @@ impl EventStore for SledStore {
         chunks::read_verified(shop_id, self.chunks_from(shop_id, after.max(1)), after, anchor, limit)
     }
 
+    async fn heal(&self) -> Result<(), StoreError> {
+        if self.failure().is_none() {
+            return Ok(());
+        }
+        self.reopen().await
+    }
+
+    async fn remove_empty_shop(&self, shop_id: &ShopId) -> Result<bool, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(true) };
+        let head = shop.log.head.lock().await;
+        let tree = shop.tree()?;
+        if head.last_position > 0 || !tree.is_empty() {
+            return Ok(false);
+        }
+        self.shops.lock().unwrap_or_else(PoisonError::into_inner).remove(shop_id);
+        let db = self.db()?;
+        db.drop_tree(format!("{TREE_PREFIX}{shop_id}")).map_err(io_error)?;
+        let syncer = self.syncer.clone();
+        tokio::task::spawn_blocking(move || syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(&db))
+            .await
+            .map_err(io_error)?
+            .map_err(io_error)?;
+        Ok(true)
+    }
+
     async fn head(&self, shop_id: &ShopId) -> Result<(u64, Hash), StoreError> {
         match self.shop(shop_id) {
             Some(shop) => {
-                if let Some(error) = &shop.broken {
-                    return Err(error.clone());
+                if let Some(error) = shop.broken() {
+                    return Err(error);
                 }
                 let head = shop.log.head.lock().await;
                 Ok((head.last_position, head.hash))
