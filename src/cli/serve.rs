@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::cli::shared::{CliError, DATA_DEFAULT, engine_config, open_store, out};
 use crate::domain::ids::ShopId;
-use crate::engine::{Engine, EngineConfig, SystemClock};
+use crate::engine::{Engine, EngineConfig, SHOPS_MAX_DEFAULT, SystemClock};
 use crate::memory::tiered::HOT_DEFAULT_MAX;
 use crate::service::{self, App, ServiceConfig, Tokens};
 
@@ -31,6 +31,10 @@ pub struct Args {
     /// encoded and moved out of memory to an unnamed scratch file in the data directory.
     #[arg(long, default_value_t = HOT_DEFAULT_MAX)]
     pub orders_hot_max: usize,
+    /// Most shops the server serves; creating one more is refused (429
+    /// `shop_limit_reached`) and creates nothing.
+    #[arg(long, default_value_t = SHOPS_MAX_DEFAULT)]
+    pub shops_max: usize,
 }
 
 impl Default for Args {
@@ -41,13 +45,14 @@ impl Default for Args {
             listen: "127.0.0.1:8080".to_owned(),
             tokens: None,
             orders_hot_max: HOT_DEFAULT_MAX,
+            shops_max: SHOPS_MAX_DEFAULT,
         }
     }
 }
 
 /// Serves until SIGTERM or Ctrl-C, then closes the engine.
 pub async fn run(args: Args) -> Result<(), CliError> {
-    let Args { data, listen, tokens, orders_hot_max } = args;
+    let Args { data, listen, tokens, orders_hot_max, shops_max } = args;
     let address: std::net::SocketAddr =
         listen.parse().map_err(|e| format!("--listen takes an address such as 127.0.0.1:8080, not {listen:?}: {e}"))?;
     let tokens = load_tokens(tokens.as_deref())?;
@@ -59,7 +64,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         .into());
     }
     let store = open_store(&data)?;
-    let config = EngineConfig { orders_hot_max, ..engine_config(&data) };
+    let config = EngineConfig { orders_hot_max, shops_max, ..engine_config(&data) };
     let engine = Engine::open(store, Arc::new(SystemClock), config).await.map_err(|e| e.to_string())?;
     let engine = Arc::new(engine);
     engine.create_shop(&ShopId::main()).await.map_err(|e| e.to_string())?;

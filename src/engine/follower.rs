@@ -48,7 +48,15 @@ pub(super) struct Follower {
     spill_health: SpillHealth,
     /// Where the ledger spills what it keeps encoded; None keeps it in memory.
     spill_dir: Option<PathBuf>,
+    /// While reading the store fails: the wait before the next attempt.
+    read_backoff: Option<Duration>,
 }
+
+/// The first wait after a failed read of the store; each failure in a row doubles it.
+const READ_BACKOFF_FIRST_MS: u64 = 100;
+
+/// The longest wait between two reads of a store that fails.
+const READ_BACKOFF_MAX_MS: u64 = 5_000;
 
 /// Whether a spill's last move failed, so that a failing spill (a full disk, say) is
 /// logged when it starts failing and when it works again, not after every batch. What did
@@ -81,7 +89,7 @@ enum Read {
     Page(Vec<Envelope>),
     /// Nothing yet: look again.
     Nothing,
-    /// The log could not be read, or the engine is gone: the follower stops.
+    /// The engine is gone: the follower stops.
     Stop,
 }
 
@@ -116,6 +124,7 @@ impl Follower {
             snapshot_bytes_last: 0,
             spill_health: SpillHealth::default(),
             spill_dir: config.spill_dir.clone(),
+            read_backoff: None,
         })
     }
 
@@ -248,11 +257,13 @@ impl Follower {
         let limit = self.read_limit(at, later.as_deref());
         self.held = later;
         let page = match self.store.read_from(&self.shop, at, limit).await {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::error!(shop = %self.shop, %error, "views stopped following the log");
-                return Read::Stop;
+            Ok(page) => {
+                if self.read_backoff.take().is_some() {
+                    tracing::info!(shop = %self.shop, "views follow the log again");
+                }
+                page
             }
+            Err(error) => return self.read_failed(&error, shutdown).await,
         };
         if !page.is_empty() {
             return Read::Page(page);
@@ -270,6 +281,24 @@ impl Follower {
             }
         }
         Read::Nothing
+    }
+
+    /// After a failed read of the store (while it heals, say): logs it when reads start
+    /// failing, and waits before the next, 100 ms at first and twice as long after each
+    /// failure in a row, up to 5 s; stops on shutdown.
+    async fn read_failed(&mut self, error: &StoreError, shutdown: &mut watch::Receiver<bool>) -> Read {
+        let backoff = match self.read_backoff {
+            None => {
+                tracing::error!(shop = %self.shop, %error, "views cannot read the log; retrying");
+                Duration::from_millis(READ_BACKOFF_FIRST_MS)
+            }
+            Some(backoff) => (backoff * 2).min(Duration::from_millis(READ_BACKOFF_MAX_MS)),
+        };
+        self.read_backoff = Some(backoff);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => Read::Nothing,
+            changed = shutdown.changed() => if changed.is_err() { Read::Stop } else { Read::Nothing },
+        }
     }
 
     /// Most events to read from the store after `at`, at most a page: only the gap before a

@@ -337,8 +337,16 @@ impl Core {
     fn spill_to(&mut self, dir: &Path, shop: &ShopId) -> Result<(), StoreError> {
         let spill = Spill::create_in(dir).map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
         self.state.attach_orders_spill(Arc::new(spill));
-        let spilled = self.state.spill_orders().map_err(|e| StoreError::Io(format!("the order spill: {e}")))?;
-        tracing::info!(shop = %shop, spilled, "orders kept encoded moved to the spill");
+        // The spill opens its file only now, if an order leaves memory; a failure keeps the
+        // orders in memory, which is correct, only larger, and the writer's next batch
+        // tries again.
+        match self.state.spill_orders() {
+            Ok(0) => {}
+            Ok(spilled) => tracing::info!(shop = %shop, spilled, "orders kept encoded moved to the spill"),
+            Err(error) => {
+                tracing::warn!(shop = %shop, %error, "orders kept encoded could not be spilled; they stay in memory")
+            }
+        }
         Ok(())
     }
 }

@@ -5,6 +5,8 @@
 //! - The file is this process's own: it is created under a name no other file has and
 //!   removed from its directory at once, so nothing else opens it and the system reclaims it
 //!   when the process ends, however it ends.
+//! - The file is created lazily, by the first append: a spill nothing leaves memory for holds
+//!   no file descriptor. A failure to create it fails that append (and the next tries again).
 //! - Records are only ever appended: a [`Spot`] handed out stays readable, with the same
 //!   bytes, for as long as the `Spill` lives. Nothing is rewritten in place.
 //! - Nothing is synced. The file is not durable and need not be: everything in it can be
@@ -83,23 +85,47 @@ impl Spot {
 /// An append-only scratch file. See the module documentation.
 #[derive(Debug)]
 pub struct Spill {
-    file: File,
+    /// Where the file is created, by the first append.
+    dir: std::path::PathBuf,
+    /// The file, once created.
+    file: std::sync::OnceLock<File>,
+    /// Held while the file is created.
+    creating: std::sync::Mutex<()>,
     /// Bytes reserved so far: the next record starts here.
     end_bytes: AtomicU64,
 }
 
 impl Spill {
-    /// A new, empty spill in `dir`, already removed from it.
+    /// A new, empty spill in `dir`. Its file is created, and removed from `dir` at once,
+    /// by the first append; until then the spill holds no file descriptor.
     pub fn create_in(dir: &Path) -> io::Result<Spill> {
-        static CREATED: AtomicU64 = AtomicU64::new(0);
-        let serial = CREATED.fetch_add(1, Ordering::Relaxed);
-        Spill::create_named(&dir.join(format!("{}{serial}", own_prefix())))
+        Ok(Spill {
+            dir: dir.to_path_buf(),
+            file: std::sync::OnceLock::new(),
+            creating: std::sync::Mutex::new(()),
+            end_bytes: AtomicU64::new(0),
+        })
     }
 
-    /// A new, empty spill at `path`, already removed. A file already there can only be
+    /// The file, created in `dir` under a fresh name and removed at once if not yet.
+    fn file(&self) -> io::Result<&File> {
+        if let Some(file) = self.file.get() {
+            return Ok(file);
+        }
+        let _creating = self.creating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(file) = self.file.get() {
+            return Ok(file);
+        }
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let serial = CREATED.fetch_add(1, Ordering::Relaxed);
+        let file = Spill::create_named(&self.dir.join(format!("{}{serial}", own_prefix())))?;
+        Ok(self.file.get_or_init(|| file))
+    }
+
+    /// A new, empty file at `path`, already removed. A file already there can only be
     /// left by an earlier process with this one's id (this process numbers its own), so it
     /// is removed and created anew, once.
-    fn create_named(path: &Path) -> io::Result<Spill> {
+    fn create_named(path: &Path) -> io::Result<File> {
         let create = || OpenOptions::new().read(true).write(true).create_new(true).open(path);
         let file = match create() {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
@@ -109,7 +135,12 @@ impl Spill {
             opened => opened?,
         };
         forget_name(path)?;
-        Ok(Spill { file, end_bytes: AtomicU64::new(0) })
+        Ok(file)
+    }
+
+    /// Whether the spill's file has been created (by a first append).
+    pub fn has_file(&self) -> bool {
+        self.file.get().is_some()
     }
 
     /// Removes the spill files other processes left in `dir` when they ended before
@@ -154,6 +185,12 @@ impl Spill {
         let Some(total_bytes) = total_bytes else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record is larger than a spill takes"));
         };
+        if total_bytes == 0 {
+            // Nothing to write: the spots of empty records, and no file needed.
+            let at = self.len_bytes();
+            return Ok(records.map(|_| Spot::new(at.min(SPILL_BYTES_MAX - 1), 0)).collect());
+        }
+        let file = self.file()?;
         let start = self.end_bytes.fetch_add(total_bytes, Ordering::AcqRel);
         if start.checked_add(total_bytes).is_none_or(|end| end > SPILL_BYTES_MAX) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "the spill file is full"));
@@ -162,14 +199,14 @@ impl Spill {
         let (mut spots, mut written) = (Vec::new(), start);
         for record in records {
             if !buffer.is_empty() && buffer.len() + record.len() > piece_bytes_max {
-                self.file.write_all_at(&buffer, written)?;
+                file.write_all_at(&buffer, written)?;
                 written += buffer.len() as u64;
                 buffer.clear();
             }
             spots.push(Spot::new(written + buffer.len() as u64, record.len()));
             buffer.extend_from_slice(record);
         }
-        self.file.write_all_at(&buffer, written)?;
+        file.write_all_at(&buffer, written)?;
         written += buffer.len() as u64;
         assert_eq!(written - start, total_bytes, "every record written in its range");
         Ok(spots)
@@ -182,7 +219,10 @@ impl Spill {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a spot past the spill's end"));
         }
         let mut bytes = vec![0; spot.len()];
-        self.file.read_exact_at(&mut bytes, spot.offset())?;
+        if bytes.is_empty() {
+            return Ok(bytes);
+        }
+        self.file()?.read_exact_at(&mut bytes, spot.offset())?;
         Ok(bytes)
     }
 }
@@ -195,9 +235,13 @@ mod tests {
     fn records_read_back_as_written_and_the_file_has_no_name() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let spill = Spill::create_in(dir.path()).expect("spill");
-        assert_eq!(std::fs::read_dir(dir.path()).expect("listed").count(), 0, "removed from its directory");
+        assert!(!spill.has_file(), "no file before the first append");
+        assert!(spill.append(std::iter::empty()).expect("nothing appended").is_empty());
+        assert!(!spill.has_file(), "nothing written, no file");
         let records: Vec<Vec<u8>> = (0..50u8).map(|n| vec![n; usize::from(n) * 7]).collect();
         let first = spill.append(records[..20].iter().map(Vec::as_slice)).expect("appended");
+        assert!(spill.has_file(), "created by the first append");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("listed").count(), 0, "removed from its directory");
         let second = spill.append(records[20..].iter().map(Vec::as_slice)).expect("appended");
         let spots: Vec<Spot> = first.into_iter().chain(second).collect();
         assert_eq!(spots.len(), records.len());
@@ -222,11 +266,9 @@ mod tests {
         }
         assert_eq!(Spill::remove_leftovers(dir.path()).expect("listed"), 1);
         assert!(!other.exists() && own.exists() && unrelated.exists());
-        let spill = Spill::create_named(&own).expect("created over the leftover");
+        let file = Spill::create_named(&own).expect("created over the leftover");
         assert!(!own.exists(), "the new spill has no name either");
-        assert_eq!(spill.len_bytes(), 0);
-        let spot = spill.append([&b"fresh"[..]].into_iter()).expect("appended");
-        assert_eq!(spill.read(spot[0]).expect("read"), b"fresh");
+        assert_eq!(file.metadata().expect("metadata").len(), 0);
         assert_eq!(Spill::remove_leftovers(dir.path()).expect("listed"), 0);
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Statuses: 400 malformed or invalid request, 401 missing or bad token, 403 role not
 //! allowed, 404 unknown shop, order, SKU, shipment, return or reservation, 409 refused by
-//! the current state or an idempotency conflict, 413 body too large, 503 (with
+//! the current state or an idempotency conflict, 413 body too large, 429
+//! `shop_limit_reached` when creating a shop past the server's limit, 503 (with
 //! `Retry-After`) when a shop's queue is full. Only a failure of the server itself is
 //! another 5xx.
 //!
@@ -132,6 +133,20 @@ impl ApiError {
     /// 503 for a store that failed underneath a request.
     pub fn storage(error: impl std::fmt::Display) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", sentence(&error.to_string()))
+    }
+
+    /// A shop creation refused: 429 `shop_limit_reached` when the engine serves its limit
+    /// of shops (nothing was created), else 503 for a store that failed.
+    pub fn from_open(error: crate::engine::OpenError) -> ApiError {
+        match error {
+            crate::engine::OpenError::ShopLimitReached { shops_max } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "shop_limit_reached",
+                format!("The server serves {shops_max} shops, its limit; no shop was created."),
+            )
+            .with_details(json!({"shops_max": shops_max})),
+            error => ApiError::storage(error),
+        }
     }
 
     /// The JSON body as a tree, for a batch's results: [`ApiError::wire`] serialized.

@@ -232,8 +232,28 @@ pub async fn serve(
         .await
 }
 
-async fn healthz() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+/// `GET /healthz`: 200 `{"status": "ok", "shops": {...}}` when every shop serves; 503
+/// `{"status": "degraded", "shops": {...}}` when one heals after a store failure or is
+/// quarantined. Each shop's entry is `{"status": "serving"}`, `{"status": "healing",
+/// "reason", "since" (engine time, ms since the epoch), "last_attempt" (why the last attempt
+/// to heal failed, or null)}` or `{"status": "quarantined", "reason"}`.
+async fn healthz(State(app): AppState) -> Response {
+    use crate::engine::ShopHealth;
+    let mut degraded = false;
+    let mut shops = serde_json::Map::new();
+    for (shop, health) in app.engine.health() {
+        let entry = match health {
+            ShopHealth::Serving => serde_json::json!({"status": "serving"}),
+            ShopHealth::Healing { reason, since, last_attempt } => {
+                serde_json::json!({"status": "healing", "reason": reason, "since": since.0, "last_attempt": last_attempt})
+            }
+            ShopHealth::Quarantined { reason } => serde_json::json!({"status": "quarantined", "reason": reason}),
+        };
+        degraded |= entry["status"] != "serving";
+        shops.insert(shop.as_str().to_owned(), entry);
+    }
+    let (status, word) = if degraded { (StatusCode::SERVICE_UNAVAILABLE, "degraded") } else { (StatusCode::OK, "ok") };
+    (status, axum::Json(serde_json::json!({"status": word, "shops": shops}))).into_response()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
@@ -252,7 +272,7 @@ async fn create_shop(State(app): AppState, params: Params, headers: HeaderMap) -
     app.authorize(&headers, Access::Admin)?;
     let (shop, _) = shop_and_params(params)?;
     let existed = app.engine.shops().contains(&shop);
-    app.engine.create_shop(&shop).await.map_err(ApiError::storage)?;
+    app.engine.create_shop(&shop).await.map_err(ApiError::from_open)?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, axum::Json(serde_json::json!({"shop": shop.as_str()}))).into_response())
 }
