@@ -3,6 +3,7 @@
 mod architecture;
 mod crash;
 mod engine;
+mod faults;
 mod http;
 mod loadgen;
 mod log;

@@ -229,7 +229,7 @@ impl SledStore {
             )));
         }
         let db = open_db(dir)?;
-        let syncer = Arc::new(Mutex::new(Syncer::new(dir)));
+        let syncer = Arc::new(Mutex::new(Syncer::new(dir, Arc::default())));
         let names = db.tree_names();
         let store = SledStore {
             db: std::sync::RwLock::new(Some(db)),
@@ -315,6 +315,7 @@ impl SledStore {
         }
         let old = self.db.write().unwrap_or_else(PoisonError::into_inner).take();
         let dir = self.dir.clone();
+        let injected = self.syncer.lock().unwrap_or_else(PoisonError::into_inner).injected.clone();
         let opened = tokio::task::spawn_blocking(move || {
             drop(old);
             if !wait_until_unlocked(&dir, Duration::from_millis(LOCK_WAIT_MS)).map_err(io_error)? {
@@ -322,7 +323,7 @@ impl SledStore {
             }
             drop_cached_pages(&dir);
             let db = open_db(&dir)?;
-            let mut syncer = Syncer::new(&dir);
+            let mut syncer = Syncer::new(&dir, injected);
             syncer.sync(&db).map_err(|error| io_error(format!("healing: a sync failed: {error}")))?;
             Ok((db, syncer))
         });
@@ -351,6 +352,15 @@ impl SledStore {
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
         *self.sync_failed.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
+    }
+
+    /// For tests of failures: while `failure` is set, every sync (of an append, of a shop's
+    /// creation, of healing) does its work and then fails with it, as a sync whose outcome
+    /// is unknown does. `None` ends it.
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self, failure: Option<&str>) {
+        let syncer = self.syncer.lock().unwrap_or_else(PoisonError::into_inner);
+        *syncer.injected.lock().unwrap_or_else(PoisonError::into_inner) = failure.map(str::to_owned);
     }
 
     /// The database directory.
@@ -475,23 +485,45 @@ pub fn wait_until_unlocked(dir: &Path, timeout: Duration) -> io::Result<bool> {
 /// Makes what sled wrote durable: `flush`, then fsync.
 ///
 /// sled writes its log to `db`, large values to write-once files in `blobs/`, and keeps
-/// `conf` and snapshot files beside them (each written once, under a new name). Every commit
-/// fsyncs `db`. Any other top-level file is fsynced when it is new or its inode, length or
-/// modification time differ from when it was last fsynced, and the directory when its
-/// entries (names and inodes) differ from its last fsync. A blob file is fsynced once, the
-/// first commit that finds it, together with the `blobs` directory.
+/// `conf` and snapshot files beside them (sled 0.34.7 writes `conf` once, when it creates
+/// the database; a snapshot under a `.generating` name, renamed when complete; a blob under
+/// a new name; and only `db` in place). Every commit fsyncs `db`, through a handle kept
+/// open. The directories are listed only when they may have changed: when the inode, length
+/// or modification time of the database directory or of `blobs` differs from when they were
+/// last listed, or when that modification time is within `RACY_WINDOW` of now (a
+/// modification time has a coarse clock, so a change in the same tick as the last listing
+/// may leave it unchanged; once the window has passed, any later change moves it). A
+/// listing fsyncs every top-level file that is new or whose inode, length or modification
+/// time differ from when it was last fsynced, the directory when its entries (names and
+/// inodes) differ from its last fsync, and a blob file once, the first listing that finds
+/// it, together with the `blobs` directory. Steady commits cost sled's write, its
+/// `sync_file_range`, one fsync and two `statx`.
 ///
 /// An fsync of a file with nothing to write still costs a flush of the device's cache
 /// (about 0.5 ms on a virtual disk), and an unchanged `conf` took the most of any fsync of
 /// a commit.
 struct Syncer {
     dir: PathBuf,
+    /// A failure every sync reports, after syncing, while it is set
+    /// ([`SledStore::inject_sync_failure`]); shared by the syncers of one store.
+    injected: Arc<Mutex<Option<String>>>,
+    /// The log file `db`, kept open, and its inode.
+    log: Option<(File, u64)>,
     synced_blobs: HashSet<OsString>,
     /// Top-level files but `db` as they were when last fsynced.
     synced_files: HashMap<OsString, FileStamp>,
     /// The top-level entries as of the last fsync of the directory.
     synced_entries: Option<BTreeSet<(OsString, u64)>>,
+    /// The stamps of the database directory and of `blobs` (if any) when last listed.
+    listed: Option<(FileStamp, Option<FileStamp>)>,
+    /// Listings so far.
+    listings: u64,
+    /// How recent a directory's modification time makes it listed whatever its stamp.
+    racy_window: Duration,
 }
+
+/// See [`Syncer`]: a directory modified this recently is listed, whatever its stamp says.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// What tells a file changed: inode, length, modification time.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -506,18 +538,41 @@ impl FileStamp {
         use std::os::unix::fs::MetadataExt;
         FileStamp { inode: metadata.ino(), length_bytes: metadata.len(), modified: metadata.modified().ok() }
     }
+
+    /// The stamp of the directory at `path`; `None` when there is none.
+    fn of_dir(path: &Path) -> io::Result<Option<FileStamp>> {
+        match std::fs::metadata(path) {
+            Ok(metadata) => Ok(Some(FileStamp::of(&metadata))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether it was modified less than `window` ago (or its time is unknown or ahead).
+    fn is_recent(&self, window: Duration) -> bool {
+        if window.is_zero() {
+            return false;
+        }
+        let Some(modified) = self.modified else { return true };
+        std::time::SystemTime::now().duration_since(modified).map_or(true, |age| age < window)
+    }
 }
 
 /// The file sled appends its log to: fsynced on every commit.
 const LOG_FILE: &str = "db";
 
 impl Syncer {
-    fn new(dir: &Path) -> Syncer {
+    fn new(dir: &Path, injected: Arc<Mutex<Option<String>>>) -> Syncer {
         Syncer {
             dir: dir.to_path_buf(),
+            injected,
+            log: None,
             synced_blobs: HashSet::new(),
             synced_files: HashMap::new(),
             synced_entries: None,
+            listed: None,
+            listings: 0,
+            racy_window: RACY_WINDOW,
         }
     }
 
@@ -527,8 +582,52 @@ impl Syncer {
         name == LOG_FILE || self.synced_files.get(name) != Some(&stamp)
     }
 
+    /// Whether the directories must be listed: never listed, changed since, or recently
+    /// modified (see [`Syncer`]).
+    fn must_list(&self, top: Option<FileStamp>, blobs: Option<FileStamp>) -> bool {
+        let window = self.racy_window;
+        match (&self.listed, top) {
+            (Some((listed_top, listed_blobs)), Some(top)) => {
+                top != *listed_top
+                    || blobs != *listed_blobs
+                    || top.is_recent(window)
+                    || blobs.is_some_and(|blobs| blobs.is_recent(window))
+            }
+            _ => true,
+        }
+    }
+
     fn sync(&mut self, db: &sled::Db) -> io::Result<()> {
         db.flush().map_err(io::Error::other)?;
+        // The stamps are taken before listing: a change after them moves them (or falls in
+        // the racy window), and the next commit lists again.
+        let top = FileStamp::of_dir(&self.dir)?;
+        let blobs = FileStamp::of_dir(&self.dir.join("blobs"))?;
+        if self.must_list(top, blobs) {
+            self.sync_blobs()?;
+            self.sync_top_level()?;
+            self.listings += 1;
+            self.listed = top.map(|top| (top, blobs));
+        }
+        let log = match self.log.take() {
+            Some(log) => log,
+            None => {
+                let file = File::open(self.dir.join(LOG_FILE))?;
+                let inode = FileStamp::of(&file.metadata()?).inode;
+                (file, inode)
+            }
+        };
+        let synced = log.0.sync_all();
+        self.log = Some(log);
+        synced?;
+        match self.injected.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            Some(failure) => Err(io::Error::other(failure.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Fsyncs the blob files not fsynced yet, and then the `blobs` directory.
+    fn sync_blobs(&mut self) -> io::Result<()> {
         let blobs = self.dir.join("blobs");
         let mut new_blobs = false;
         for entry in std::fs::read_dir(&blobs).into_iter().flatten() {
@@ -548,6 +647,12 @@ impl Syncer {
                 std::fs::read_dir(&blobs)?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
             self.synced_blobs.retain(|name| present.contains(name));
         }
+        Ok(())
+    }
+
+    /// Fsyncs the top-level files that are new or changed, then the directory if its
+    /// entries changed; (re)opens the log's handle when its inode is new.
+    fn sync_top_level(&mut self) -> io::Result<()> {
         let mut entries = BTreeSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -562,8 +667,14 @@ impl Syncer {
             if !metadata.is_file() {
                 continue;
             }
+            if name == LOG_FILE {
+                if self.log.as_ref().is_none_or(|(_, inode)| *inode != stamp.inode) {
+                    self.log = Some((File::open(entry.path())?, stamp.inode));
+                }
+                continue;
+            }
             // The stamp is taken before the fsync: a write after it changes the stamp, and
-            // the next commit fsyncs the file again.
+            // the next listing fsyncs the file again.
             if self.file_needs_sync(&name, stamp)
                 && skip_vanished(File::open(entry.path()).and_then(|file| file.sync_all()))?
             {
@@ -779,7 +890,7 @@ mod tests {
     fn the_syncer_fsyncs_the_log_always_and_other_files_when_new_or_changed() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let db = sled::Config::new().path(dir.path()).open().expect("sled opens");
-        let mut syncer = Syncer::new(dir.path());
+        let mut syncer = Syncer::new(dir.path(), Arc::default());
         syncer.sync(&db).expect("synced");
         let stamp = |name: &str| FileStamp::of(&std::fs::metadata(dir.path().join(name)).expect("exists"));
         assert!(!syncer.file_needs_sync(OsStr::new("conf"), stamp("conf")), "conf is synced and unchanged");
@@ -800,5 +911,51 @@ mod tests {
         syncer.sync(&db).expect("synced");
         assert!(!syncer.synced_files.contains_key(OsStr::new("extra")), "a removed file is forgotten");
         assert!(!syncer.synced_entries.expect("synced").iter().any(|(name, _)| name == "extra"));
+    }
+
+    /// Steady commits fsync the log through the handle kept open and list nothing; a file
+    /// sled (or anyone) creates changes the directory's stamp, and the next commit lists it
+    /// and fsyncs it; a directory modified within the racy window is listed every commit.
+    #[test]
+    fn the_syncer_lists_the_directories_only_when_they_may_have_changed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = sled::Config::new().path(dir.path()).open().expect("sled opens");
+        let mut syncer = Syncer::new(dir.path(), Arc::default());
+        syncer.racy_window = Duration::ZERO;
+        syncer.sync(&db).expect("synced");
+        assert_eq!(syncer.listings, 1, "the first commit lists");
+        assert!(syncer.log.is_some(), "the log's handle is kept");
+        for _ in 0..3 {
+            db.insert(b"key", b"value").expect("inserted");
+            syncer.sync(&db).expect("synced");
+        }
+        assert_eq!(syncer.listings, 1, "nothing created: nothing listed");
+
+        std::fs::write(dir.path().join("snap.new"), b"snapshot").expect("written");
+        // The directory's modification time in the future: changed, whatever the clock's tick.
+        let later = std::time::SystemTime::now() + Duration::from_secs(60);
+        File::open(dir.path()).expect("the directory").set_modified(later).expect("touched");
+        syncer.sync(&db).expect("synced");
+        assert_eq!(syncer.listings, 2, "a new file: listed");
+        assert!(syncer.synced_files.contains_key(OsStr::new("snap.new")), "and fsynced");
+        assert!(syncer.synced_entries.as_ref().expect("synced").iter().any(|(name, _)| name == "snap.new"));
+        syncer.sync(&db).expect("synced");
+        assert_eq!(syncer.listings, 2, "listed once");
+
+        syncer.racy_window = RACY_WINDOW;
+        syncer.sync(&db).expect("synced");
+        assert_eq!(syncer.listings, 3, "a directory modified recently (here: ahead of the clock) is listed");
+    }
+
+    #[test]
+    fn an_injected_sync_failure_fails_every_sync_until_cleared() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = sled::Config::new().path(dir.path()).open().expect("sled opens");
+        let injected = Arc::new(Mutex::new(Some("No space left on device (os error 28)".to_owned())));
+        let mut syncer = Syncer::new(dir.path(), injected.clone());
+        let failed = syncer.sync(&db).expect_err("fails while injected");
+        assert!(failed.to_string().contains("No space left"), "{failed}");
+        *injected.lock().expect("unpoisoned") = None;
+        syncer.sync(&db).expect("synced once cleared");
     }
 }
