@@ -495,8 +495,9 @@ pub fn wait_until_unlocked(dir: &Path, timeout: Duration) -> io::Result<bool> {
 /// may leave it unchanged; once the window has passed, any later change moves it). A
 /// listing fsyncs every top-level file that is new or whose inode, length or modification
 /// time differ from when it was last fsynced, the directory when its entries (names and
-/// inodes) differ from its last fsync, and a blob file once, the first listing that finds
-/// it, together with the `blobs` directory. Steady commits cost sled's write, its
+/// inodes) differ from its last fsync, and likewise every blob file, with the `blobs`
+/// directory when one is new. While a file such a listing fsynced was modified within the
+/// racy window, every commit lists again (sled may still be writing it). Steady commits cost sled's write, its
 /// `sync_file_range`, one fsync and two `statx`.
 ///
 /// An fsync of a file with nothing to write still costs a flush of the device's cache
@@ -509,7 +510,10 @@ struct Syncer {
     injected: Arc<Mutex<Option<String>>>,
     /// The log file `db`, kept open, and its inode.
     log: Option<(File, u64)>,
-    synced_blobs: HashSet<OsString>,
+    /// Blob files as they were when last fsynced.
+    synced_blobs: HashMap<OsString, FileStamp>,
+    /// The newest modification time of a file a listing fsynced (the log aside).
+    changed_last: Option<std::time::SystemTime>,
     /// Top-level files but `db` as they were when last fsynced.
     synced_files: HashMap<OsString, FileStamp>,
     /// The top-level entries as of the last fsync of the directory.
@@ -567,7 +571,8 @@ impl Syncer {
             dir: dir.to_path_buf(),
             injected,
             log: None,
-            synced_blobs: HashSet::new(),
+            synced_blobs: HashMap::new(),
+            changed_last: None,
             synced_files: HashMap::new(),
             synced_entries: None,
             listed: None,
@@ -586,6 +591,10 @@ impl Syncer {
     /// modified (see [`Syncer`]).
     fn must_list(&self, top: Option<FileStamp>, blobs: Option<FileStamp>) -> bool {
         let window = self.racy_window;
+        let changed = FileStamp { inode: 0, length_bytes: 0, modified: self.changed_last };
+        if self.changed_last.is_some() && changed.is_recent(window) {
+            return true;
+        }
         match (&self.listed, top) {
             (Some((listed_top, listed_blobs)), Some(top)) => {
                 top != *listed_top
@@ -626,28 +635,46 @@ impl Syncer {
         }
     }
 
-    /// Fsyncs the blob files not fsynced yet, and then the `blobs` directory.
+    /// Fsyncs the blob files that are new or changed since their last fsync (sled writes a
+    /// blob once, but may still be writing it when it is first seen), and then the `blobs`
+    /// directory when one was new.
     fn sync_blobs(&mut self) -> io::Result<()> {
         let blobs = self.dir.join("blobs");
         let mut new_blobs = false;
+        let mut present = HashSet::new();
         for entry in std::fs::read_dir(&blobs).into_iter().flatten() {
             let entry = entry?;
-            if self.synced_blobs.contains(&entry.file_name()) {
+            let name = entry.file_name();
+            let stamp = match entry.metadata() {
+                Ok(metadata) => FileStamp::of(&metadata),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            present.insert(name.clone());
+            let synced = self.synced_blobs.get(&name);
+            if synced == Some(&stamp) {
                 continue;
             }
+            new_blobs |= synced.is_none_or(|synced| synced.inode != stamp.inode);
             if skip_vanished(File::open(entry.path()).and_then(|file| file.sync_all()))? {
-                self.synced_blobs.insert(entry.file_name());
+                self.note_change(stamp);
+                self.synced_blobs.insert(name, stamp);
             }
-            new_blobs = true;
         }
         if new_blobs {
             File::open(&blobs)?.sync_all()?;
-            // Forget blobs sled has since removed, so the set does not grow without bound.
-            let present: HashSet<OsString> =
-                std::fs::read_dir(&blobs)?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
-            self.synced_blobs.retain(|name| present.contains(name));
         }
+        // Forget blobs sled has since removed, so the map does not grow without bound.
+        self.synced_blobs.retain(|name, _| present.contains(name));
         Ok(())
+    }
+
+    /// Remembers the newest modification time of a file fsynced by a listing: while it is
+    /// within the racy window, every commit lists again, so a file still being written when
+    /// it was fsynced is fsynced again.
+    fn note_change(&mut self, stamp: FileStamp) {
+        let modified = stamp.modified.unwrap_or_else(std::time::SystemTime::now);
+        self.changed_last = Some(self.changed_last.map_or(modified, |last| last.max(modified)));
     }
 
     /// Fsyncs the top-level files that are new or changed, then the directory if its
@@ -678,6 +705,7 @@ impl Syncer {
             if self.file_needs_sync(&name, stamp)
                 && skip_vanished(File::open(entry.path()).and_then(|file| file.sync_all()))?
             {
+                self.note_change(stamp);
                 self.synced_files.insert(name, stamp);
             }
         }
