@@ -318,6 +318,10 @@ impl SledStore {
         let injected = self.syncer.lock().unwrap_or_else(PoisonError::into_inner).injected.clone();
         let opened = tokio::task::spawn_blocking(move || {
             drop(old);
+            // A database gone from its directory is not created anew in its place.
+            if !SledStore::exists(&dir) {
+                return Err(io_error(format!("healing: there is no database in {}", dir.display())));
+            }
             if !wait_until_unlocked(&dir, Duration::from_millis(LOCK_WAIT_MS)).map_err(io_error)? {
                 return Err(io_error("healing: the old database still holds its lock"));
             }
@@ -728,12 +732,14 @@ fn write_and_sync(
     syncer: &Mutex<Syncer>,
     failed: &Mutex<Option<StoreError>>,
 ) -> Result<(), StoreError> {
-    let written = tree.apply_batch(write).map_err(io::Error::other);
-    let synced = written.and_then(|()| syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db));
-    synced.map_err(|error| {
-        let error = io_error(format!("a write or sync failed, appends are refused until the store heals: {error}"));
-        failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(error).clone()
-    })
+    let what = match tree.apply_batch(write) {
+        Ok(()) => match syncer.lock().unwrap_or_else(PoisonError::into_inner).sync(db) {
+            Ok(()) => return Ok(()),
+            Err(error) => format!("a sync failed, appends are refused until the store heals: {error}"),
+        },
+        Err(error) => format!("a write failed, appends are refused until the store heals: {error}"),
+    };
+    Err(failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(io_error(what)).clone())
 }
 
 /// sled removes old snapshot and blob files in the background: a file that vanished between
