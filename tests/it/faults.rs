@@ -449,3 +449,43 @@ fn many_shops_under_a_low_descriptor_limit_end_with_the_typed_refusal() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `GET /healthz` over HTTP: 503 `degraded`, naming the shop that heals and why, while its
+/// store fails; 200 `ok` with every shop serving once it healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthz_reports_a_healing_shop_and_its_recovery() {
+    use emporium::service::{App, ServiceConfig, Tokens};
+    let memory: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let store = FaultStore::new(memory);
+    let engine = open(store.clone()).await;
+    stock(&engine).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let client = Client { address: listener.local_addr().expect("address"), token: None };
+    let app = App::new(engine.clone(), Tokens::none(), ServiceConfig::default());
+    let server = tokio::spawn(emporium::service::serve(listener, app, std::future::pending()));
+    let get = |client: &Client| {
+        let client = client.clone();
+        tokio::task::spawn_blocking(move || client.get("/healthz"))
+    };
+    let healthy = get(&client).await.expect("answered");
+    assert_eq!((healthy.status, healthy.json()["status"].clone()), (200, serde_json::json!("ok")), "{healthy:?}");
+    assert_eq!(healthy.json()["shops"]["faulty"]["status"], "serving");
+
+    store.set(|faults| faults.fail_from = Some((1, When::Before)));
+    let failed = engine.execute(&shop(), Request::new("t", place("O-1", &[("SKU-1", 1)]))).await;
+    assert!(matches!(failed, Err(CommandError::Unavailable { .. })), "{failed:?}");
+    let degraded = get(&client).await.expect("answered");
+    assert_eq!(degraded.status, 503, "{degraded:?}");
+    let body = degraded.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["shops"]["faulty"]["status"], "healing");
+    assert!(body["shops"]["faulty"]["reason"].as_str().is_some_and(|r| r.contains("No space left")), "{body}");
+    assert!(body["shops"]["faulty"]["since"].is_u64(), "{body}");
+
+    store.set(|faults| faults.fail_from = None);
+    until_accepted(&engine, "after").await;
+    let healed = get(&client).await.expect("answered");
+    assert_eq!((healed.status, healed.json()["status"].clone()), (200, serde_json::json!("ok")), "{healed:?}");
+    server.abort();
+    engine.close().await;
+}
