@@ -143,6 +143,7 @@ impl<O: Orders> State<O> {
                     "a receipt of {sku} at a negative cost"
                 );
                 fits!(stock.value.checked_add(*value).is_some(), "the value of {sku} overflows");
+                fits!(stock.value_received.checked_add(*value).is_some(), "the value received of {sku} overflows");
                 Ok(vec![sku.clone()])
             }
             Event::StockCounted { sku, counted, previous_on_hand, delta, value_delta, shortfall, .. } => {
@@ -157,6 +158,10 @@ impl<O: Orders> State<O> {
                 fits!(moved == i128::from(*delta), "a stocktake of {sku} records a difference of {delta}, not {moved}");
                 fits!(stock.adjusted.checked_add(*delta).is_some(), "adjustments of {sku} overflow");
                 fits!(stock.value.checked_add(*value_delta).is_some(), "the value of {sku} overflows");
+                fits!(
+                    stock.value_adjusted.checked_add(*value_delta).is_some(),
+                    "the value adjusted of {sku} overflows"
+                );
                 let short = stock.reserved.saturating_sub(*counted);
                 fits!(*shortfall == short, "a stocktake of {sku} records a shortfall of {shortfall}, not {short}");
                 Ok(vec![sku.clone()])

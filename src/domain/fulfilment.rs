@@ -4,9 +4,9 @@
 //! order, with a carrier and a tracking number, and holds units of the order's SKUs: per SKU
 //! at most what the order still has to ship, and at most what is on hand. An order may ship
 //! in as many parcels as it takes, up to
-//! [`SHIPMENTS_PER_ORDER_MAX`](crate::domain::limits::SHIPMENTS_PER_ORDER_MAX). Each line of a parcel is costed at the moving average
-//! cost of the units on hand, which the parcel takes off the stock's value. Once a parcel
-//! has shipped the order can no longer be cancelled.
+//! [`SHIPMENTS_PER_ORDER_MAX`](crate::domain::limits::SHIPMENTS_PER_ORDER_MAX). Each line of a
+//! parcel is costed at the moving average cost of the units on hand, which the parcel takes
+//! off the stock's value. Once a parcel has shipped the order can no longer be cancelled.
 //!
 //! A parcel of the order is delivered once; the order is delivered when everything it
 //! ordered has shipped and every parcel has arrived.

@@ -6,6 +6,7 @@ mod engine;
 mod http;
 mod loadgen;
 mod log;
+mod meaning;
 mod properties;
 mod rejections;
 mod service;
