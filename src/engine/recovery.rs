@@ -287,12 +287,11 @@ impl Core {
     /// was recorded from `horizon` on. An envelope that does not fit is
     /// [`StoreError::Corrupt`] at its position, naming why: the shop is refused.
     fn replay(&mut self, shop: &ShopId, envelope: &Envelope, horizon: Timestamp) -> Result<(), StoreError> {
-        let unfit = |reason: String| StoreError::Corrupt {
-            shop: shop.clone(),
-            corruption: Corruption {
-                position: envelope.position,
-                reason: format!("the event does not fit the shop: {reason}"),
-            },
+        let unfit = |reason: String| {
+            let position = envelope.position;
+            tracing::error!(shop = %shop, position, %reason, "an event of the log does not fit the shop; the shop is refused");
+            let reason = format!("the event does not fit the shop: {reason}");
+            StoreError::Corrupt { shop: shop.clone(), corruption: Corruption { position, reason } }
         };
         if envelope.position != self.last_position + 1 {
             return Err(unfit(format!("it follows position {}", self.last_position)));
