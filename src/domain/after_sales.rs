@@ -2,6 +2,8 @@
 //!
 //! The buyer may ask to return shipped units, under a return id new within the order and
 //! with a reason: per SKU at most what shipped less what earlier returns already asked for.
+//! An order takes at most [`RETURNS_PER_ORDER_MAX`](crate::domain::limits::RETURNS_PER_ORDER_MAX)
+//! returns and [`REFUNDS_PER_ORDER_MAX`](crate::domain::limits::REFUNDS_PER_ORDER_MAX) refunds.
 //!
 //! A requested return is received once, when its parcel arrives and is inspected. The
 //! inspection accounts for every requested unit and nothing else, each unit either
@@ -28,7 +30,7 @@ use crate::domain::ids::{OrderId, RefundId, ReturnId, Sku, Timestamp, check_text
 use crate::domain::limits::{LINE_QUANTITY_MAX, LINES_MAX, REASON_LENGTH_MAX};
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::orders::Orders;
-use crate::domain::rejection::{Field, Rejection};
+use crate::domain::rejection::{Field, OrderPart, Rejection};
 use crate::domain::state::{Order, Refund, Return, State, add, push_exact};
 
 /// Decides `Command::RequestReturn`. [`decide`](super::decide::decide) has checked `order_id`.
@@ -48,6 +50,7 @@ pub(crate) fn decide_request_return<O: Orders>(
     if order.returns.iter().any(|r| &r.id == return_id) {
         return Err(Rejection::ReturnExists { return_id: return_id.clone() });
     }
+    OrderPart::Returns.check(order_id, order.returns.len())?;
     for line in &lines {
         let order_line = order_line_of(&order, &line.sku)?;
         let returnable = order_line.shipped - order_line.return_requested;
@@ -179,6 +182,7 @@ pub(crate) fn decide_refund<O: Orders>(
     if order.refunds.iter().any(|r| &r.id == refund_id) {
         return Err(Rejection::RefundExists { refund_id: refund_id.clone() });
     }
+    OrderPart::Refunds.check(order_id, order.refunds.len())?;
     if order.payment.is_none() {
         return Err(Rejection::OrderNotPaid { order_id: order_id.clone(), status: order.status() });
     }

@@ -277,4 +277,42 @@ impl Event {
             Event::RefundIssued { .. } => "refund_issued",
         }
     }
+
+    /// The first amount the event records that no decision records: one with more than
+    /// [`MONEY_SCALE`](crate::domain::money::MONEY_SCALE) decimal places, or beyond
+    /// [`RECORDED_AMOUNT_MAX`](crate::domain::money::RECORDED_AMOUNT_MAX) either way. Decoding
+    /// refuses such an event: the money arithmetic that folds it assumes neither.
+    pub fn amount_out_of_form(&self) -> Option<Decimal> {
+        let mut amounts: Vec<&Decimal> = Vec::new();
+        match self {
+            Event::ProductListed { price, .. } => amounts.push(price),
+            Event::PriceChanged { old_price, new_price, .. } => amounts.extend([old_price, new_price]),
+            Event::StockReceived { unit_cost, value, .. } => amounts.extend([unit_cost, value]),
+            Event::StockCounted { value_delta, .. } => amounts.push(value_delta),
+            Event::OrderPlaced { lines, shipping_fee, total, .. } => {
+                amounts.extend([shipping_fee, total]);
+                for line in lines {
+                    amounts.extend([&line.unit_price, &line.net_amount]);
+                    amounts.extend(line.discounts.iter().map(|discount| &discount.amount));
+                }
+            }
+            Event::OrderPaid { amount, .. } => amounts.push(amount),
+            Event::ShipmentDispatched { lines, .. } => amounts.extend(lines.iter().map(|line| &line.cost)),
+            Event::ReturnReceived { lines, .. } => amounts.extend(lines.iter().map(|line| &line.cost)),
+            Event::RefundIssued { amount, allocation, .. } => {
+                amounts.push(amount);
+                amounts.extend(allocation.iter().map(|share| &share.amount));
+            }
+            Event::ProductDelisted { .. }
+            | Event::ProductRelisted { .. }
+            | Event::StockReserved { .. }
+            | Event::ReservationReleased { .. }
+            | Event::ReservationExpired { .. }
+            | Event::OrderCancelled { .. }
+            | Event::OrderExpired { .. }
+            | Event::ShipmentDelivered { .. }
+            | Event::ReturnRequested { .. } => {}
+        }
+        amounts.into_iter().copied().find(|amount| !crate::domain::money::is_recordable(*amount))
+    }
 }

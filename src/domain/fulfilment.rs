@@ -3,9 +3,10 @@
 //! A parcel ships from an order that is open and paid, under a shipment id new within the
 //! order, with a carrier and a tracking number, and holds units of the order's SKUs: per SKU
 //! at most what the order still has to ship, and at most what is on hand. An order may ship
-//! in as many parcels as it takes. Each line of a parcel is costed at the moving average
-//! cost of the units on hand, which the parcel takes off the stock's value. Once a parcel
-//! has shipped the order can no longer be cancelled.
+//! in as many parcels as it takes, up to
+//! [`SHIPMENTS_PER_ORDER_MAX`](crate::domain::limits::SHIPMENTS_PER_ORDER_MAX). Each line of a
+//! parcel is costed at the moving average cost of the units on hand, which the parcel takes
+//! off the stock's value. Once a parcel has shipped the order can no longer be cancelled.
 //!
 //! A parcel of the order is delivered once; the order is delivered when everything it
 //! ordered has shipped and every parcel has arrived.
@@ -17,7 +18,7 @@ use crate::domain::ids::{OrderId, ShipmentId, Timestamp, check_identifier, check
 use crate::domain::limits::LABEL_LENGTH_MAX;
 use crate::domain::money;
 use crate::domain::orders::Orders;
-use crate::domain::rejection::{Field, Rejection};
+use crate::domain::rejection::{Field, OrderPart, Rejection};
 use crate::domain::state::{Order, Shipment, State, add, push_exact};
 
 /// Decides `Command::Ship`. [`decide`](super::decide::decide) has checked `order_id`.
@@ -42,6 +43,7 @@ pub(crate) fn decide_ship<O: Orders>(
     if order.shipments.iter().any(|s| &s.id == shipment_id) {
         return Err(Rejection::ShipmentExists { shipment_id: shipment_id.clone() });
     }
+    OrderPart::Parcels.check(order_id, order.shipments.len())?;
     let costed = cost_parcel(state, &order, lines)?;
     Ok(vec![Event::ShipmentDispatched {
         order_id: order_id.clone(),

@@ -34,3 +34,15 @@ pub const PAYMENT_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
 pub const PAYMENT_TTL_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Most expiries one tick records; a later tick records the rest.
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
+/// Most parcels one order ships in. Each parcel lengthens the order, its history and every
+/// fold of it; the next shipment is refused (`order_limit_reached`), and a log that records
+/// more does not fit its shop.
+pub const SHIPMENTS_PER_ORDER_MAX: usize = 1_000;
+/// Most returns one order may ask for; the next request is refused (`order_limit_reached`).
+pub const RETURNS_PER_ORDER_MAX: usize = 100;
+/// Most refunds one order may be given, the refund a cancellation issues included; the next
+/// refund (or a cancellation that would refund) is refused (`order_limit_reached`).
+pub const REFUNDS_PER_ORDER_MAX: usize = 100;
+/// Most units one line of a recorded order may hold: the lines of one SKU summed
+/// ([`LINES_MAX`] lines of at most [`LINE_QUANTITY_MAX`] units).
+pub const ORDER_LINE_UNITS_MAX: u64 = LINES_MAX as u64 * LINE_QUANTITY_MAX;

@@ -7,7 +7,8 @@
 //!
 //! - [`ids`], [`money`], [`limits`]: identifiers and their syntax, exact amounts, every bound;
 //! - [`command`] (what callers ask), [`event`] (the facts), [`rejection`] (typed refusals);
-//! - [`state`]: the state of one shop and its invariants;
+//! - [`state`]: the state of one shop and its invariants; [`fit`]: folding a log that is not
+//!   known to come from `decide` (`State::try_apply`, [`fit::Unfit`]);
 //! - [`decide`](mod@decide): the rules, `decide(&State, now, &Command) -> Result<Vec<Event>, Rejection>`,
 //!   dispatched to one module per area of the shop: [`catalog`], [`stock`], [`holds`],
 //!   [`sales`], [`fulfilment`], [`after_sales`], [`time`].
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod command;
 pub mod decide;
 pub mod event;
+pub mod fit;
 pub mod fulfilment;
 pub mod holds;
 pub mod idmap;

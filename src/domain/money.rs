@@ -21,6 +21,19 @@ pub const UNIT_AMOUNT_MAX: Decimal = Decimal::from_parts(1_410_065_408, 2, 0, fa
 /// The largest payment or refund accepted: 1,000,000,000,000.00.
 pub const PAYMENT_AMOUNT_MAX: Decimal = Decimal::from_parts(276_447_232, 23_283, 0, false, 2);
 
+/// The largest amount, either way, that an event may record: 10,000,000,000,000,000,000,000.00,
+/// far beyond any decided one (the most stock is worth 100,000,000,000,000,000,000.00) and
+/// far enough inside `Decimal` that the sums a fold makes of an order's amounts (at most
+/// [`LINES_MAX`](crate::domain::limits::LINES_MAX) lines, bounded parcels, returns and
+/// refunds) cannot overflow it.
+pub const RECORDED_AMOUNT_MAX: Decimal = Decimal::from_parts(2_990_538_752, 434_162_106, 542, false, 0);
+
+/// Whether an event may record `amount`: at most [`MONEY_SCALE`] decimal places and at most
+/// [`RECORDED_AMOUNT_MAX`] either way.
+pub fn is_recordable(amount: Decimal) -> bool {
+    amount.scale() <= MONEY_SCALE && amount.abs() <= RECORDED_AMOUNT_MAX
+}
+
 /// Whether zero is an acceptable amount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sign {

@@ -11,7 +11,8 @@
 //!   holds, wherever it is kept; an order the store could not read back is an
 //!   [`Unreadable`], never a panic and never a missing order.
 //! - **Changes are facts already decided.** [`Orders::insert`] and [`Orders::change`] are
-//!   called by `apply` only, for events `decide` produced; they cannot fail. Changing an
+//!   called by `apply` only, for events `decide` produced or that `try_apply` found to fit
+//!   ([`crate::domain::fit`]); they cannot fail. Changing an
 //!   order the store keeps out of reach is a broken precondition (the shell brings back what
 //!   a command may touch before deciding it, and a fold replays into memory).
 //! - **Equal folds are equal stores.** Two stores that were given the same orders and

@@ -126,6 +126,55 @@ pub enum Rejection {
     RefundExceedsPaid { requested: Decimal, refundable: Decimal },
     #[error("refund of {requested} exceeds the {refundable} not yet refunded on the returned lines")]
     RefundExceedsReturned { requested: Decimal, refundable: Decimal },
+    /// The order already has the most parcels, returns or refunds an order may have
+    /// ([`crate::domain::limits`]).
+    #[error("order {order_id} already has {max} {part}, the most an order may have")]
+    OrderLimitReached { order_id: OrderId, part: OrderPart, max: u64 },
+}
+
+/// A part of an order whose count is bounded ([`Rejection::OrderLimitReached`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderPart {
+    /// Shipments ([`SHIPMENTS_PER_ORDER_MAX`](crate::domain::limits::SHIPMENTS_PER_ORDER_MAX)).
+    Parcels,
+    /// Return requests ([`RETURNS_PER_ORDER_MAX`](crate::domain::limits::RETURNS_PER_ORDER_MAX)).
+    Returns,
+    /// Refunds ([`REFUNDS_PER_ORDER_MAX`](crate::domain::limits::REFUNDS_PER_ORDER_MAX)).
+    Refunds,
+}
+
+impl OrderPart {
+    /// The most an order may have of this part.
+    pub fn max(self) -> usize {
+        match self {
+            OrderPart::Parcels => crate::domain::limits::SHIPMENTS_PER_ORDER_MAX,
+            OrderPart::Returns => crate::domain::limits::RETURNS_PER_ORDER_MAX,
+            OrderPart::Refunds => crate::domain::limits::REFUNDS_PER_ORDER_MAX,
+        }
+    }
+
+    /// Refuses one more of this part when `order` has `count` of it already.
+    pub fn check(self, order_id: &OrderId, count: usize) -> Result<(), Rejection> {
+        if count >= self.max() {
+            return Err(Rejection::OrderLimitReached {
+                order_id: order_id.clone(),
+                part: self,
+                max: self.max() as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for OrderPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OrderPart::Parcels => "parcels",
+            OrderPart::Returns => "returns",
+            OrderPart::Refunds => "refunds",
+        })
+    }
 }
 
 fn describe_shortages(shortages: &[Shortage]) -> String {
@@ -178,6 +227,7 @@ impl Rejection {
             Rejection::RefundExists { .. } => "refund_exists",
             Rejection::RefundExceedsPaid { .. } => "refund_exceeds_paid",
             Rejection::RefundExceedsReturned { .. } => "refund_exceeds_returned",
+            Rejection::OrderLimitReached { .. } => "order_limit_reached",
         }
     }
 }

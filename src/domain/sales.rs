@@ -30,7 +30,7 @@ use crate::domain::ids::{CustomerId, OrderId, PaymentId, RefundId, ReservationId
 use crate::domain::limits::{LABEL_LENGTH_MAX, REASON_LENGTH_MAX};
 use crate::domain::money::{self, PAYMENT_AMOUNT_MAX, Sign};
 use crate::domain::orders::Orders;
-use crate::domain::rejection::{Field, Rejection};
+use crate::domain::rejection::{Field, OrderPart, Rejection};
 use crate::domain::state::{Closure, Deadline, Order, OrderStatus, Payment, State, order_line};
 
 /// The refund id recorded when cancelling a paid order refunds it in full.
@@ -148,6 +148,7 @@ pub(crate) fn decide_cancel<O: Orders>(
     }];
     let refundable = order.refundable();
     if refundable > Decimal::ZERO {
+        OrderPart::Refunds.check(order_id, order.refunds.len())?;
         events.push(Event::RefundIssued {
             order_id: order_id.clone(),
             refund_id: RefundId::from(CANCELLATION_REFUND_ID),
@@ -169,37 +170,9 @@ pub(crate) fn decide_cancel<O: Orders>(
 /// time decides, [`crate::domain::time`]). Returns the order stream's version after it.
 pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) -> u64 {
     match event {
-        Event::OrderPlaced {
-            order_id,
-            customer_id,
-            region,
-            lines,
-            shipping_fee,
-            total,
-            placed_at,
-            payment_due_by,
-            reservation_id,
-        } => {
+        Event::OrderPlaced { order_id, lines, payment_due_by, reservation_id, .. } => {
             state.stock_placed(reservation_id.as_ref(), lines);
-            let order = Order {
-                id: order_id.clone(),
-                customer_id: customer_id.clone(),
-                region: region.as_str().into(),
-                placed_at: *placed_at,
-                payment_due_by: *payment_due_by,
-                reservation_id: reservation_id.clone(),
-                lines: lines.iter().map(order_line).collect(),
-                shipping_fee: *shipping_fee,
-                shipping_refunded: Decimal::ZERO,
-                total: *total,
-                payment: None,
-                refunded: Decimal::ZERO,
-                shipments: Vec::new(),
-                returns: Vec::new(),
-                refunds: Vec::new(),
-                closure: None,
-                stream_version: 1,
-            };
+            let Some(order) = placed_order(event) else { unreachable!("an order placed places an order") };
             assert!(!state.orders.insert(order), "order {order_id} placed twice");
             state.deadlines.insert((*payment_due_by, Deadline::Payment(order_id.clone())));
             1
@@ -222,4 +195,42 @@ pub(crate) fn apply<O: Orders>(state: &mut State<O>, event: &Event) -> u64 {
         }
         other => unreachable!("{} is not an order's event of sales", other.kind()),
     }
+}
+
+/// The order an [`Event::OrderPlaced`] places, as applying it adds it; `None` for any other
+/// event.
+pub(crate) fn placed_order(event: &Event) -> Option<Order> {
+    let Event::OrderPlaced {
+        order_id,
+        customer_id,
+        region,
+        lines,
+        shipping_fee,
+        total,
+        placed_at,
+        payment_due_by,
+        reservation_id,
+    } = event
+    else {
+        return None;
+    };
+    Some(Order {
+        id: order_id.clone(),
+        customer_id: customer_id.clone(),
+        region: region.as_str().into(),
+        placed_at: *placed_at,
+        payment_due_by: *payment_due_by,
+        reservation_id: reservation_id.clone(),
+        lines: lines.iter().map(order_line).collect(),
+        shipping_fee: *shipping_fee,
+        shipping_refunded: Decimal::ZERO,
+        total: *total,
+        payment: None,
+        refunded: Decimal::ZERO,
+        shipments: Vec::new(),
+        returns: Vec::new(),
+        refunds: Vec::new(),
+        closure: None,
+        stream_version: 1,
+    })
 }

@@ -8,6 +8,11 @@
 //! that changes only that order beside it ([`Orders::change_by`]), and then its assertions
 //! run when the order is next decoded (at once in debug builds and tests).
 //!
+//! A log that did not come from this engine's `decide` (one read back at start-up, an
+//! import, `verify --deep`) is folded with [`State::try_apply`] instead
+//! ([`crate::domain::fit`]): it checks first that the event fits, and returns an
+//! [`Unfit`](crate::domain::fit::Unfit) naming why it does not rather than panicking.
+//!
 //! The state holds its orders in any [`Orders`] store: the memory layer's keeps the newest
 //! as values and the rest encoded or out of memory, and the rules do not see the difference.
 //!
@@ -597,6 +602,16 @@ impl<O: Orders> State<O> {
     /// to (its events so far), so that whoever records or checks the stream never reads the
     /// order back, which for an order kept encoded would decode it.
     pub fn apply(&mut self, event: &Event) -> Option<u64> {
+        let version = self.fold(event);
+        if cfg!(debug_assertions) {
+            self.check_touched(event);
+        }
+        version
+    }
+
+    /// [`State::apply`] without its checks in debug builds: what applying does, and all it
+    /// does, for [`State::try_apply`] too.
+    pub(super) fn fold(&mut self, event: &Event) -> Option<u64> {
         let version = match event {
             Event::ProductListed { .. }
             | Event::PriceChanged { .. }
@@ -625,9 +640,6 @@ impl<O: Orders> State<O> {
             }
         };
         debug_assert_eq!(version.is_some(), matches!(event.subject(), Subject::Order(_)), "a version for an order");
-        if cfg!(debug_assertions) {
-            self.check_touched(event);
-        }
         version
     }
 
@@ -952,59 +964,99 @@ pub(super) fn sub(a: u64, b: u64) -> u64 {
 }
 
 fn check_stock(product: &Product) {
+    if let Err(fault) = stock_fault(product) {
+        panic!("{fault}");
+    }
+}
+
+fn check_order(order: &Order) {
+    if let Err(fault) = order_fault(order) {
+        panic!("{fault}");
+    }
+}
+
+/// Returns `Err(message)` from the enclosing function unless `condition` holds.
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(format!($($message)+));
+        }
+    };
+}
+
+/// The first stock invariant (see the module documentation) `product` breaks, if any; the
+/// arithmetic is checked, so any stock, however it came about, gets an answer.
+pub(super) fn stock_fault(product: &Product) -> Result<(), String> {
     let sku = &product.sku;
     let s = &product.stock;
-    assert!(
+    ensure!(
         s.reserved <= s.on_hand || s.shortfall_recorded,
         "{sku}: reserved {} exceeds on hand {} with no recorded shortfall",
         s.reserved,
         s.on_hand
     );
-    assert!(s.on_hand <= crate::domain::limits::ON_HAND_MAX, "{sku}: on hand over the limit");
+    ensure!(s.on_hand <= crate::domain::limits::ON_HAND_MAX, "{sku}: on hand over the limit");
     let units = i128::from(s.received) + i128::from(s.adjusted) + i128::from(s.restocked) - i128::from(s.shipped);
-    assert_eq!(units, i128::from(s.on_hand), "{sku}: stock is not conserved");
-    let value = s.value_received + s.value_adjusted + s.value_restocked - s.value_shipped;
-    assert_eq!(value, s.value, "{sku}: inventory value is not conserved");
-    assert!(!s.value.is_sign_negative() || s.value.is_zero(), "{sku}: negative inventory value {}", s.value);
-    assert!(s.on_hand > 0 || s.value.is_zero(), "{sku}: value {} with nothing on hand", s.value);
-    assert!(product.price > Decimal::ZERO);
+    ensure!(units == i128::from(s.on_hand), "{sku}: stock is not conserved");
+    let value = s
+        .value_received
+        .checked_add(s.value_adjusted)
+        .and_then(|v| v.checked_add(s.value_restocked))
+        .and_then(|v| v.checked_sub(s.value_shipped));
+    ensure!(value == Some(s.value), "{sku}: inventory value is not conserved");
+    ensure!(!s.value.is_sign_negative() || s.value.is_zero(), "{sku}: negative inventory value {}", s.value);
+    ensure!(s.on_hand > 0 || s.value.is_zero(), "{sku}: value {} with nothing on hand", s.value);
+    ensure!(product.price > Decimal::ZERO, "{sku}: price {} is not above zero", product.price);
+    Ok(())
 }
 
-fn check_order(order: &Order) {
+/// The first order invariant (see the module documentation) `order` breaks, if any. Its
+/// amounts are those of recordable events ([`Event::amount_out_of_form`]) and its line
+/// quantities at most [`ORDER_LINE_UNITS_MAX`](crate::domain::limits::ORDER_LINE_UNITS_MAX),
+/// so its sums cannot overflow; the one product that could is checked.
+pub(super) fn order_fault(order: &Order) -> Result<(), String> {
     let id = &order.id;
-    let mut net_total = Decimal::ZERO;
-    let mut line_refunds = Decimal::ZERO;
+    let (mut net_total, mut line_refunds) = (Decimal::ZERO, Decimal::ZERO);
     for line in &order.lines {
-        assert!(line.shipped <= line.quantity, "{id}/{}: shipped more than ordered", line.sku);
-        assert!(line.return_requested <= line.shipped, "{id}/{}: return requested beyond shipped", line.sku);
-        assert!(line.returned <= line.return_requested, "{id}/{}: returned more than requested", line.sku);
-        assert!(line.returned_cost <= line.shipped_cost, "{id}/{}: returned cost beyond shipped", line.sku);
-        assert!(line.refunded <= line.net_amount, "{id}/{}: refunded beyond the line", line.sku);
+        ensure!(line.quantity > 0, "{id}/{}: a line of no units", line.sku);
+        ensure!(line.shipped <= line.quantity, "{id}/{}: shipped more than ordered", line.sku);
+        ensure!(line.return_requested <= line.shipped, "{id}/{}: return requested beyond shipped", line.sku);
+        ensure!(line.returned <= line.return_requested, "{id}/{}: returned more than requested", line.sku);
+        ensure!(line.returned_cost <= line.shipped_cost, "{id}/{}: returned cost beyond shipped", line.sku);
+        ensure!(line.refunded <= line.net_amount, "{id}/{}: refunded beyond the line", line.sku);
         let discounts: Decimal = line.discounts.iter().map(|d| d.amount).sum();
-        assert_eq!(line.unit_price * Decimal::from(line.quantity) - discounts, line.net_amount);
+        let gross = line.unit_price.checked_mul(Decimal::from(line.quantity));
+        ensure!(
+            gross.map(|g| g - discounts) == Some(line.net_amount),
+            "{id}/{}: net amount is not price times units less discounts",
+            line.sku
+        );
         net_total += line.net_amount;
         line_refunds += line.refunded;
     }
-    assert_eq!(net_total + order.shipping_fee, order.total, "{id}: total is not the sum of its lines");
-    assert!(order.shipping_refunded <= order.shipping_fee, "{id}: shipping refunded beyond the fee");
-    assert_eq!(line_refunds + order.shipping_refunded, order.refunded, "{id}: refund allocation");
-    assert!(order.refunded <= order.paid(), "{id}: refunded {} exceeds paid {}", order.refunded, order.paid());
+    ensure!(net_total + order.shipping_fee == order.total, "{id}: total is not the sum of its lines");
+    ensure!(order.shipping_refunded <= order.shipping_fee, "{id}: shipping refunded beyond the fee");
+    ensure!(line_refunds + order.shipping_refunded == order.refunded, "{id}: refund allocation");
+    ensure!(order.refunded <= order.paid(), "{id}: refunded {} exceeds paid {}", order.refunded, order.paid());
     let refunds: Decimal = order.refunds.iter().map(|r| r.amount).sum();
-    assert_eq!(refunds, order.refunded);
+    ensure!(refunds == order.refunded, "{id}: refunds do not add up to what was refunded");
     for request in &order.returns {
         for returned in &request.lines {
-            let Some(line) = order.line(&returned.sku) else { panic!("{id}: return of a SKU it lacks") };
+            let Some(line) = order.line(&returned.sku) else { return Err(format!("{id}: return of a SKU it lacks")) };
+            ensure!(returned.quantity <= line.quantity, "{id}: return {} of more than ordered", request.id);
+            ensure!(!line.net_amount.is_sign_negative(), "{id}/{}: negative net amount", line.sku);
             let value = crate::domain::money::share(line.net_amount, returned.quantity, line.quantity);
             let refunded = order.refunded_for_return(&request.id, &returned.sku);
-            assert!(refunded <= value, "{id}: return {} refunded {refunded} beyond its value {value}", request.id);
+            ensure!(refunded <= value, "{id}: return {} refunded {refunded} beyond its value {value}", request.id);
         }
     }
     if order.payment.is_none() {
-        assert!(order.shipments.is_empty(), "{id}: shipped unpaid");
+        ensure!(order.shipments.is_empty(), "{id}: shipped unpaid");
     }
     if let Some(payment) = &order.payment {
-        assert_eq!(payment.amount, order.total, "{id}: paid other than the total");
+        ensure!(payment.amount == order.total, "{id}: paid other than the total");
     }
+    Ok(())
 }
 
 /// Pushes `item`, growing `items` by one place at a time: an order holds one or two

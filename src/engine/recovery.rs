@@ -14,7 +14,7 @@ use crate::domain::idmap::IdMap;
 use crate::domain::ids::{CommandId, OrderId, ShopId, Timestamp};
 use crate::engine::config::{ENGINE_SNAPSHOT_SCHEMA, EngineConfig, SnapshotConfig};
 use crate::engine::idempotency::{Idempotency, Known, Outcome, SharedShortages, events_after};
-use crate::log::record::{Envelope, Hash};
+use crate::log::record::{Corruption, Envelope, Hash};
 use crate::log::store::{EventStore, StoreError};
 use crate::memory::State;
 use crate::memory::spill::Spill;
@@ -273,7 +273,7 @@ impl Core {
                 if index % crate::domain::state::PREFETCH_EVENTS == 0 {
                     self.state.prefetch(page[index..].iter().map(|envelope| &envelope.event));
                 }
-                self.replay(envelope, horizon);
+                self.replay(shop, envelope, horizon)?;
             }
         }
         if let Some(events) = verified_events {
@@ -282,18 +282,35 @@ impl Core {
         Ok(())
     }
 
-    /// Folds the log's next envelope, checking its stream's version, and remembers its
-    /// command when it was recorded from `horizon` on.
-    fn replay(&mut self, envelope: &Envelope, horizon: Timestamp) {
-        assert_eq!(envelope.position, self.last_position + 1, "recovery reads the log in order");
-        let order_version = self.state.apply(&envelope.event);
+    /// Folds the log's next envelope, checking that it fits the state
+    /// ([`State::try_apply`]) and its stream's version, and remembers its command when it
+    /// was recorded from `horizon` on. An envelope that does not fit is
+    /// [`StoreError::Corrupt`] at its position, naming why: the shop is refused.
+    fn replay(&mut self, shop: &ShopId, envelope: &Envelope, horizon: Timestamp) -> Result<(), StoreError> {
+        let unfit = |reason: String| {
+            let position = envelope.position;
+            tracing::error!(shop = %shop, position, %reason, "an event of the log does not fit the shop; the shop is refused");
+            let reason = format!("the event does not fit the shop: {reason}");
+            StoreError::Corrupt { shop: shop.clone(), corruption: Corruption { position, reason } }
+        };
+        if envelope.position != self.last_position + 1 {
+            return Err(unfit(format!("it follows position {}", self.last_position)));
+        }
+        let order_version = self.state.try_apply(&envelope.event).map_err(|e| unfit(e.reason))?;
         let version = self.count_stream(&envelope.stream, &envelope.event, order_version);
-        assert_eq!(version, envelope.stream_version, "stream {} out of order", envelope.stream);
+        if version != envelope.stream_version {
+            let stream = &envelope.stream;
+            return Err(unfit(format!(
+                "version {} of stream {stream}, where {version} comes next",
+                envelope.stream_version
+            )));
+        }
         self.last_position = envelope.position;
         self.last_recorded_at = self.last_recorded_at.max(envelope.recorded_at);
         if envelope.recorded_at >= horizon {
             self.remember_appended(envelope);
         }
+        Ok(())
     }
 
     /// Remembers that `envelope`'s command appended it. A command's events are consecutive:

@@ -12,6 +12,9 @@
 //!   documented, stable wire format. The header carries the event's type name and schema
 //!   version; an event stored under an older schema version is decoded into today's type by
 //!   [`upcast`] (see [`SCHEMA_VERSIONS`]).
+//! - A body decodes only to an event whose amounts a decision could record (at most two
+//!   decimal places, within range: [`Event::amount_out_of_form`]); any other is a corrupt
+//!   record at its position, like one that does not decode.
 //!
 //! Encoding happens only here, at the edge between the engine and a store.
 
@@ -336,6 +339,9 @@ fn decode_body(body: &[u8]) -> Result<Envelope, String> {
     };
     if event.kind() != header.kind {
         return Err(format!("header says {}, payload is {}", header.kind, event.kind()));
+    }
+    if let Some(amount) = event.amount_out_of_form() {
+        return Err(format!("{} records the amount {amount}, which no decision records", event.kind()));
     }
     Ok(Envelope {
         position: header.position,

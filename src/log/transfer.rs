@@ -21,6 +21,13 @@
 //!   today's schema they chain to a different (equally verifiable) head.
 //! - The hash chain catches damage and edits that did not recompute it. It is not a
 //!   signature: whoever can edit an export can recompute every hash in it.
+//! - The first pass also replays every shop's events through [`State::try_apply`]: an export
+//!   whose hash chain is intact but whose events do not fit (an order shipped that was never
+//!   paid, more shipped than ordered, an unknown SKU, a receipt past the most on hand, an order
+//!   placed twice, an amount with more than two decimal places) is refused with
+//!   [`Problem::Unfit`] naming the line, shop, position and reason, and nothing is written.
+//!   [`check_export`] runs that pass alone, before any store is opened; [`replay_check`]
+//!   replays a stored log the same way (`verify --deep`).
 //! - Bad input is an error, never a panic; lines are bounded ([`LINE_BYTES_MAX`]), and an event
 //!   whose record would not fit a log ([`record::RECORD_BODY_BYTES_MAX`]) is refused.
 //!
@@ -56,6 +63,7 @@ use crate::domain::event::Event;
 use crate::domain::ids::{CommandId, ShopId, Timestamp};
 use crate::log::record::{self, Envelope, Hash, RECORD_BODY_BYTES_MAX};
 use crate::log::store::{AppendBatch, EventStore, StoreError};
+use crate::memory::State;
 
 /// Most events read from the store at once when exporting.
 pub const PAGE_EVENTS: usize = 65_536;
@@ -321,6 +329,11 @@ pub enum Problem {
     /// The line differs from what the first pass read there.
     #[error("the line differs from what the check read: the export changed during the import")]
     Changed,
+    /// The event is well formed but does not fit its shop as the events before it left it
+    /// (an order shipped unpaid, more units shipped than ordered, an unknown SKU, a second
+    /// placement): [`State::try_apply`] says why.
+    #[error("the event does not fit the shop: {0}")]
+    Unfit(String),
 }
 
 /// Why an import failed.
@@ -548,10 +561,39 @@ pub async fn import<R: BufRead>(
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Vec<ShopSummary>, ImportError> {
     ensure_empty(store).await?;
-    let plan = check(open().map_err(ImportError::Read)?, &mut progress)?;
+    let checked = check_export(open().map_err(ImportError::Read)?, &mut progress)?;
+    import_checked(store, open, &checked, progress).await
+}
+
+/// An export that passed the first pass of [`import`] ([`check_export`]): what the second
+/// pass must find again.
+pub struct CheckedExport {
+    plan: Vec<Planned>,
+}
+
+/// The first pass of [`import`] on its own, touching no store: checks every line of the
+/// export and replays every shop's events through [`State::try_apply`], so that an export
+/// whose events do not fit (a paid order's payment removed, more shipped than ordered, an
+/// unknown SKU) is refused before a store is even opened.
+pub fn check_export<R: BufRead>(
+    reader: R,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<CheckedExport, ImportError> {
+    check(reader, &mut progress).map(|plan| CheckedExport { plan })
+}
+
+/// The second pass of [`import`]: appends to `store`, which must not hold any event, the
+/// export that `open` gives, which must be the one [`check_export`] checked.
+pub async fn import_checked<R: BufRead>(
+    store: &dyn EventStore,
+    open: impl Fn() -> io::Result<R>,
+    checked: &CheckedExport,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<Vec<ShopSummary>, ImportError> {
+    let plan = &checked.plan;
     ensure_empty(store).await?;
     let mut written = Written::default();
-    match write(store, open, &plan, &mut written, &mut progress).await {
+    match write(store, open, plan, &mut written, &mut progress).await {
         Ok(summaries) => Ok(summaries),
         Err(cause) if written.shops == 0 && written.events == 0 => Err(cause),
         Err(cause) => {
@@ -590,15 +632,23 @@ fn check<R: BufRead>(reader: R, progress: &mut impl FnMut(Progress<'_>)) -> Resu
     let mut lines = Lines::new(reader);
     let mut checker = Checker::default();
     let mut plan: Vec<Planned> = Vec::new();
+    // The shop being read, folded as far as its lines go: one shop's state at a time.
+    let mut state = State::new();
     while let Some((number, bytes)) = lines.next()? {
         match checker.line(number, bytes)? {
             Item::Shop { shop, events } => {
                 progress(Progress { phase: Phase::Check, shop: &shop, done: 0, total: events });
                 plan.push(Planned { shop, events, batch_heads: Vec::new() });
+                state = State::new();
             }
             Item::Event { envelope, hash, last_of_shop } => {
                 // The checker only yields events after their shop's header.
                 let Some(planned) = plan.last_mut() else { continue };
+                if let Err(unfit) = state.try_apply(&envelope.event) {
+                    let at =
+                        Location { line: number, shop: Some(planned.shop.clone()), position: Some(envelope.position) };
+                    return Err(ImportError::Invalid { at, problem: Problem::Unfit(unfit.reason) });
+                }
                 if last_of_shop || envelope.position.is_multiple_of(BATCH_EVENTS as u64) {
                     planned.batch_heads.push(hash);
                 }
@@ -693,6 +743,52 @@ async fn check_head(store: &dyn EventStore, shop: &ShopId, events: u64, expected
         return Err(ImportError::HeadMismatch { shop: shop.clone(), position, expected, found });
     }
     Ok(())
+}
+
+/// Replays `shop`'s log in `store` from its first event through [`State::try_apply`], as
+/// recovery does, reading [`PAGE_EVENTS`] at a time (each record's checksum is checked; the
+/// chain is [`EventStore::verify`]'s part), and checks each event's stream and stream
+/// version; returns how many events the log holds. The first event that does not fit is
+/// [`StoreError::Corrupt`] at its position, naming why: what `verify --deep` reports, and what
+/// would make the engine refuse the shop. Holds one shop's state in memory.
+pub async fn replay_check(store: &dyn EventStore, shop: &ShopId) -> Result<u64, StoreError> {
+    let mut state = State::new();
+    let mut streams: HashMap<compact_str::CompactString, u64> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_from(shop, after, PAGE_EVENTS).await?;
+        if page.is_empty() {
+            return Ok(after);
+        }
+        for envelope in &page {
+            let corrupt = |reason: String| {
+                let corruption = record::Corruption { position: envelope.position, reason };
+                StoreError::Corrupt { shop: shop.clone(), corruption }
+            };
+            if envelope.position != after + 1 {
+                return Err(corrupt(format!("position {} follows position {after}", envelope.position)));
+            }
+            let stream = record::stream_of(&envelope.event);
+            if envelope.stream != stream {
+                return Err(corrupt(format!("stream {} for an event of stream {stream}", envelope.stream)));
+            }
+            let fitted = state.try_apply(&envelope.event);
+            let order_version = fitted.map_err(|unfit| corrupt(format!("the event does not fit the shop: {unfit}")))?;
+            let version = order_version.unwrap_or_else(|| {
+                let counted = streams.entry(stream).or_insert(0);
+                *counted += 1;
+                *counted
+            });
+            if version != envelope.stream_version {
+                let found = envelope.stream_version;
+                return Err(corrupt(format!(
+                    "version {found} of stream {}, where {version} comes next",
+                    envelope.stream
+                )));
+            }
+            after = envelope.position;
+        }
+    }
 }
 
 /// The lines of an export, each at most [`LINE_BYTES_MAX`] bytes read.

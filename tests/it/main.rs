@@ -7,6 +7,7 @@ mod faults;
 mod http;
 mod loadgen;
 mod log;
+mod meaning;
 mod properties;
 mod rejections;
 mod service;
