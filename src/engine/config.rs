@@ -56,6 +56,17 @@ pub struct EngineConfig {
     pub queue_commands_max: usize,
     /// How long command ids are remembered, in engine time.
     pub idempotency_window_ms: u64,
+    /// Most refused commands a shop remembers: 100,000 by default. Part of the idempotency
+    /// contract: a refusal is answered the same on retry (also after a restart) while it is
+    /// within the window and among the newest `remembered_refusals_max` refusals of its shop
+    /// (and within [`EngineConfig::remembered_refusals_bytes_max`]); an older one may be
+    /// forgotten, oldest first, and then a retry runs as a new command. Accepted commands are
+    /// not bounded this way: their events are in the log.
+    pub remembered_refusals_max: usize,
+    /// Most bytes of refused commands a shop remembers, each counted as its id, its refusal
+    /// encoded and about 100 bytes of bookkeeping: 16 MiB by default. Beyond it the oldest
+    /// are forgotten, as beyond [`EngineConfig::remembered_refusals_max`].
+    pub remembered_refusals_bytes_max: usize,
     /// How often an idle shop checks for expired holds and orders.
     pub tick_interval_ms: u64,
     /// The rules' defaults for new shops.
@@ -87,6 +98,8 @@ impl Default for EngineConfig {
             batch_commands_max: 4096,
             queue_commands_max: 65_536,
             idempotency_window_ms: 24 * 60 * 60 * 1000,
+            remembered_refusals_max: 100_000,
+            remembered_refusals_bytes_max: 16 << 20,
             tick_interval_ms: 1000,
             policy: Policy::default(),
             snapshots: None,

@@ -210,6 +210,7 @@ impl Core {
             return Err(StoreError::Io("the engine's policy is out of bounds".to_owned()));
         }
         let (mut core, tail) = Core::starting_point(store.as_ref(), shop, config).await;
+        core.idempotency.bound_refusals(config.remembered_refusals_max, config.remembered_refusals_bytes_max);
         let horizon = Timestamp(now.0.saturating_sub(config.idempotency_window_ms));
         core.replay_tail(store, shop, tail, horizon).await?;
         core.remember_rejections(store.as_ref(), shop, horizon).await?;

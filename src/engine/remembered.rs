@@ -80,6 +80,11 @@ impl<K: Hash + Eq, V> Remembered<K, V> {
         self.generations[index].entries.insert(key, value);
     }
 
+    /// Forgets `key`, wherever it is remembered; what was remembered of it.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.generations.iter_mut().rev().find_map(|generation| generation.entries.remove(key))
+    }
+
     /// Forgets every generation that ended by `horizon`: all its ids are older.
     pub fn forget_before(&mut self, horizon: Timestamp) {
         while self.generations.front().is_some_and(|oldest| oldest.start.0.saturating_add(self.span_ms) <= horizon.0) {

@@ -349,6 +349,10 @@ impl Writer {
                 self.orders_spilled.store(spilled as u64, Ordering::Release);
             }
         }
+        // The refusals forgotten for their bound leave the store too, off the writer's path.
+        if let Some(bounds) = self.core.as_mut().and_then(|core| core.idempotency.store_should_forget()) {
+            crate::engine::idempotency::forget_in_store(&self.store, &self.shop, bounds);
+        }
         let every = self.config.snapshots.as_ref().map_or(u64::MAX, |c| c.every_events.max(1));
         // While one is being written the next waits: settling for it now would only stop
         // the pipeline, batch after batch.

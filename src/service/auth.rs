@@ -1,10 +1,18 @@
-//! Bearer tokens and roles.
+//! Bearer tokens, roles and the shops a token may use.
 //!
 //! - **Roles.** `admin` may do everything (including creating shops), `operator` may send
 //!   commands and read, `auditor` may only read: queries, histories, the ledger and events.
-//! - **Tokens** come from a file (one `role name token` per line, `#` comments) or from
-//!   `EMPORIUM_TOKENS` (`role:name:token` entries separated by commas). A token is at least
-//!   16 characters; the name is what the log records as the actor.
+//! - **Shops.** A token names the shops it may use, or all of them (the default: a token
+//!   configured without shops, as every token was before tokens had shops, may use every
+//!   shop). A request on a shop the token may not use is 403 `forbidden` whether or not
+//!   the shop exists, so a token learns nothing of other tenants' shops; `GET /v1/shops`
+//!   lists only the shops the token may use; routes that span shops (`/metrics`) need a
+//!   token for all shops; only an admin token creates shops, and only shops it may use.
+//! - **Tokens** come from a file (one `role name token [shops=a,b]` per line, `#` comments)
+//!   or from `EMPORIUM_TOKENS` (`role:name:token[:shops=a+b]` entries separated by commas,
+//!   the shops there separated by `+` since commas separate entries; `+` is also accepted in
+//!   the file). `shops=*` is every shop. A token is at least 16 characters; the name is what
+//!   the log records as the actor.
 //! - **Secrecy.** Tokens are compared in constant time against every configured token, and
 //!   never logged or shown: errors name the line, never the token.
 //! - **No tokens** means no authentication: the server then only listens on loopback.
@@ -13,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::domain::ids::ShopId;
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,6 +75,39 @@ impl Access {
     }
 }
 
+/// The shops a token may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shops {
+    /// Every shop, present and future: the default.
+    All,
+    /// Only these.
+    Only(std::collections::BTreeSet<ShopId>),
+}
+
+impl Shops {
+    /// Whether `shop` is one of them.
+    pub fn allows(&self, shop: &ShopId) -> bool {
+        match self {
+            Shops::All => true,
+            Shops::Only(shops) => shops.contains(shop),
+        }
+    }
+
+    /// Reads `shops=*` or `shops=a,b` (`+` separates too).
+    fn parse(field: &str) -> Option<Shops> {
+        let list = field.strip_prefix("shops=")?;
+        if list == "*" {
+            return Some(Shops::All);
+        }
+        let shops: Option<std::collections::BTreeSet<ShopId>> =
+            list.split([',', '+']).map(|shop| ShopId::new(shop).ok()).collect();
+        shops.filter(|shops| !shops.is_empty()).map(Shops::Only)
+    }
+}
+
+/// Most shops one token names.
+pub const TOKEN_SHOPS_MAX: usize = 1_000;
+
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -73,6 +115,32 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The shops it may use.
+    pub shops: Shops,
+}
+
+impl Principal {
+    /// Checks that the caller may use `shop`: 403 `forbidden` when not, whether or not the
+    /// shop exists.
+    pub fn may_use(&self, shop: &ShopId) -> Result<(), ApiError> {
+        if self.shops.allows(shop) {
+            return Ok(());
+        }
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("This token may not use shop {shop}."))
+            .with_details(serde_json::json!({"shop": shop.as_str()})))
+    }
+
+    /// Checks that the caller may use every shop, for a route that spans them.
+    pub fn may_use_all(&self) -> Result<(), ApiError> {
+        match self.shops {
+            Shops::All => Ok(()),
+            Shops::Only(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "This route spans every shop; this token may use only some.",
+            )),
+        }
+    }
 }
 
 struct Token {
@@ -110,7 +178,7 @@ impl Tokens {
         self.tokens.is_empty()
     }
 
-    /// Reads `role name token` lines.
+    /// Reads `role name token [shops=a,b]` lines.
     pub fn parse_file(text: &str) -> Result<Tokens, String> {
         let entries = text.lines().enumerate().filter_map(|(index, line)| {
             let line = line.trim();
@@ -119,22 +187,45 @@ impl Tokens {
         Tokens::from_entries(entries, "line")
     }
 
-    /// Reads `role:name:token` entries separated by commas.
+    /// Reads `role:name:token[:shops=a+b]` entries separated by commas. A token may hold
+    /// `:` (as before shops were added): only a last part beginning `shops=` names shops.
     pub fn parse_env(text: &str) -> Result<Tokens, String> {
-        let entries = text
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .enumerate()
-            .map(|(index, entry)| (index + 1, entry.splitn(3, ':').collect()));
+        let entries =
+            text.split(',').map(str::trim).filter(|entry| !entry.is_empty()).enumerate().map(|(index, entry)| {
+                let (rest, shops) = match entry.rsplit_once(':') {
+                    Some((rest, shops)) if shops.starts_with("shops=") => (rest, Some(shops)),
+                    _ => (entry, None),
+                };
+                let mut fields: Vec<&str> = rest.splitn(3, ':').collect();
+                fields.extend(shops);
+                (index + 1, fields)
+            });
         Tokens::from_entries(entries, "entry")
     }
 
     fn from_entries<'a>(entries: impl Iterator<Item = (usize, Vec<&'a str>)>, unit: &str) -> Result<Tokens, String> {
         let mut tokens = Tokens::default();
         for (number, fields) in entries {
-            let [role, name, secret] = fields.as_slice() else {
-                return Err(format!("token {unit} {number}: expected a role, a name and a token"));
+            let (role, name, secret, shops) = match fields.as_slice() {
+                [role, name, secret] => (role, name, secret, Shops::All),
+                [role, name, secret, shops] => {
+                    let shops = Shops::parse(shops).filter(|shops| match shops {
+                        Shops::All => true,
+                        Shops::Only(shops) => shops.len() <= TOKEN_SHOPS_MAX,
+                    });
+                    let Some(shops) = shops else {
+                        return Err(format!(
+                            "token {unit} {number}: the fourth field must be shops=* or shops= and 1 to \
+                             {TOKEN_SHOPS_MAX} shop ids separated by ',' or '+'"
+                        ));
+                    };
+                    (role, name, secret, shops)
+                }
+                _ => {
+                    return Err(format!(
+                        "token {unit} {number}: expected a role, a name, a token and optionally shops=..."
+                    ));
+                }
             };
             let role = Role::parse(role)
                 .ok_or_else(|| format!("token {unit} {number}: the role must be admin, operator or auditor"))?;
@@ -155,7 +246,7 @@ impl Tokens {
             }
             tokens.tokens.push(Token {
                 secret: secret.as_bytes().to_vec(),
-                principal: Principal { name: (*name).to_owned(), role },
+                principal: Principal { name: (*name).to_owned(), role, shops },
             });
         }
         Ok(tokens)
@@ -164,7 +255,7 @@ impl Tokens {
     /// Finds the caller of a request and checks that it may do `access`.
     pub fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<Principal, ApiError> {
         if self.tokens.is_empty() {
-            return Ok(Principal { name: "anonymous".to_owned(), role: Role::Admin });
+            return Ok(Principal { name: "anonymous".to_owned(), role: Role::Admin, shops: Shops::All });
         }
         let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
         let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -228,7 +319,11 @@ mod tests {
     #[test]
     fn bad_token_configuration_is_refused_without_showing_the_token() {
         for (text, part) in [
-            ("admin root", "expected a role, a name and a token"),
+            ("admin root", "expected a role, a name, a token"),
+            ("admin root 0123456789abcdef0 shops=", "the fourth field"),
+            ("admin root 0123456789abcdef0 shops=Main", "the fourth field"),
+            ("admin root 0123456789abcdef0 main", "the fourth field"),
+            ("admin root 0123456789abcdef0 shops=a extra", "expected a role"),
             ("boss root 0123456789abcdef0", "the role must be"),
             ("admin ro/ot 0123456789abcdef0", "the name must be"),
             ("admin root short", "at least 16"),
@@ -238,5 +333,28 @@ mod tests {
         }
         let env = Tokens::parse_env("admin:root:0123456789abcdef0, auditor:books:auditor-secret-1234").expect("env");
         assert_eq!(env.authorize(&headers("auditor-secret-1234"), Access::Read).map(|p| p.role), Ok(Role::Auditor));
+    }
+
+    #[test]
+    fn a_token_names_its_shops_or_all() {
+        let shops = |names: &[&str]| Shops::Only(names.iter().map(|n| ShopId::new(n).expect("shop id")).collect());
+        let file = Tokens::parse_file(
+            "operator acme acme-secret-123456 shops=acme,acme-outlet\nauditor all auditor-secret-1234 shops=*\n\
+             admin root 0123456789abcdef0\n",
+        )
+        .expect("parses");
+        let scope = |tokens: &Tokens, token: &str| tokens.authorize(&headers(token), Access::Read).map(|p| p.shops);
+        assert_eq!(scope(&file, "acme-secret-123456"), Ok(shops(&["acme", "acme-outlet"])));
+        assert_eq!(scope(&file, "auditor-secret-1234"), Ok(Shops::All));
+        assert_eq!(scope(&file, "0123456789abcdef0"), Ok(Shops::All), "no field: every shop");
+        let env = Tokens::parse_env("operator:acme:acme:secret-123456:shops=acme+beta, admin:root:0123456789:abcdef0")
+            .expect("env");
+        assert_eq!(scope(&env, "acme:secret-123456"), Ok(shops(&["acme", "beta"])), "a token may hold ':'");
+        assert_eq!(scope(&env, "0123456789:abcdef0"), Ok(Shops::All));
+        let acme = file.authorize(&headers("acme-secret-123456"), Access::Command).expect("operator");
+        assert!(acme.may_use(&ShopId::new("acme").expect("id")).is_ok());
+        let other = acme.may_use(&ShopId::new("beta").expect("id")).expect_err("another shop");
+        assert_eq!((other.status.as_u16(), other.code), (403, "forbidden"));
+        assert_eq!(acme.may_use_all().map_err(|e| e.status.as_u16()), Err(403));
     }
 }

@@ -28,7 +28,15 @@ use crate::engine::{Accepted, CommandError, Request};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The command id: the `Idempotency-Key` header or the body's `command_id`, which must agree.
+/// The header may be given once: a repeated one is refused, since which copy counts is
+/// anybody's guess.
 fn command_id(headers: &HeaderMap, body_id: Option<&str>) -> Result<Option<CommandId>, ApiError> {
+    if headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "The Idempotency-Key header is given more than once; give it once.",
+        ));
+    }
     let header = match headers.get(IDEMPOTENCY_KEY) {
         Some(value) => Some(value.to_str().map_err(|_| {
             ApiError::bad_request("invalid_idempotency_key", "The Idempotency-Key header must be printable ASCII.")
@@ -165,6 +173,7 @@ pub async fn single(
     let answer = async {
         let principal = app.authorize(&headers, Access::Command)?;
         let (shop, params) = shop_and_params(params)?;
+        principal.may_use(&shop)?;
         let bytes = read_body(&headers, body, app.config.body_bytes_max).await?;
         let command = parse::command(route, &bytes, &params)?;
         let id = command_id(&headers, command.command_id())?;
@@ -212,6 +221,7 @@ pub async fn batch(State(app): AppState, params: Params, headers: HeaderMap, bod
     let started = Instant::now();
     let principal = app.authorize(&headers, Access::Command)?;
     let (shop, _) = shop_and_params(params)?;
+    principal.may_use(&shop)?;
     if headers.contains_key(IDEMPOTENCY_KEY) {
         return Err(ApiError::bad_request(
             "invalid_idempotency_key",

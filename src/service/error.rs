@@ -1,11 +1,13 @@
 //! Errors as the service answers them: `{"error": {"code", "message", "details"}}`.
 //!
-//! Statuses: 400 malformed or invalid request, 401 missing or bad token, 403 role not
-//! allowed, 404 unknown shop, order, SKU, shipment, return or reservation, 409 refused by
-//! the current state or an idempotency conflict, 413 body too large, 429
-//! `shop_limit_reached` when creating a shop past the server's limit, 503 (with
-//! `Retry-After`) when a shop's queue is full. Only a failure of the server itself is
-//! another 5xx.
+//! Statuses: 400 malformed or invalid request (`duplicate_key` for a key repeated in a
+//! body, `invalid_idempotency_key` for a repeated header too), 401 missing or bad token,
+//! 403 role not allowed or a shop the token may not use, 404 unknown shop, order, SKU,
+//! shipment, return or reservation, 409 refused by the current state or an idempotency
+//! conflict, 413 body too large, 429 `shop_limit_reached` when creating a shop past the
+//! server's limit, 503 (with `Retry-After`) when a shop's queue is full, a shop is healing
+//! or quarantined, or too many event streams are open. Only a failure of the server itself
+//! is another 5xx.
 //!
 //! One writer: every error answer, a batch's error results included, is an [`ErrorBody`]
 //! serialized, either borrowed from an [`ApiError`] ([`ApiError::wire`]) or written straight

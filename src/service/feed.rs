@@ -1,10 +1,16 @@
 //! The log for other systems: pages of events, and a Server-Sent Events stream that follows
 //! the log. Each SSE event's `id` is its position, so a follower that reconnects with
 //! `Last-Event-ID` gets every later event exactly once, in order.
+//!
+//! Streams are capped three ways ([`super::ServiceConfig`]): in all, per shop and per token
+//! (by the token's name), so that one client holding many streams cannot lock out the
+//! followers of other shops, nor one busy shop those of the others. A stream over a cap is
+//! 503 `too_many_streams` with `Retry-After`, its details naming the cap (`scope`: `server`,
+//! `shop` or `token`, and `limit`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -29,18 +35,79 @@ const STREAM_PAGE_EVENTS: usize = 256;
 /// How long a follower waits for new events before checking for shutdown again.
 const STREAM_WAIT_MS: u64 = 15_000;
 
-fn known_shop(app: &App, headers: &HeaderMap, params: Params) -> Result<ShopId, ApiError> {
-    app.authorize(headers, Access::Read)?;
+/// The shop of a route the caller may read, and the caller's name.
+fn known_shop(app: &App, headers: &HeaderMap, params: Params) -> Result<(ShopId, String), ApiError> {
+    let principal = app.authorize(headers, Access::Read)?;
     let (shop, _) = shop_and_params(params)?;
+    principal.may_use(&shop)?;
     if !app.engine.shops().contains(&shop) {
         return Err(CommandError::UnknownShop(shop).into());
     }
-    Ok(shop)
+    Ok((shop, principal.name))
+}
+
+/// The event streams open, per shop and per token name.
+#[derive(Debug, Default)]
+pub(super) struct StreamCounts {
+    by_shop: HashMap<ShopId, usize>,
+    by_token: HashMap<String, usize>,
+}
+
+/// One open stream's place in [`StreamCounts`], given back when it is dropped.
+struct StreamSlot {
+    counts: Arc<Mutex<StreamCounts>>,
+    shop: ShopId,
+    token: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let StreamCounts { by_shop, by_token } = &mut *counts;
+        release(by_shop, &self.shop);
+        release(by_token, &self.token);
+    }
+}
+
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+fn too_many_streams(scope: &str, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_streams",
+        format!("Too many event streams are open ({limit} per {scope}); retry later."),
+    )
+    .with_details(json!({"scope": scope, "limit": limit}))
+}
+
+/// A place for one more stream of `shop` by `token`, within every cap.
+fn open_slot(app: &App, shop: &ShopId, token: &str) -> Result<(StreamSlot, OwnedSemaphorePermit), ApiError> {
+    let (shop_max, token_max) = (app.config.streams_per_shop_max, app.config.streams_per_token_max);
+    let mut counts = app.stream_counts.lock().unwrap_or_else(PoisonError::into_inner);
+    if counts.by_token.get(token).copied().unwrap_or(0) >= token_max {
+        return Err(too_many_streams("token", token_max));
+    }
+    if counts.by_shop.get(shop).copied().unwrap_or(0) >= shop_max {
+        return Err(too_many_streams("shop", shop_max));
+    }
+    let permit =
+        app.streams.clone().try_acquire_owned().map_err(|_| too_many_streams("server", app.config.streams_max))?;
+    *counts.by_shop.entry(shop.clone()).or_insert(0) += 1;
+    *counts.by_token.entry(token.to_owned()).or_insert(0) += 1;
+    let slot = StreamSlot { counts: app.stream_counts.clone(), shop: shop.clone(), token: token.to_owned() };
+    Ok((slot, permit))
 }
 
 /// `GET /events?after=N&limit=M`: up to M events after position N.
 pub async fn page(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
-    let shop = known_shop(&app, &headers, params)?;
+    let (shop, _) = known_shop(&app, &headers, params)?;
     let PageQuery { after, limit } = query(&uri)?;
     let limit = page_limit(limit, app.config.page_events_max)?;
     let envelopes = app.engine.store().read_from(&shop, after, limit).await.map_err(ApiError::storage)?;
@@ -55,7 +122,7 @@ struct Follower {
     after: u64,
     buffer: VecDeque<Envelope>,
     stopping: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _place: (StreamSlot, OwnedSemaphorePermit),
 }
 
 impl Follower {
@@ -93,7 +160,7 @@ impl Follower {
 
 /// `GET /events/stream`: Server-Sent Events from `Last-Event-ID` (or `?after=N`) on.
 pub async fn stream(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
-    let shop = known_shop(&app, &headers, params)?;
+    let (shop, token) = known_shop(&app, &headers, params)?;
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct StreamQuery {
@@ -107,15 +174,9 @@ pub async fn stream(State(app): AppState, params: Params, headers: HeaderMap, ur
             ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a log position (a number).")
         })?,
     };
-    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "Too many event streams are open; retry later.",
-        )
-    })?;
+    let place = open_slot(&app, &shop, &token)?;
     let follower =
-        Follower { stopping: app.stopping.subscribe(), app, shop, after, buffer: VecDeque::new(), _permit: permit };
+        Follower { stopping: app.stopping.subscribe(), app, shop, after, buffer: VecDeque::new(), _place: place };
     let events = futures_util::stream::unfold(follower, |mut follower| async move {
         follower.next().await.map(|event| (Ok::<_, Infallible>(event), follower))
     });

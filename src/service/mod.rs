@@ -9,8 +9,9 @@
 //!   sees them, and a refusal by the shop's rules appends no event. The only 5xx answers are
 //!   503 (a full shop queue or a failed shop, with `Retry-After`) and failures of the server.
 //! - **Bounded.** Bodies are limited (1 MiB by default), batches to 1,000 commands, pages to
-//!   1,000 events, event streams to a fixed number of followers; the engine's queues are
-//!   bounded too.
+//!   1,000 events (and histories to 1,000 entries), event streams to a fixed number of
+//!   followers in all, per shop and per token; the engine's queues are bounded too.
+//! - **Tenants.** A token may use the shops it names, or all ([`auth`]).
 //! - **Shutdown.** When the shutdown future completes, the server stops accepting
 //!   connections, ends event streams, lets every request in flight finish (its command is
 //!   synced before it is answered), and returns; the caller then closes the engine.
@@ -71,8 +72,13 @@ pub struct ServiceConfig {
     pub batch_commands_max: usize,
     /// Most events in one page of `/events`.
     pub page_events_max: usize,
-    /// Most concurrent `/events/stream` followers.
+    /// Most concurrent `/events/stream` followers in all: 256 by default.
     pub streams_max: usize,
+    /// Most concurrent followers of one shop: 64 by default.
+    pub streams_per_shop_max: usize,
+    /// Most concurrent followers with one token (by its name; without tokens, all callers
+    /// are one): 32 by default.
+    pub streams_per_token_max: usize,
     /// How long a read of the views waits for them to reach the log's end.
     pub views_wait_ms: u64,
 }
@@ -84,6 +90,8 @@ impl Default for ServiceConfig {
             batch_commands_max: 1000,
             page_events_max: 1000,
             streams_max: 256,
+            streams_per_shop_max: 64,
+            streams_per_token_max: 32,
             views_wait_ms: 5000,
         }
     }
@@ -105,6 +113,7 @@ pub struct App {
     config: ServiceConfig,
     metrics: Metrics,
     streams: Arc<Semaphore>,
+    stream_counts: Arc<std::sync::Mutex<feed::StreamCounts>>,
     stopping: watch::Sender<bool>,
 }
 
@@ -115,6 +124,7 @@ impl App {
         Arc::new(App {
             engine,
             streams: Arc::new(Semaphore::new(config.streams_max)),
+            stream_counts: Arc::default(),
             tokens,
             config,
             metrics: Metrics {
@@ -269,8 +279,9 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 }
 
 async fn create_shop(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.authorize(&headers, Access::Admin)?;
+    let principal = app.authorize(&headers, Access::Admin)?;
     let (shop, _) = shop_and_params(params)?;
+    principal.may_use(&shop)?;
     let existed = app.engine.shops().contains(&shop);
     app.engine.create_shop(&shop).await.map_err(ApiError::from_open)?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
@@ -278,7 +289,8 @@ async fn create_shop(State(app): AppState, params: Params, headers: HeaderMap) -
 }
 
 async fn metrics(State(app): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.authorize(&headers, Access::Read)?;
+    // Its lines name every shop.
+    app.authorize(&headers, Access::Read)?.may_use_all()?;
     use std::fmt::Write as _;
     let mut out = String::new();
     out += "# HELP emporium_commands_total Commands answered, by kind and outcome.\n";

@@ -20,7 +20,14 @@ struct ReadRoute {
 
 const READS: &[ReadRoute] = &[
     ReadRoute { path: "/orders/{order_id}", summary: "An order as the engine knows it now", query: &[] },
-    ReadRoute { path: "/orders/{order_id}/history", summary: "An order's history, oldest first", query: &[] },
+    ReadRoute {
+        path: "/orders/{order_id}/history",
+        summary: "A page of an order's history, oldest first; next_after and more lead to the next page",
+        query: &[
+            ("after", "a log position: entries after it (the last page's next_after); default 0"),
+            ("limit", "1 to 1000 entries, default 100"),
+        ],
+    },
     ReadRoute { path: "/stock/{sku}", summary: "One SKU's stock level", query: &[] },
     ReadRoute { path: "/stock", summary: "Every SKU's stock level", query: &[("low", "true: only low stock")] },
     ReadRoute { path: "/ledger/trial-balance", summary: "Every account's balance; they sum to zero", query: &[] },
@@ -37,7 +44,11 @@ const READS: &[ReadRoute] = &[
     ReadRoute {
         path: "/analytics/series",
         summary: "The summary per hour or day",
-        query: &[("bucket", "hour or day"), ("from", "start"), ("to", "end")],
+        query: &[
+            ("bucket", "hour or day"),
+            ("from", "start, ms since the epoch or RFC 3339"),
+            ("to", "end, at most the last whole hour or day a u64 of ms holds; at most 1000 buckets"),
+        ],
     },
     ReadRoute { path: "/customers/{customer_id}", summary: "One buyer's record", query: &[] },
     ReadRoute {

@@ -7,13 +7,16 @@
 //!   repeated in the body. Ids are read as they come; the domain refuses an overlong one.
 //! - **Refusals.** A body that is not JSON is `malformed_json`; JSON that is not an object, or
 //!   not the command's fields, is `invalid_body`, with serde's reason as a sentence. Both 400.
+//! - **No repeated keys.** A key repeated in any object of a body, at any depth (a line of an
+//!   order, an item of a batch), is `duplicate_key` (400): JSON does not say which of two
+//!   values counts, so neither does.
 //! - **Straight where it reads the same.** On a route whose path names only the shop, the
 //!   body is first read straight into its struct (no JSON tree in between). Only if that
-//!   fails does the checked path run, which explains what is wrong, or accepts what the
-//!   straight read refuses (a repeated field, of which the last counts): whatever the
-//!   straight read accepts, the checked path reads the same, as a test here checks.
+//!   fails does the checked path run, which explains what is wrong: whatever the straight
+//!   read accepts, the checked path reads the same, as a test here checks (serde's derived
+//!   structs refuse a repeated field, and the checked path's tree refuses every repeated key).
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, sentence};
@@ -24,13 +27,89 @@ fn invalid_body(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_body", message)
 }
 
-/// Parses a body into a JSON object; an empty body is an empty object.
+/// The marker that begins the message of a repeated key, to tell it from malformed JSON.
+const DUPLICATE_KEY: &str = "duplicate key ";
+
+/// A JSON tree read like [`Value`], except that an object repeating a key is an error.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Unique, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY}{key:?}")));
+            }
+            let Unique(value) = map.next_value()?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+/// Parses a body into a JSON object; an empty body is an empty object. A key repeated in
+/// any object of it is refused.
 fn object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", sentence(&format!("the body is not valid JSON: {e}"))))?;
+    let Unique(value) = serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        match text.strip_prefix(DUPLICATE_KEY) {
+            Some(rest) => ApiError::bad_request(
+                "duplicate_key",
+                sentence(&format!("the body repeats the key {rest}; each key may appear once in an object")),
+            ),
+            None => ApiError::bad_request("malformed_json", sentence(&format!("the body is not valid JSON: {e}"))),
+        }
+    })?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(invalid_body("The body must be a JSON object.")),
@@ -146,7 +225,7 @@ mod tests {
         check("list_product", product, Some("ListProduct(ListProductBody"));
         let hold = r#"{"reservation_id": "R-1", "lines": [{"sku": "S-1", "quantity": 1}], "ttl_ms": 60000}"#;
         check("reserve_stock", hold, Some("ReserveStock(ReserveBody"));
-        // Left to the checked path, which explains or, for repeated fields, takes the last.
+        // Left to the checked path, which explains what is wrong.
         check("place_order", r#"{"type": "place_order", "order_id": "O-1"}"#, None);
         check("place_order", r#"["O-1", "C-1", [], "zj", null]"#, None);
         check(
@@ -157,6 +236,21 @@ mod tests {
         check("place_order", "", None);
         check("place_order", r#"{"order_id": "O-1"} trailing"#, None);
         check("pay", r#"{"order_id": "O-1", "payment_id": "P-1", "amount": "1.00"}"#, None);
+    }
+
+    #[test]
+    fn a_repeated_key_at_any_depth_is_refused() {
+        for body in [
+            r#"{"order_id": "O-1", "order_id": "O-2"}"#,
+            r#"{"lines": [{"sku": "S-1", "quantity": 1, "quantity": 5}]}"#,
+            r#"{"commands": [{"type": "pay", "amount": "1.00", "amount": "9.00"}]}"#,
+        ] {
+            let error = object(body.as_bytes()).expect_err(body);
+            assert_eq!((error.status.as_u16(), error.code), (400, "duplicate_key"), "{body}: {}", error.message);
+        }
+        let fine = object(br#"{"a": {"k": 1}, "b": {"k": [1, 2.5, null, true, "x"]}}"#).expect("no repeat");
+        assert_eq!(Value::Object(fine), serde_json::json!({"a": {"k": 1}, "b": {"k": [1, 2.5, null, true, "x"]}}));
+        assert_eq!(object(b"{\"a\": 1,}").expect_err("malformed").code, "malformed_json");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use super::error::{ApiError, sentence};
 use super::{Access, App, AppState, Params, shop_and_params};
 use crate::domain::ids::{CustomerId, OrderId, ShopId, Sku, Timestamp};
+use crate::log::record::{Corruption, Envelope};
+use crate::log::store::{EventStore, StoreError};
 use crate::views::{Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, SLOW_MOVER_DAYS_DEFAULT, TimelineEntry, Views};
 
 /// Most buckets in one series.
@@ -34,10 +36,12 @@ fn not_found(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, code, message)
 }
 
-/// The caller may read; the shop and the other path parameters.
+/// The caller may read the shop; the shop and the other path parameters.
 fn reader(app: &App, headers: &HeaderMap, params: Params) -> Result<(ShopId, Vec<(String, String)>), ApiError> {
-    app.authorize(headers, Access::Read)?;
-    shop_and_params(params)
+    let principal = app.authorize(headers, Access::Read)?;
+    let (shop, params) = shop_and_params(params)?;
+    principal.may_use(&shop)?;
+    Ok((shop, params))
 }
 
 fn param<'p>(params: &'p [(String, String)], name: &str) -> &'p str {
@@ -63,10 +67,11 @@ async fn with_views<R>(app: &App, shop: &ShopId, read: impl FnOnce(&Views) -> R)
     Ok(app.engine.views(shop, read)?)
 }
 
-/// `GET /v1/shops`.
+/// `GET /v1/shops`: the shops the token may use.
 pub async fn shops(State(app): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.authorize(&headers, Access::Read)?;
-    let shops: Vec<String> = app.engine.shops().iter().map(|s| s.as_str().to_owned()).collect();
+    let principal = app.authorize(&headers, Access::Read)?;
+    let shops: Vec<String> =
+        app.engine.shops().iter().filter(|shop| principal.shops.allows(shop)).map(|s| s.as_str().to_owned()).collect();
     Ok(axum::Json(json!({ "shops": shops })).into_response())
 }
 
@@ -100,20 +105,67 @@ pub async fn order(State(app): AppState, params: Params, headers: HeaderMap) -> 
     Ok(axum::Json(order).into_response())
 }
 
-/// `GET /orders/{order_id}/history`: the order's timeline as of the views' position; the
-/// views keep where its events are, and the events are read back from the log.
-pub async fn history(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Most positions between two of a history's events that one read of the log spans.
+const HISTORY_READ_GAP_MAX: u64 = 64;
+
+/// The events at `positions` (increasing), oldest first: a run of positions close together
+/// ([`HISTORY_READ_GAP_MAX`]) is one read of the log, so a page reads at most its events
+/// and their gaps, never a chunk per event. A position the log does not hold is an error:
+/// the positions came from the log.
+async fn read_sparse(store: &dyn EventStore, shop: &ShopId, positions: &[u64]) -> Result<Vec<Envelope>, StoreError> {
+    let mut events = Vec::with_capacity(positions.len());
+    let mut rest = positions;
+    while let Some(&first) = rest.first() {
+        let run = 1 + rest.windows(2).take_while(|pair| pair[1] - pair[0] <= HISTORY_READ_GAP_MAX).count();
+        let (wanted, later) = rest.split_at(run);
+        let span = usize::try_from(wanted[run - 1] - first + 1).unwrap_or(usize::MAX);
+        let read = store.read_from(shop, first.saturating_sub(1), span).await?;
+        events.extend(read.into_iter().filter(|envelope| wanted.binary_search(&envelope.position).is_ok()));
+        rest = later;
+    }
+    let found: Vec<u64> = events.iter().map(|envelope| envelope.position).collect();
+    if found != positions {
+        let missing = positions.iter().find(|position| !found.contains(position)).copied().unwrap_or(0);
+        let reason = "no event at a position a view recorded".to_owned();
+        return Err(StoreError::Corrupt { shop: shop.clone(), corruption: Corruption { position: missing, reason } });
+    }
+    Ok(events)
+}
+
+/// Most entries in one page of an order's history.
+pub const HISTORY_PAGE_MAX: usize = 1000;
+
+/// `GET /orders/{order_id}/history?after=N&limit=M`: a page of the order's timeline as of
+/// the views' position, at most M entries (100 by default, at most [`HISTORY_PAGE_MAX`])
+/// after log position N. `next_after` is the position of the page's last entry, to pass as
+/// `after` for the next page (`after` again when the page is empty), and `more` says whether
+/// one follows. The views keep where its events are, and the page's events are read back
+/// from the log on a blocking thread, never on the runtime's workers: the work a request
+/// does is one pass over the order's positions and at most M reads of the log.
+pub async fn history(State(app): AppState, params: Params, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
     let (shop, params) = reader(&app, &headers, params)?;
     let order_id = OrderId::from(param(&params, "order_id"));
     order_id.check().map_err(|r| ApiError::from_rejection(&r))?;
-    let (at, positions) =
-        with_views(&app, &shop, |views| (views.checkpoint(), views.histories.projection().positions(&order_id)))
-            .await?;
-    let positions = positions.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
-    let store = app.engine.store().as_ref();
-    let history = crate::log::store::read_positions(store, &shop, &positions).await.map_err(ApiError::storage)?;
-    let history: Vec<TimelineEntry> = history.iter().map(TimelineEntry::of).collect();
-    Ok(axum::Json(json!({"order_id": order_id.as_str(), "as_of_position": at, "history": history})).into_response())
+    let PageQuery { after, limit } = query(&uri)?;
+    let limit = page_limit(limit, HISTORY_PAGE_MAX)?;
+    let end = log_end(&app, &shop).await?;
+    app.engine.views_reach(&shop, end, Duration::from_millis(app.config.views_wait_ms)).await?;
+    let (engine, id, runtime) = (app.engine.clone(), order_id.clone(), tokio::runtime::Handle::current());
+    let read = tokio::task::spawn_blocking(move || {
+        let (at, page) =
+            engine.views(&shop, |views| (views.checkpoint(), views.histories.projection().page(&id, after, limit)))?;
+        let Some(page) = page else { return Ok(None) };
+        let events = runtime.block_on(read_sparse(engine.store().as_ref(), &shop, &page.positions));
+        let entries: Vec<TimelineEntry> = events.map_err(ApiError::storage)?.iter().map(TimelineEntry::of).collect();
+        Ok::<_, ApiError>(Some((at, entries, page.more)))
+    });
+    let read = read.await.map_err(ApiError::storage)?;
+    let (at, history, more) =
+        read?.ok_or_else(|| not_found("unknown_order", format!("Order {order_id} is unknown.")))?;
+    let next_after = history.last().map_or(after, |entry| entry.position);
+    let body = json!({"order_id": order_id.as_str(), "as_of_position": at, "history": history,
+        "next_after": next_after, "more": more});
+    Ok(axum::Json(body).into_response())
 }
 
 /// `GET /stock/{sku}`.
@@ -263,6 +315,14 @@ pub async fn series(State(app): AppState, params: Params, headers: HeaderMap, ur
     let (at, series) = with_views(&app, &shop, |views| {
         let now = views.shop.projection().now();
         let (from, to) = range(&range_query, now, 24 * bucket.ms())?;
+        let end_max = bucket.series_end_max();
+        if to > end_max {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("A series ends at most at {} ms, the end of the last whole bucket; to is {}.", end_max.0, to.0),
+            )
+            .with_details(json!({"to_max": end_max.0})));
+        }
         let buckets = (to.0 - from.0).div_ceil(bucket.ms());
         if buckets > SERIES_BUCKETS_MAX as u64 {
             return Err(ApiError::bad_request(

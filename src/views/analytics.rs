@@ -49,6 +49,12 @@ impl Bucket {
             Bucket::Day => 24 * HOUR_MS,
         }
     }
+
+    /// The latest end a series of these buckets may have: the end of the last whole bucket
+    /// whose end a `u64` of milliseconds holds.
+    pub fn series_end_max(self) -> Timestamp {
+        Timestamp(u64::MAX / self.ms() * self.ms())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +202,9 @@ impl Analytics {
         s
     }
 
-    /// One summary per bucket in `[from, to)`, at most `buckets_max` buckets.
+    /// One summary per bucket in `[from, to)`, at most `buckets_max` buckets. A bucket whose
+    /// end a `u64` of milliseconds cannot hold ends the series (see [`Bucket::series_end_max`]):
+    /// bucket starts never wrap around.
     pub fn series(
         &self,
         bucket: Bucket,
@@ -209,8 +217,9 @@ impl Analytics {
         let mut start = from.0 / size * size;
         let mut out = Vec::new();
         while start < to.0 && out.len() < buckets_max {
-            out.push(self.summary(Timestamp(start), Timestamp(start + size), late_after_ms));
-            start += size;
+            let Some(end) = start.checked_add(size) else { break };
+            out.push(self.summary(Timestamp(start), Timestamp(end), late_after_ms));
+            start = end;
         }
         out
     }

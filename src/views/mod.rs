@@ -28,7 +28,7 @@ pub use analytics::{Analytics, Bucket, HOUR_MS, LATE_SHIPMENT_MS_DEFAULT, Summar
 pub use customers::{CustomerStats, Customers};
 pub use ledger::{Account, JournalEntry, Ledger};
 pub use shop::{COVER_WINDOW_DAYS, DAY_MS, SLOW_MOVER_DAYS_DEFAULT, ShopView, StockLevel};
-pub use timeline::{Histories, TimelineEntry};
+pub use timeline::{Histories, HistoryPage, TimelineEntry};
 
 use crate::domain::event::Event;
 use crate::log::record::Envelope;

@@ -2,7 +2,7 @@
 //! rendered for people (when, who, which command and what happened).
 //!
 //! The view keeps positions only, a few integers per order; the events themselves are read
-//! back from the log when a history is asked for. The store's stream index holds the same
+//! back from the log when a history is asked for, a page at a time ([`Histories::page`]). The store's stream index holds the same
 //! facts, but sled builds it lazily, so the first read after a busy day would wait for
 //! hundreds of thousands of events to be indexed; these positions are at hand at once.
 //!
@@ -47,6 +47,26 @@ impl Histories {
     pub fn positions(&self, order_id: &OrderId) -> Option<Vec<u64>> {
         self.orders.get(order_id).map(Trail::positions)
     }
+
+    /// A page of an order's history: the first `limit` positions after position `after`,
+    /// oldest first, and whether more follow. `None` for an order not placed. The work is
+    /// one pass over the order's trail (a few bytes a position) and `limit` positions kept.
+    pub fn page(&self, order_id: &OrderId, after: u64, limit: usize) -> Option<HistoryPage> {
+        let trail = self.orders.get(order_id)?;
+        let mut later = trail.iter().skip_while(|position| *position <= after);
+        let positions: Vec<u64> = later.by_ref().take(limit).collect();
+        let more = later.next().is_some();
+        Some(HistoryPage { positions, more })
+    }
+}
+
+/// A page of an order's history ([`Histories::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The page's positions, oldest first.
+    pub positions: Vec<u64>,
+    /// Whether later positions follow the page's last.
+    pub more: bool,
 }
 
 impl emporium_projections::Projection for Histories {
@@ -251,6 +271,20 @@ mod tests {
         check(&[0, 1]);
         check(&[5, 127, 128, 16_383, 16_384, 1 << 40, u64::MAX - 1, u64::MAX]);
         check(&[3_000_001, 3_000_950, 7_500_000, 7_500_001]);
+    }
+
+    #[test]
+    fn a_history_reads_page_by_page() {
+        let mut histories = Histories::new();
+        let order: OrderId = "O-1".into();
+        histories.orders.insert(order.clone(), Trail::of(&[3, 7, 9, 200, 201]));
+        let page = |after, limit| histories.page(&order, after, limit).expect("placed");
+        assert_eq!(page(0, 2), HistoryPage { positions: vec![3, 7], more: true });
+        assert_eq!(page(7, 2), HistoryPage { positions: vec![9, 200], more: true });
+        assert_eq!(page(200, 2), HistoryPage { positions: vec![201], more: false });
+        assert_eq!(page(8, 3), HistoryPage { positions: vec![9, 200, 201], more: false });
+        assert_eq!(page(201, 5), HistoryPage { positions: vec![], more: false });
+        assert_eq!(histories.page(&"O-2".into(), 0, 5), None);
     }
 
     #[test]

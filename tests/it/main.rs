@@ -5,6 +5,7 @@ mod crash;
 mod engine;
 mod faults;
 mod http;
+mod inputs;
 mod loadgen;
 mod log;
 mod meaning;

@@ -309,10 +309,19 @@ fn order_body(order_id: &str, quantity: &str) -> String {
     )
 }
 
+/// A token for the shop `second` only.
+const OTHER_SHOP: &str = "other-shop-token-0123456789";
+
 #[test]
 fn hostile_requests_get_their_documented_status_and_change_nothing() {
     let dir = temp_dir();
-    let server = Server::start(&dir.path().join("data"), true);
+    let data = dir.path().join("data");
+    let tokens = data.with_extension("hostile-tokens");
+    let text = format!(
+        "admin root {ADMIN}\noperator shop {OPERATOR}\nauditor books {AUDITOR}\noperator other {OTHER_SHOP} shops=second\n"
+    );
+    std::fs::write(&tokens, text).expect("tokens written");
+    let server = Server::start_with(&data, false, &["--tokens", tokens.to_str().expect("a UTF-8 path")]);
     let operator = server.client().with_token(OPERATOR);
     let setup = [
         (
@@ -347,7 +356,189 @@ fn hostile_requests_get_their_documented_status_and_change_nothing() {
         format!(r#"{{"order_id": "O-9", "customer_id": "C-1", "region": "{}", "lines": []}}"#, "x".repeat(2 << 20));
     let many: Vec<Value> = (0..1001).map(|i| json!({"type": "delist_product", "sku": format!("S-{i}")})).collect();
     let many = json!({"commands": many}).to_string();
+    let max = u64::MAX;
     let cases = vec![
+        // Repeated keys, at any depth of any body.
+        hostile(
+            "a repeated quantity",
+            "POST",
+            "/orders",
+            &order_body("O-9", "1, \"quantity\": 5"),
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated order id",
+            "POST",
+            "/orders",
+            r#"{"order_id": "O-9", "order_id": "O-8", "customer_id": "C", "region": "r", "lines": []}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated amount",
+            "POST",
+            "/orders/O-1/payments",
+            r#"{"payment_id": "P", "amount": "19.90", "amount": "0.01"}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated price",
+            "POST",
+            "/products/TEA-1/price",
+            r#"{"price": "29.90", "price": "0.01"}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated received quantity",
+            "POST",
+            "/products/TEA-1/receipts",
+            r#"{"quantity": 1, "unit_cost": "8.00", "supplier_ref": "PO", "quantity": 100}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated SKU in a parcel",
+            "POST",
+            "/orders/O-2/shipments",
+            r#"{"shipment_id": "S-9", "carrier": "SF", "tracking_number": "SF9",
+            "lines": [{"sku": "TEA-1", "sku": "TEA-2", "quantity": 1}]}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated command_id",
+            "POST",
+            "/orders/O-1/payments",
+            r#"{"command_id": "a", "command_id": "b", "payment_id": "P", "amount": "19.90"}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated key in a batch item",
+            "POST",
+            "/commands",
+            r#"{"commands": [{"type": "receive_stock", "sku": "TEA-1", "quantity": 1, "quantity": 9,
+            "unit_cost": "8.00", "supplier_ref": "PO"}]}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated type in a batch item",
+            "POST",
+            "/commands",
+            r#"{"commands": [{"type": "delist_product", "type": "list_product", "sku": "TEA-1"}]}"#,
+            400,
+            "duplicate_key",
+        ),
+        hostile(
+            "a repeated commands list",
+            "POST",
+            "/commands",
+            r#"{"commands": [], "commands": [{"type": "delist_product", "sku": "TEA-1"}]}"#,
+            400,
+            "duplicate_key",
+        ),
+        // A repeated Idempotency-Key header, the same or another value.
+        hostile(
+            "a repeated Idempotency-Key",
+            "POST",
+            "/orders",
+            &order_body("O-9", "1"),
+            400,
+            "invalid_idempotency_key",
+        )
+        .header("idempotency-key", "k-9")
+        .header("idempotency-key", "k-8"),
+        hostile(
+            "an Idempotency-Key given twice alike",
+            "POST",
+            "/orders/O-1/payments",
+            r#"{"payment_id": "P", "amount": "19.90"}"#,
+            400,
+            "invalid_idempotency_key",
+        )
+        .header("idempotency-key", "k-9")
+        .header("idempotency-key", "k-9"),
+        // An order's history: bad cursors and limits, and an unknown order.
+        hostile("a zero history page", "GET", "/orders/O-1/history?limit=0", "", 400, "invalid_query"),
+        hostile("a history page over 1,000", "GET", "/orders/O-1/history?limit=1001", "", 400, "invalid_query"),
+        hostile("a negative history cursor", "GET", "/orders/O-1/history?after=-1", "", 400, "invalid_query"),
+        hostile("a word for a history cursor", "GET", "/orders/O-1/history?after=last", "", 400, "invalid_query"),
+        hostile(
+            "a history cursor over u64",
+            "GET",
+            "/orders/O-1/history?after=18446744073709551616",
+            "",
+            400,
+            "invalid_query",
+        ),
+        hostile("an unknown history parameter", "GET", "/orders/O-1/history?sort=desc", "", 400, "invalid_query"),
+        hostile("the history of an unknown order", "GET", "/orders/O-404/history?limit=5", "", 404, "unknown_order"),
+        // Series at the end of time, and too long.
+        hostile(
+            "a series of the last milliseconds",
+            "GET",
+            &format!("/analytics/series?from={}&to={max}", max - 5),
+            "",
+            400,
+            "invalid_query",
+        ),
+        hostile(
+            "a daily series to the end of time",
+            "GET",
+            &format!("/analytics/series?bucket=day&to={max}"),
+            "",
+            400,
+            "invalid_query",
+        ),
+        hostile("a series past u64", "GET", "/analytics/series?to=18446744073709551616", "", 400, "invalid_query"),
+        hostile(
+            "a series of 10,000 hours",
+            "GET",
+            "/analytics/series?bucket=hour&from=0&to=36000000000",
+            "",
+            400,
+            "invalid_query",
+        ),
+        hostile("a page of events over 1,000", "GET", "/events?limit=1001", "", 400, "invalid_query"),
+        // A token for another shop: 403, whether or not the shop exists, and nothing appended.
+        hostile("another shop's token places an order", "POST", "/orders", &order_body("O-9", "1"), 403, "forbidden")
+            .token(Some(OTHER_SHOP)),
+        hostile(
+            "another shop's token changes a price",
+            "POST",
+            "/products/TEA-1/price",
+            r#"{"price": "0.01"}"#,
+            403,
+            "forbidden",
+        )
+        .token(Some(OTHER_SHOP)),
+        hostile(
+            "another shop's token sends a batch",
+            "POST",
+            "/commands",
+            r#"{"commands": [{"type": "delist_product", "sku": "TEA-1"}]}"#,
+            403,
+            "forbidden",
+        )
+        .token(Some(OTHER_SHOP)),
+        hostile("another shop's token reads stock", "GET", "/stock/TEA-1", "", 403, "forbidden")
+            .token(Some(OTHER_SHOP)),
+        hostile("another shop's token reads a history", "GET", "/orders/O-1/history", "", 403, "forbidden")
+            .token(Some(OTHER_SHOP)),
+        hostile("another shop's token reads the events", "GET", "/events", "", 403, "forbidden")
+            .token(Some(OTHER_SHOP)),
+        hostile("another shop's token follows the events", "GET", "/events/stream", "", 403, "forbidden")
+            .token(Some(OTHER_SHOP)),
+        hostile("another shop's token reads the metrics", "GET", "", "", 403, "forbidden")
+            .token(Some(OTHER_SHOP))
+            .raw_path("/metrics"),
+        hostile("a shop token reads an unknown shop", "GET", "", "", 403, "forbidden")
+            .token(Some(OTHER_SHOP))
+            .raw_path("/v1/shops/nowhere/stock"),
         hostile("malformed JSON", "POST", "/orders", r#"{"order_id": "#, 400, "malformed_json"),
         hostile("not an object", "POST", "/orders", "[1, 2]", 400, "invalid_body"),
         hostile("a string quantity", "POST", "/orders", &order_body("O-9", "\"2\""), 400, "invalid_body"),
@@ -570,7 +761,7 @@ fn hostile_requests_get_their_documented_status_and_change_nothing() {
         hostile("an unknown route", "GET", "/warehouses", "", 404, "not_found"),
         hostile("a wrong method", "PUT", "/orders", "", 405, "method_not_allowed"),
     ];
-    assert!(cases.len() >= 40);
+    assert!(cases.len() >= 80, "{} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let client = match case.token {

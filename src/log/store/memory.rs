@@ -139,6 +139,27 @@ impl EventStore for MemoryStore {
         Ok(shop.data.lock().unwrap_or_else(PoisonError::into_inner).rejections.clone())
     }
 
+    async fn forget_rejections(
+        &self,
+        shop_id: &ShopId,
+        keep_records: usize,
+        keep_bytes: usize,
+    ) -> Result<u64, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(0) };
+        let mut data = shop.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut kept, mut bytes) = (0, 0);
+        for record in data.rejections.iter().rev() {
+            if kept >= keep_records || bytes >= keep_bytes {
+                break;
+            }
+            kept += 1;
+            bytes += postcard::to_allocvec(record).map_or(0, |encoded| encoded.len());
+        }
+        let forgotten = data.rejections.len() - kept;
+        data.rejections.drain(..forgotten);
+        Ok(forgotten as u64)
+    }
+
     async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
         let (report, _) =
             chunks::verify_chunks(shop_id, self.chunks(shop_id, after.max(1)).into_iter(), after, anchor)?;

@@ -144,6 +144,21 @@ pub trait EventStore: Send + Sync {
     /// Every remembered rejection of the shop.
     async fn rejections(&self, shop: &ShopId) -> Result<Vec<RejectionRecord>, StoreError>;
 
+    /// Forgets the shop's oldest rejection records, keeping at least its newest
+    /// `keep_records`, or its newest records of `keep_bytes` encoded bytes, whichever is
+    /// fewer (a backend may keep a few more, to forget whole groups). Returns how many it
+    /// forgot. Need not be durable: records forgotten and then found again after a crash are
+    /// bounded again by whoever reads them. By default nothing is forgotten.
+    async fn forget_rejections(
+        &self,
+        shop: &ShopId,
+        keep_records: usize,
+        keep_bytes: usize,
+    ) -> Result<u64, StoreError> {
+        let _ = (shop, keep_records, keep_bytes);
+        Ok(0)
+    }
+
     /// Checks every record's checksum and the hash chain from the first record.
     async fn verify(&self, shop: &ShopId) -> Result<VerifyReport, StoreError> {
         self.verify_after(shop, 0, crate::log::record::genesis_hash(shop)).await

@@ -7,6 +7,8 @@
 //! - `q` + group number (u64 big-endian): the rejections one group commit remembered, as one
 //!   value (`crc32 u32 LE | postcard(Vec<RejectionRecord>)`): a promotion day refuses more
 //!   orders than it accepts, and one sled key per refusal cost more than the events' chunks.
+//!   The oldest groups are removed when the engine forgets their refusals for its bound
+//!   (`forget_rejections`).
 //! - `r` + command id: a remembered rejection written by earlier versions, one per key
 //!   (`crc32 u32 LE | postcard(RejectionRecord)`); still read, no longer written.
 //! - `s` + stream + `0x00` + stream version (u64 big-endian): the position of that event.
@@ -760,6 +762,13 @@ fn encode_rejections(records: &[RejectionRecord]) -> Result<Vec<u8>, StoreError>
     Ok(bytes)
 }
 
+/// How many records a group of rejections holds: the length that begins its postcard body.
+fn group_records(value: &[u8]) -> Result<usize, StoreError> {
+    let body = value.get(4..).ok_or_else(|| io_error("short rejection record"))?;
+    let (records, _) = postcard::take_from_bytes::<u64>(body).map_err(io_error)?;
+    usize::try_from(records).map_err(io_error)
+}
+
 /// A value's body, once its leading CRC32 matches.
 fn checked_body(bytes: &[u8]) -> Result<&[u8], StoreError> {
     let (crc, body) = bytes.split_at_checked(4).ok_or_else(|| io_error("short rejection record"))?;
@@ -857,6 +866,41 @@ impl EventStore for SledStore {
             records.extend(group);
         }
         Ok(records)
+    }
+
+    /// Walks the groups newest first, reading only each value's length and its record count
+    /// (the first varint of its body), to the first group past the bounds; removes it and
+    /// every older group (and every record of the earlier one-per-key form) in one batch.
+    async fn forget_rejections(
+        &self,
+        shop_id: &ShopId,
+        keep_records: usize,
+        keep_bytes: usize,
+    ) -> Result<u64, StoreError> {
+        let Some(shop) = self.shop(shop_id) else { return Ok(0) };
+        let (mut kept, mut bytes, mut newest_forgotten) = (0, 0, None);
+        for entry in shop.tree.scan_prefix([REJECTION_GROUP]).rev() {
+            let (key, value) = entry.map_err(io_error)?;
+            if kept >= keep_records || bytes >= keep_bytes {
+                newest_forgotten = Some(key);
+                break;
+            }
+            kept += group_records(&value)?;
+            bytes += value.len();
+        }
+        let Some(newest_forgotten) = newest_forgotten else { return Ok(0) };
+        let (mut forget, mut forgotten) = (sled::Batch::default(), 0);
+        for entry in shop.tree.range(&numbered_key(REJECTION_GROUP, 0)[..]..=&newest_forgotten[..]) {
+            let (key, value) = entry.map_err(io_error)?;
+            forgotten += group_records(&value)? as u64;
+            forget.remove(key);
+        }
+        for entry in shop.tree.scan_prefix([REJECTION]) {
+            forget.remove(entry.map_err(io_error)?.0);
+            forgotten += 1;
+        }
+        shop.tree.apply_batch(forget).map_err(io_error)?;
+        Ok(forgotten)
     }
 
     async fn verify_after(&self, shop_id: &ShopId, after: u64, anchor: Hash) -> Result<VerifyReport, StoreError> {
