@@ -4,6 +4,7 @@ mod architecture;
 mod crash;
 mod engine;
 mod http;
+mod limits;
 mod loadgen;
 mod log;
 mod properties;
