@@ -39,14 +39,14 @@ pub struct Args {
     pub connections_max: usize,
     /// How long a request head may take to arrive, in milliseconds; then the connection is
     /// closed.
-    #[arg(long, default_value_t = ServiceConfig::default().header_read_timeout_ms)]
+    #[arg(long, default_value_t = ServiceConfig::default().header_read_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
     /// How long a request body may take to arrive after its head, in milliseconds; then the
     /// request is answered 408.
-    #[arg(long, default_value_t = ServiceConfig::default().body_read_timeout_ms)]
+    #[arg(long, default_value_t = ServiceConfig::default().body_read_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_read_timeout_ms: u64,
     /// How long a connection may wait for its next request, in milliseconds.
-    #[arg(long, default_value_t = ServiceConfig::default().idle_timeout_ms)]
+    #[arg(long, default_value_t = ServiceConfig::default().idle_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
     /// How long a shutdown lets requests in flight finish, in milliseconds; then the
     /// remaining connections are closed.
