@@ -33,8 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = HOT_DEFAULT_MAX)]
     pub orders_hot_max: usize,
     /// Most connections served at once; one over it is answered 503 and closed. The cap in
-    /// force is at most three quarters of the descriptor limit less 128 (see
-    /// [`connections_cap`]).
+    /// force is at most three quarters of the limit of open files less 128.
     #[arg(long, default_value_t = ServiceConfig::default().connections_max)]
     pub connections_max: usize,
     /// How long a request head may take to arrive, in milliseconds; then the connection is
