@@ -9,6 +9,11 @@
 //! or quarantined, or too many event streams are open. Only a failure of the server itself
 //! is another 5xx.
 //!
+//! The server's own limits ([`super::server`]): 400 `malformed_request` (a request head
+//! that cannot be read, such as a control byte in the path), 408 `body_timeout`, 414
+//! `uri_too_long`, 431 `header_too_large`, 503 `too_many_connections` (with `Retry-After`),
+//! and 500 `internal_error` when a request handler panicked (a bug, logged).
+//!
 //! One writer: every error answer, a batch's error results included, is an [`ErrorBody`]
 //! serialized, either borrowed from an [`ApiError`] ([`ApiError::wire`]) or written straight
 //! from a refusal by the shop's rules ([`ErrorBody::refusal`]); the same type describes the

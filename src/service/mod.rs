@@ -10,11 +10,14 @@
 //!   503 (a full shop queue or a failed shop, with `Retry-After`) and failures of the server.
 //! - **Bounded.** Bodies are limited (1 MiB by default), batches to 1,000 commands, pages to
 //!   1,000 events (and histories to 1,000 entries), event streams to a fixed number of
-//!   followers in all, per shop and per token; the engine's queues are bounded too.
+//!   followers in all, per shop and per token; the engine's queues are bounded too. So are
+//!   connections, and the time a request head, a body or an idle connection may take
+//!   ([`server`]).
 //! - **Tenants.** A token may use the shops it names, or all ([`auth`]).
 //! - **Shutdown.** When the shutdown future completes, the server stops accepting
 //!   connections, ends event streams, lets every request in flight finish (its command is
-//!   synced before it is answered), and returns; the caller then closes the engine.
+//!   synced before it is answered) for up to `shutdown_grace_ms`, closes the remaining
+//!   connections and returns; the caller then closes the engine.
 //!
 //! Codemap, in the order a command travels through it:
 //! - `table.rs`: the command table, one row a command (its kind, body type, route and the
@@ -31,6 +34,8 @@
 //! - `commands.rs`: the command routes and batches: authorize, parse, run, answer.
 //! - `queries.rs`: the reads; `feed.rs`: events and Server-Sent Events; `openapi.rs`: the API
 //!   description, generated from the command table and the body types.
+//! - [`server`]: the accept loop: connection cap, timeouts, bounded shutdown, the error
+//!   shape on hyper's own answers, a handler's panic as a 500.
 //! - this file: the limits, the shared state, the router, serving, health and metrics.
 
 pub mod auth;
@@ -41,6 +46,7 @@ mod feed;
 mod openapi;
 mod parse;
 mod queries;
+pub mod server;
 mod table;
 pub mod wire;
 
@@ -81,6 +87,26 @@ pub struct ServiceConfig {
     pub streams_per_token_max: usize,
     /// How long a read of the views waits for them to reach the log's end.
     pub views_wait_ms: u64,
+    /// Most connections served at once (default 10,000); one over it is answered 503
+    /// `too_many_connections` and closed. `emporium serve` lowers it below the process's
+    /// descriptor limit (see `cli::serve`). The server's limits are in [`server`].
+    pub connections_max: usize,
+    /// How long a request head may take to arrive, from a connection's start or from the
+    /// first byte of a next request (default 10 s); then the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive after its head (default 30 s); then the
+    /// request is answered 408 `body_timeout` and the connection closed.
+    pub body_read_timeout_ms: u64,
+    /// How long a connection may wait for its next request (default 60 s); then it is closed.
+    pub idle_timeout_ms: u64,
+    /// How long a shutdown lets requests in flight finish (default 10 s); then the remaining
+    /// connections are closed.
+    pub shutdown_grace_ms: u64,
+    /// Largest request head, start line and header fields (default 64 KiB); above it, or
+    /// above 100 fields, 431 `header_too_large`.
+    pub header_bytes_max: usize,
+    /// Longest request URI, path and query (default 8 KiB); above it, 414 `uri_too_long`.
+    pub uri_bytes_max: usize,
 }
 
 impl Default for ServiceConfig {
@@ -93,6 +119,13 @@ impl Default for ServiceConfig {
             streams_per_shop_max: 64,
             streams_per_token_max: 32,
             views_wait_ms: 5000,
+            connections_max: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            shutdown_grace_ms: 10_000,
+            header_bytes_max: 64 << 10,
+            uri_bytes_max: 8 << 10,
         }
     }
 }
@@ -225,21 +258,22 @@ pub fn router(app: Arc<App>) -> Router {
     router.fallback(any(not_found)).method_not_allowed_fallback(method_not_allowed).with_state(app)
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, ends the
-/// event streams and waits for the requests in flight.
+/// Serves `app` on `listener` with the limits of its [`ServiceConfig`] until `shutdown`
+/// completes, then stops accepting, ends the event streams, waits for the requests in
+/// flight for up to `shutdown_grace_ms` and closes the remaining connections ([`server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = app.stopping.clone();
+    let config = app.config.clone();
     let router = router(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.send_replace(true);
-        })
-        .await
+    server::run(listener, router, &config, async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    })
+    .await
 }
 
 /// `GET /healthz`: 200 `{"status": "ok", "shops": {...}}` when every shop serves; 503

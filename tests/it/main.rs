@@ -6,6 +6,7 @@ mod engine;
 mod faults;
 mod http;
 mod inputs;
+mod limits;
 mod loadgen;
 mod log;
 mod meaning;

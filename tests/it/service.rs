@@ -760,6 +760,11 @@ fn hostile_requests_get_their_documented_status_and_change_nothing() {
         hostile("a bad SKU", "GET", "/stock/TEA%20ONE", "", 400, "invalid_input"),
         hostile("an unknown route", "GET", "/warehouses", "", 404, "not_found"),
         hostile("a wrong method", "PUT", "/orders", "", 405, "method_not_allowed"),
+        // Heads the server cannot read: answered by hyper itself, with the error shape.
+        hostile("a header over 64 KiB", "GET", "/stock/TEA-1", "", 431, "header_too_large")
+            .header("x-padding", &"p".repeat(70_000)),
+        hostile("a URI over 8 KiB", "GET", &format!("/stock/TEA-1?{}", "q".repeat(9000)), "", 414, "uri_too_long"),
+        hostile("a control byte in the path", "GET", "/stock/TEA\u{1}1", "", 400, "malformed_request"),
     ];
     assert!(cases.len() >= 80, "{} cases", cases.len());
     let mut failures = Vec::new();
