@@ -878,8 +878,9 @@ impl EventStore for SledStore {
         keep_bytes: usize,
     ) -> Result<u64, StoreError> {
         let Some(shop) = self.shop(shop_id) else { return Ok(0) };
+        let tree = shop.tree()?;
         let (mut kept, mut bytes, mut newest_forgotten) = (0, 0, None);
-        for entry in shop.tree.scan_prefix([REJECTION_GROUP]).rev() {
+        for entry in tree.scan_prefix([REJECTION_GROUP]).rev() {
             let (key, value) = entry.map_err(io_error)?;
             if kept >= keep_records || bytes >= keep_bytes {
                 newest_forgotten = Some(key);
@@ -890,16 +891,16 @@ impl EventStore for SledStore {
         }
         let Some(newest_forgotten) = newest_forgotten else { return Ok(0) };
         let (mut forget, mut forgotten) = (sled::Batch::default(), 0);
-        for entry in shop.tree.range(&numbered_key(REJECTION_GROUP, 0)[..]..=&newest_forgotten[..]) {
+        for entry in tree.range(&numbered_key(REJECTION_GROUP, 0)[..]..=&newest_forgotten[..]) {
             let (key, value) = entry.map_err(io_error)?;
             forgotten += group_records(&value)? as u64;
             forget.remove(key);
         }
-        for entry in shop.tree.scan_prefix([REJECTION]) {
+        for entry in tree.scan_prefix([REJECTION]) {
             forget.remove(entry.map_err(io_error)?.0);
             forgotten += 1;
         }
-        shop.tree.apply_batch(forget).map_err(io_error)?;
+        tree.apply_batch(forget).map_err(io_error)?;
         Ok(forgotten)
     }
 
