@@ -70,6 +70,10 @@ pub struct EngineConfig {
     /// ([`crate::memory::spill`]): a scratch file per shop, unnamed, never synced, rebuilt on every
     /// recovery. None keeps them in memory.
     pub spill_dir: Option<PathBuf>,
+    /// The file where the engine keeps each shop's last durable position and hash, outside
+    /// the log ([`crate::engine::witness`]), and refuses a shop whose log ends before it.
+    /// None (the default) keeps no witness.
+    pub witness: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +87,7 @@ impl Default for EngineConfig {
             snapshots: None,
             orders_hot_max: crate::memory::tiered::HOT_DEFAULT_MAX,
             spill_dir: None,
+            witness: None,
         }
     }
 }
