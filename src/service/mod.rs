@@ -32,6 +32,7 @@
 //!   description, generated from the command table and the body types.
 //! - this file: the limits, the shared state, the router, serving, health and metrics.
 
+mod audit;
 pub mod auth;
 mod bodies;
 mod commands;
@@ -208,6 +209,7 @@ pub fn router(app: Arc<App>) -> Router {
         ("/customers/{customer_id}", get(queries::customer)),
         ("/events", get(feed::page)),
         ("/events/stream", get(feed::stream)),
+        ("/verify", get(audit::verify)),
     ];
     for (path, method_router) in others {
         router = router.route(&in_shop(path), method_router);
