@@ -13,3 +13,4 @@ mod shop_day;
 mod support;
 mod transfer;
 mod views;
+mod witness;
