@@ -117,8 +117,18 @@ worker() {
             local id="c$cycle-w$worker-$n"
             n=$((n + 1))
             echo "$id" >>"$ids"
-            printf 'next\nurl = "%s/orders"\nrequest = "POST"\nheader = "content-type: application/json"\ndata = "{\\"order_id\\":\\"%s\\",\\"customer_id\\":\\"C-%s\\",\\"region\\":\\"soak\\",\\"lines\\":[{\\"sku\\":\\"SOAK\\",\\"quantity\\":1}]}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
-                "$SHOP" "$id" "$worker" >>"$config"
+            # One transfer of curl's config: its own options after `next`.
+            local body="{\\\"order_id\\\":\\\"$id\\\",\\\"customer_id\\\":\\\"C-$worker\\\",\\\"region\\\":\\\"soak\\\","
+            body+="\\\"lines\\\":[{\\\"sku\\\":\\\"SOAK\\\",\\\"quantity\\\":1}]}"
+            {
+                echo 'next'
+                echo "url = \"$SHOP/orders\""
+                echo 'request = "POST"'
+                echo 'header = "content-type: application/json"'
+                echo "data = \"$body\""
+                echo 'output = "/dev/null"'
+                echo 'write-out = "%{http_code}\n"'
+            } >>"$config"
         done
         local codes
         codes=$(curl -s --config "$config" || true)
@@ -135,8 +145,10 @@ check_cycle() {
     local cycle=$1 config="$WORK/check" ids="$WORK/check.ids"
     cat "$WORK/acks/$cycle".* 2>/dev/null | sort -u >"$ids" || true
     [[ -s $ids ]] || return 0
-    awk -v shop="$SHOP" '{ printf "next\nurl = \"%s/orders/%s\"\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\n", shop, $1 }' \
-        "$ids" >"$config"
+    awk -v shop="$SHOP" '{
+        printf "next\nurl = \"%s/orders/%s\"\n", shop, $1
+        printf "output = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\n"
+    }' "$ids" >"$config"
     local missing
     missing=$(paste -d ' ' "$ids" <(curl -s --config "$config" || true) | awk '$2 != "200" { print }')
     if [[ -n $missing ]]; then

@@ -160,8 +160,9 @@ async fn agrees_with_snapshot(
     Ok(resumed.hashes().map_err(|e| e.to_string())? == views.hashes().map_err(|e| e.to_string())?)
 }
 
-/// Opens an engine on the store (a copy, in the copy's data directory `data`) and compares the live views of each shop, once they reach
-/// the position of the `rebuilt` ones, with them; adds each difference to `differences`.
+/// Opens an engine on the store (a copy, in the copy's data directory `data`) and compares
+/// the live views of each shop, once they reach the position of the `rebuilt` ones, with
+/// them; adds each difference to `differences`.
 async fn compare_with_live(
     store: Arc<SledStore>,
     data: &Path,

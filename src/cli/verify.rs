@@ -28,8 +28,10 @@ pub const WHILE_SERVED: &str = "while it runs, verify through it: GET /v1/shops/
 /// Verifies every shop log.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let Args { data } = args;
-    let store = open_existing_store(&data, WHILE_SERVED)?;
+    // The witness first: it is written only once the log is durable, so the log copied
+    // after it reaches at least as far, even if a server wrote both in between.
     let witnessed = witness::read(&layout::witness_path(&data))?;
+    let store = open_existing_store(&data, WHILE_SERVED)?;
     let mut shops = store.shops().await.map_err(|e| e.to_string())?;
     shops.extend(witnessed.keys().cloned());
     shops.sort();
@@ -55,7 +57,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
                     Standing::Agrees(w) => format!(", witnessed at {}", w.position),
                     _ => String::new(),
                 };
-                out!("shop {shop}: {} events, chain intact, head {}{vouched}", report.events, hex(&report.head))?
+                out!("shop {shop}: {} events, chain intact{vouched}, head {}", report.events, hex(&report.head))?
             }
             Err(StoreError::Corrupt { corruption, .. }) => {
                 out!("shop {shop}: FAILED at position {}: {}", corruption.position, corruption.reason)?;

@@ -265,10 +265,7 @@ fn the_reading_commands_change_nothing_in_the_data_directory() {
         assert!(left.is_empty(), "{args:?} left its copy behind: {left:?}");
     }
     let (_, verified, _) = run(&["verify"], &data, &tmp);
-    assert!(
-        verified.contains("shop main: 12 events, chain intact, head ") && verified.contains("witnessed at 12"),
-        "{verified}"
-    );
+    assert!(verified.contains("shop main: 12 events, chain intact, witnessed at 12, head "), "{verified}");
     let (_, checked, _) = run(&["replay", "--check"], &data, &tmp);
     assert!(checked.contains("every build agrees"), "{checked}");
 }
