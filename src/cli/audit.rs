@@ -1,6 +1,8 @@
 //! `emporium audit`: the full history of one order, read from its shop's log through the
 //! stream index, printed as a timeline: position, time, actor, command id and a line saying
-//! what happened. An order the shop never had is an error.
+//! what happened. An order the shop never had is an error. It changes nothing in the data
+//! directory: it reads a private copy of the store (reading a history writes the stream
+//! index).
 
 use std::path::PathBuf;
 
@@ -29,7 +31,10 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let shop = ShopId::new(&shop)?;
     let order_id = OrderId::from(order.as_str());
     order_id.check().map_err(|e| e.to_string())?;
-    let store = open_existing_store(&data)?;
+    let store = open_existing_store(
+        &data,
+        "while it runs, read the history from it: GET /v1/shops/{shop}/orders/{order_id}/history",
+    )?;
     let end = store.last_position(&shop).await.map_err(|e| e.to_string())?;
     let history = order_history(store.as_ref(), &shop, &order_id, end).await;
     let Some(events) = history.map_err(|e| e.to_string())? else {

@@ -57,10 +57,15 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         let (engine, shop, tag) = (engine.clone(), shop.clone(), tag.clone());
         handles.push(tokio::spawn(async move { submit(&engine, &shop, &tag, task, commands, deadline).await }));
     }
+    let mut finished = Ok(());
     for handle in handles {
-        handle.await.map_err(|e| e.to_string())??;
+        let done = handle.await.map_err(|e| e.to_string()).and_then(|submitted| submitted);
+        finished = finished.and(done);
     }
-    Ok(())
+    // Every acknowledged command is durable already; closing lets each writer finish and
+    // the witness record where the log ends.
+    engine.close().await;
+    Ok(finished?)
 }
 
 /// Lists the drill's product and receives its stock, under command ids that are the same

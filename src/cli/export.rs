@@ -2,7 +2,8 @@
 //! each with its hash in the shop's chain, to standard output or to `--output`. A file is
 //! written beside its destination under a hidden partial name, synced and renamed into
 //! place only when complete, so a failed export leaves no partial file under the name asked
-//! for; a summary of the shops and their heads follows on standard output.
+//! for; a summary of the shops and their heads follows on standard output. Nothing in the
+//! data directory changes: the store read is a private copy.
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,7 @@ pub enum Format {
 pub async fn run(args: Args) -> Result<(), CliError> {
     let Args { format, data, output } = args;
     let Format::Jsonl = format;
-    let store = open_existing_store(&data)?;
+    let store = open_existing_store(&data, "while it runs, read the events from it: GET /v1/shops/{shop}/events")?;
     let bar = progress_bar(0, String::new());
     let Some(path) = output else {
         let exported = transfer::export(store.as_ref(), std::io::stdout().lock(), follow(&bar)).await;

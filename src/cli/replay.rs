@@ -3,7 +3,9 @@
 //! rate of the rebuild. With `--check` it also resumes the views from their newest snapshot
 //! and the log after it, and, when building to the end, opens an engine to compare with
 //! the live views it builds; any difference, or a ledger that does not balance, exits
-//! non-zero.
+//! non-zero. It changes nothing in the data directory: it reads a private copy of the
+//! store (and, with `--check`, of the snapshots), and the engine it opens runs on that copy
+//! at each shop's last recorded time, so that nothing falls due.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +14,11 @@ use emporium_projections::AsOf;
 use emporium_snapshots::SnapshotStore;
 use indicatif::ProgressBar;
 
-use crate::cli::shared::{CliError, DATA_DEFAULT, engine_config, open_existing_store, out, progress_bar};
-use crate::domain::ids::ShopId;
-use crate::engine::{Engine, SystemClock, VIEWS_SNAPSHOT_SCHEMA};
+use crate::cli::shared::{
+    CliError, DATA_DEFAULT, copy_snapshots, engine_config, open_existing_store, out, progress_bar,
+};
+use crate::domain::ids::{ShopId, Timestamp};
+use crate::engine::{Engine, ManualClock, VIEWS_SNAPSHOT_SCHEMA};
 use crate::log::layout;
 use crate::log::store::{EventStore, SledStore};
 use crate::views::Views;
@@ -37,7 +41,12 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<(), CliError> {
     let Args { data, as_of, check } = args;
     let as_of = parse_as_of(as_of.as_deref())?;
-    let store = open_existing_store(&data)?;
+    let store = open_existing_store(&data, "stop it to rebuild the views; while it runs, GET /v1/shops/{shop}/verify")?;
+    if check {
+        // The snapshots compared with, and those the engine below writes, are the copy's.
+        copy_snapshots(&data, &store)?;
+    }
+    let data = store.data().to_path_buf();
     let mut differences = Vec::new();
     let mut rebuilt: Vec<(ShopId, Views)> = Vec::new();
     for shop in store.shops().await.map_err(|e| e.to_string())? {
@@ -52,7 +61,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         rebuilt.push((shop, views));
     }
     if check && as_of == AsOf::End {
-        compare_with_live(store, &data, &rebuilt, &mut differences).await?;
+        compare_with_live(store.store.clone(), &data, &rebuilt, &mut differences).await?;
     }
     if differences.is_empty() {
         out!("{}", if check { "every build agrees" } else { "rebuilt" })?;
@@ -151,15 +160,20 @@ async fn agrees_with_snapshot(
     Ok(resumed.hashes().map_err(|e| e.to_string())? == views.hashes().map_err(|e| e.to_string())?)
 }
 
-/// Opens an engine on the store and compares the live views of each shop, once they reach
-/// the position of the `rebuilt` ones, with them; adds each difference to `differences`.
+/// Opens an engine on the store (a copy, in the copy's data directory `data`) and compares
+/// the live views of each shop, once they reach the position of the `rebuilt` ones, with
+/// them; adds each difference to `differences`.
 async fn compare_with_live(
     store: Arc<SledStore>,
     data: &Path,
     rebuilt: &[(ShopId, Views)],
     differences: &mut Vec<String>,
 ) -> Result<(), String> {
-    let engine = Engine::open(store, Arc::new(SystemClock), engine_config(data)).await.map_err(|e| e.to_string())?;
+    // At time zero each shop decides at its own last recorded time: nothing falls due that
+    // its log has not recorded, so the engine appends nothing (and would only append to
+    // the copy).
+    let clock = Arc::new(ManualClock::new(Timestamp(0)));
+    let engine = Engine::open(store, clock, engine_config(data)).await.map_err(|e| e.to_string())?;
     for (shop, views) in rebuilt {
         let reached = engine.views_reach(shop, views.checkpoint(), std::time::Duration::from_secs(600)).await;
         let live = engine.views(shop, |live| (live.checkpoint(), live.hashes())).map_err(|e| e.to_string())?;

@@ -86,6 +86,10 @@ pub struct EngineConfig {
     /// creates nothing. Shops found in the store at open are all served, even past it.
     /// Default [`SHOPS_MAX_DEFAULT`].
     pub shops_max: usize,
+    /// The file where the engine keeps each shop's last durable position and hash, outside
+    /// the log ([`crate::engine::witness`]), and refuses a shop whose log ends before it.
+    /// None (the default) keeps no witness.
+    pub witness: Option<PathBuf>,
 }
 
 /// The default of [`EngineConfig::shops_max`]: 1,000 shops. A shop holds a writer and a
@@ -106,6 +110,7 @@ impl Default for EngineConfig {
             orders_hot_max: crate::memory::tiered::HOT_DEFAULT_MAX,
             spill_dir: None,
             shops_max: SHOPS_MAX_DEFAULT,
+            witness: None,
         }
     }
 }

@@ -54,7 +54,9 @@
 //! - `handover`: the durable batches the writer hands to the follower;
 //! - `follower`: a shop's follower, which folds the log into its views and snapshots them;
 //! - [`remembered`]: ids kept in generations of engine time; [`metrics`]: counters and
-//!   histograms.
+//!   histograms;
+//! - [`witness`]: where each shop's log ended, kept outside the log, and the refusal of a
+//!   log that ends before it.
 
 mod api;
 mod clock;
@@ -65,6 +67,7 @@ mod idempotency;
 pub mod metrics;
 mod recovery;
 pub mod remembered;
+pub mod witness;
 mod writer;
 
 pub use api::{
@@ -119,18 +122,25 @@ pub struct Engine {
     recovered_from: std::sync::Mutex<HashMap<ShopId, Option<u64>>>,
     /// Held while a shop is created.
     creating: tokio::sync::Mutex<()>,
+    witness: Option<Arc<witness::Witness>>,
+    witness_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
     /// Recovers every shop from its log and starts its writer. A shop whose log fails
-    /// verification is refused (its commands get [`CommandError::Unavailable`] naming the
-    /// first bad position); the others are served. Must run inside a tokio runtime.
+    /// verification, or ends before its witness ([`witness`]), is refused (its commands get
+    /// [`CommandError::Unavailable`] naming the position); the others are served. Must run
+    /// inside a tokio runtime.
     pub async fn open(
         store: Arc<dyn EventStore>,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Result<Engine, OpenError> {
         assert!(config.batch_commands_max > 0 && config.queue_commands_max > 0);
+        let witness = match &config.witness {
+            Some(path) => Some(Arc::new(witness::Witness::open(path)?)),
+            None => None,
+        };
         let engine = Engine {
             store: store.clone(),
             clock,
@@ -145,6 +155,8 @@ impl Engine {
             shutdown: watch::channel(false).0,
             recovered_from: std::sync::Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
+            witness,
+            witness_task: std::sync::Mutex::new(None),
         };
         if let Some(dir) = &engine.config.spill_dir {
             // Spills of processes that ended before removing their names; a failure to
@@ -159,14 +171,27 @@ impl Engine {
                 }
             }
         }
-        for shop in store.shops().await? {
+        let mut shops = store.shops().await?;
+        // A witnessed shop whose log is gone is started too, and refused.
+        shops.extend(engine.witness.iter().flat_map(|w| w.shops()));
+        shops.sort();
+        shops.dedup();
+        for shop in shops {
             engine.start(&shop).await?;
+        }
+        if let Some(witness) = &engine.witness {
+            let task = tokio::spawn(witness.clone().run(store, engine.shutdown.subscribe()));
+            *engine.witness_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
         }
         Ok(engine)
     }
 
     async fn start(&self, shop: &ShopId) -> Result<(), OpenError> {
-        let entry = match Core::recover(&self.store, shop, &self.config, self.clock.now()).await {
+        let recovered = match Core::recover(&self.store, shop, &self.config, self.clock.now()).await {
+            Ok(core) => self.vouch(shop).await.map(|()| core),
+            Err(error) => Err(error),
+        };
+        let entry = match recovered {
             Ok(core) => {
                 self.recovered_from
                     .lock()
@@ -178,6 +203,9 @@ impl Engine {
                 let writer = Writer::new(self, shop, core, durable, handover.clone());
                 let (log_position, orders_spilled) = writer.published();
                 let health = writer.health();
+                if let Some(witness) = &self.witness {
+                    witness.watch(shop, log_position.clone());
+                }
                 let follower = Follower::start(shop, self.store.clone(), &self.config, handed, handover).await?;
                 let (views, views_at) = (follower.views.clone(), follower.checkpoint.subscribe());
                 let mut writers = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -190,6 +218,19 @@ impl Engine {
         };
         self.shops.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(shop.clone(), entry);
         Ok(())
+    }
+
+    /// Whether `shop`'s log reaches where the witness says it ended, with the record
+    /// witnessed there; a [`StoreError::Corrupt`] naming both positions when not.
+    async fn vouch(&self, shop: &ShopId) -> Result<(), StoreError> {
+        let witnessed = self.witnessed(shop);
+        witness::compare(self.store.as_ref(), shop, witnessed).await?.into_error(shop)
+    }
+
+    /// Where the witness says `shop`'s log ended when the engine opened it, or since;
+    /// `None` without a witness or a shop it names.
+    pub fn witnessed(&self, shop: &ShopId) -> Option<witness::Witnessed> {
+        self.witness.as_ref().and_then(|w| w.witnessed(shop))
     }
 
     /// Creates a shop with an empty log, or does nothing if it exists. Refused, creating
@@ -389,6 +430,14 @@ impl Engine {
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for writer in writers {
             let _ = writer.await;
+        }
+        // Every writer has finished: the witness takes where each log ends now.
+        if let Some(witness) = &self.witness {
+            let task = self.witness_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+            witness.write(self.store.as_ref()).await;
         }
     }
 }

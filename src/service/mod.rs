@@ -38,6 +38,7 @@
 //!   shape on hyper's own answers, a handler's panic as a 500.
 //! - this file: the limits, the shared state, the router, serving, health and metrics.
 
+mod audit;
 pub mod auth;
 mod bodies;
 mod commands;
@@ -251,6 +252,7 @@ pub fn router(app: Arc<App>) -> Router {
         ("/customers/{customer_id}", get(queries::customer)),
         ("/events", get(feed::page)),
         ("/events/stream", get(feed::stream)),
+        ("/verify", get(audit::verify)),
     ];
     for (path, method_router) in others {
         router = router.route(&in_shop(path), method_router);

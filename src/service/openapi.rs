@@ -61,6 +61,11 @@ const READS: &[ReadRoute] = &[
         summary: "Server-Sent Events following the log; resume with Last-Event-ID",
         query: &[("after", "a log position, when no Last-Event-ID is sent")],
     },
+    ReadRoute {
+        path: "/verify",
+        summary: "The log verified (checksums, hash chain) and compared with its witness, as `emporium verify` does",
+        query: &[],
+    },
 ];
 
 /// The named schema `reference` points to, without the fields the path supplies.

@@ -17,3 +17,4 @@ mod shop_day;
 mod support;
 mod transfer;
 mod views;
+mod witness;

@@ -134,7 +134,10 @@ fn read_end(shop_id: &ShopId, tree: &sled::Tree) -> Result<(Head, Option<StoreEr
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let segment_bytes = persisted_segment_bytes(dir).map_err(io_error)?.unwrap_or(SEGMENT_BYTES);
     let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).segment_size(segment_bytes);
-    config.open().map_err(io_error)
+    config.open().map_err(|e| {
+        let file = dir.join(LOG_FILE);
+        StoreError::Io(format!("sled cannot read its database file {} (damaged or cut short?): {e}", file.display()))
+    })
 }
 
 /// Asks the kernel to drop the cached pages of the database's top-level files, so that
@@ -212,6 +215,9 @@ fn persisted_segment_bytes(dir: &Path) -> io::Result<Option<usize>> {
     }
 }
 
+/// The length of the header sled begins each log segment with.
+const SEGMENT_HEADER_BYTES: usize = 20;
+
 /// How long [`SledStore::open`] waits for the database's lock to be released.
 pub const LOCK_WAIT_MS: u64 = 2_000;
 
@@ -223,12 +229,15 @@ impl SledStore {
     /// process may find it still held: `open` waits up to [`LOCK_WAIT_MS`] for the lock, then
     /// fails, naming the directory, if another process (or a store still open) holds it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_error)?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         if !wait_until_unlocked(dir, Duration::from_millis(LOCK_WAIT_MS)).map_err(io_error)? {
             return Err(StoreError::Io(format!(
                 "the database in {} is open elsewhere (its lock was held for {LOCK_WAIT_MS} ms)",
                 dir.display()
             )));
+        }
+        if Self::exists(dir) {
+            Self::check_files(dir)?;
         }
         let db = open_db(dir)?;
         let syncer = Arc::new(Mutex::new(Syncer::new(dir, Arc::default())));
@@ -256,6 +265,56 @@ impl SledStore {
     /// database in.
     pub fn exists(dir: &Path) -> bool {
         dir.join("conf").is_file()
+    }
+
+    /// Checks, reading only, that the files of the database in `dir` are sled's: a `conf`
+    /// whose checksum holds, and a log file `db` that is empty or holds a segment header
+    /// whose checksum holds, at a multiple of the segment size. sled would take any other
+    /// `db` for an empty database and write over it; [`open`](Self::open) refuses it
+    /// instead, naming the file, and leaves its bytes as they are.
+    pub fn check_files(dir: &Path) -> Result<(), StoreError> {
+        let conf_path = dir.join("conf");
+        let not_sled = |path: &Path, why: String| {
+            StoreError::Io(format!("{} is not a file of a sled database: {why}; it is left as it is", path.display()))
+        };
+        let conf = std::fs::read(&conf_path)
+            .map_err(|e| StoreError::Io(format!("cannot read {}: {e}", conf_path.display())))?;
+        let crc_holds = conf.len() > 8 && {
+            let (text, crc) = conf.split_at(conf.len() - 4);
+            crc32fast::hash(text).to_le_bytes() == crc
+        };
+        if !crc_holds {
+            return Err(not_sled(&conf_path, "its checksum does not hold".to_owned()));
+        }
+        let segment_bytes = persisted_segment_bytes(dir)
+            .map_err(io_error)?
+            .filter(|bytes| *bytes >= SEGMENT_HEADER_BYTES)
+            .ok_or_else(|| not_sled(&conf_path, "it records no segment size".to_owned()))?;
+        let log_path = dir.join(LOG_FILE);
+        let file = match File::open(&log_path) {
+            Ok(file) => file,
+            // sled creates it: a database whose log was never written holds nothing.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(StoreError::Io(format!("cannot read {}: {error}", log_path.display()))),
+        };
+        let length =
+            file.metadata().map_err(|e| StoreError::Io(format!("cannot read {}: {e}", log_path.display())))?.len();
+        if length == 0 {
+            return Ok(());
+        }
+        let mut offset: u64 = 0;
+        while offset.saturating_add(SEGMENT_HEADER_BYTES as u64) <= length {
+            let mut header = [0; SEGMENT_HEADER_BYTES];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, offset)
+                .map_err(|e| StoreError::Io(format!("cannot read {}: {e}", log_path.display())))?;
+            // sled's segment header: !crc32 (u32 LE) of the 16 bytes after it (two LSNs).
+            let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) ^ 0xFFFF_FFFF;
+            if stored == crc32fast::hash(&header[4..]) {
+                return Ok(());
+            }
+            offset = offset.saturating_add(segment_bytes as u64);
+        }
+        Err(not_sled(&log_path, format!("none of its {length} bytes begins a segment")))
     }
 
     /// What an append writes after `head`: the sled batch (chunks and the rejection group),
