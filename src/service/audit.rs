@@ -25,8 +25,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `GET /v1/shops/{shop}/verify`.
 pub async fn verify(State(app): AppState, params: Params, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.authorize(&headers, Access::Read)?;
+    let caller = app.authorize(&headers, Access::Read)?;
     let (shop, _) = shop_and_params(params)?;
+    caller.may_use(&shop)?;
     let witnessed = app.engine.witnessed(&shop);
     if witnessed.is_none() && !app.engine.shops().contains(&shop) {
         return Err(ApiError::from(CommandError::UnknownShop(shop)));

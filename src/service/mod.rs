@@ -278,14 +278,17 @@ pub async fn serve(
     .await
 }
 
-/// `GET /healthz`: 200 `{"status": "ok", "shops": {...}}` when every shop serves; 503
-/// `{"status": "degraded", "shops": {...}}` when one heals after a store failure or is
-/// quarantined. Each shop's entry is `{"status": "serving"}`, `{"status": "healing",
-/// "reason", "since" (engine time, ms since the epoch), "last_attempt" (why the last attempt
-/// to heal failed, or null)}` or `{"status": "quarantined", "reason"}`.
-async fn healthz(State(app): AppState) -> Response {
+/// `GET /healthz`: 200 `{"status": "ok", ...}` when every shop serves; 503 `{"status":
+/// "degraded", ...}` when one heals after a store failure or is quarantined. `counts` has
+/// the number of shops `serving`, `healing` and `quarantined`; `shops` names the shops the
+/// caller may use, each `{"status": "serving"}`, `{"status": "healing", "reason", "since"
+/// (engine time, ms since the epoch), "last_attempt" (why the last attempt to heal failed,
+/// or null)}` or `{"status": "quarantined", "reason"}`. A caller without a valid token,
+/// where tokens are configured, gets the counts and no shop's name.
+async fn healthz(State(app): AppState, headers: HeaderMap) -> Response {
     use crate::engine::ShopHealth;
-    let mut degraded = false;
+    let caller = app.authorize(&headers, Access::Read).ok();
+    let mut counts = serde_json::json!({"serving": 0, "healing": 0, "quarantined": 0});
     let mut shops = serde_json::Map::new();
     for (shop, health) in app.engine.health() {
         let entry = match health {
@@ -295,11 +298,16 @@ async fn healthz(State(app): AppState) -> Response {
             }
             ShopHealth::Quarantined { reason } => serde_json::json!({"status": "quarantined", "reason": reason}),
         };
-        degraded |= entry["status"] != "serving";
-        shops.insert(shop.as_str().to_owned(), entry);
+        if let Some(word) = entry["status"].as_str() {
+            counts[word] = (counts[word].as_u64().unwrap_or(0) + 1).into();
+        }
+        if caller.as_ref().is_some_and(|caller| caller.shops.allows(&shop)) {
+            shops.insert(shop.as_str().to_owned(), entry);
+        }
     }
+    let degraded = counts["healing"] != 0 || counts["quarantined"] != 0;
     let (status, word) = if degraded { (StatusCode::SERVICE_UNAVAILABLE, "degraded") } else { (StatusCode::OK, "ok") };
-    (status, axum::Json(serde_json::json!({"status": word, "shops": shops}))).into_response()
+    (status, axum::Json(serde_json::json!({"status": word, "counts": counts, "shops": shops}))).into_response()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

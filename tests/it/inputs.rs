@@ -299,6 +299,16 @@ fn tokens_use_only_their_shops_and_streams_are_capped_per_token() {
     assert_eq!(shops(&root), json!(["acme", "beta", "main"]));
     assert_eq!(shops(&server.client().with_token(OPERATOR)), json!(["acme", "beta", "main"]), "no field: all");
     assert_eq!(root.get("/metrics").status, 200);
+    // Health names only the shops a caller may use; without a token, none, but counts them.
+    let health = |client: &Client| client.get("/healthz").json();
+    assert_eq!(health(&acme)["shops"], json!({"acme": {"status": "serving"}}));
+    let anonymous = health(&server.client());
+    assert_eq!(anonymous["shops"], json!({}));
+    assert_eq!(anonymous["counts"], json!({"serving": 3, "healing": 0, "quarantined": 0}));
+    assert_eq!(health(&root)["shops"].as_object().map(|shops| shops.len()), Some(3));
+    // The server's verification, too, is only for the token's shops.
+    assert_error(&acme.get("/v1/shops/beta/verify"), 403, "forbidden", "acme verifying beta");
+    assert_eq!(acme.get("/v1/shops/acme/verify").status, 200);
 
     // acme's client holds every stream its token may; beta's followers still get theirs.
     let held: Vec<Follower> = (0..32).map(|_| Follower::connect(&acme, "/v1/shops/acme/events/stream", None)).collect();
