@@ -398,12 +398,7 @@ fn serve_limited(data: &std::path::Path, descriptors_max: u32, args: &str) -> (s
         .expect("the server starts");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announced");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let address = crate::http::announced_address(&line);
     (child, Client { address, token: Some(ADMIN.to_owned()) })
 }
 

@@ -44,12 +44,7 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("the server announces its address");
-        let address = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|address| address.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let address = announced_address(&line);
         Server { child, address, stdout }
     }
 
@@ -260,4 +255,13 @@ impl Follower {
             self.fill();
         }
     }
+}
+
+/// The address a starting `emporium serve` announces on its first line of output.
+pub fn announced_address(line: &str) -> std::net::SocketAddr {
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }

@@ -32,12 +32,7 @@ fn start(data: &Path, args: &[&str], descriptors: Option<u32>) -> Server {
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).expect("the server announces its address");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let address = crate::http::announced_address(&line);
     Server { child, address, stdout }
 }
 
